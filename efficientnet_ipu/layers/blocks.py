@@ -1,0 +1,268 @@
+"""EfficientNet building blocks: normalization choice, squeeze-excite and MBConv.
+
+The MBConv block follows keras.applications' EfficientNet (Tan & Le, 2019) with the
+changes of paper 001 sec. 3.1-3.2: the depthwise convolution becomes a group convolution
+of group size G, and the normalization may be batch-independent (GN, LN, IN) with or
+without proxy-normalized activations (paper 002 sec. 5 and Appendix A.1).
+"""
+from tensorflow import keras
+import tensorflow as tf
+
+from efficientnet_ipu.layers.conv import GroupConv2D
+from efficientnet_ipu.layers.norm import INSTANCE, GroupNormalization
+from efficientnet_ipu.layers.proxy_norm import ProxyNormActivation, get_activation
+
+NORM_BASES = ("bn", "gn", "ln", "in")
+NORMS = NORM_BASES + tuple(base + "_pn" for base in NORM_BASES)
+EPSILON = 1e-3  # paper 001 sec. 3.4: normalization epsilon
+
+# keras.applications' EfficientNet initializers; Graphcore's code uses the same
+# VarianceScaling(2.0, fan_out) for 1x1 and stem convolutions.
+CONV_INITIALIZER = {"class_name": "VarianceScaling",
+                    "config": {"scale": 2.0, "mode": "fan_out",
+                               "distribution": "truncated_normal"}}
+
+
+def parse_norm(norm):
+    """Split a norm name into (base, proxy_norm), e.g. "ln_pn" -> ("ln", True).
+
+    Raises: ValueError naming the allowed values for an unknown norm.
+    """
+    if norm not in NORMS:
+        raise ValueError("norm must be one of %s, got %r" % (list(NORMS), norm))
+    return norm[:2], norm.endswith("_pn")
+
+
+def make_norm(norm, name, norm_groups=4, center=True, scale=True):
+    """A normalization layer for ``norm`` in ``NORMS`` (the "_pn" suffix is ignored here).
+
+    BN is Keras' BatchNormalization (momentum 0.99, epsilon 1e-3, as keras.applications);
+    GN uses ``norm_groups`` groups (4 in paper 001), LN 1 group, IN one per channel.
+    """
+    base, _ = parse_norm(norm)
+    if base == "bn":
+        return keras.layers.BatchNormalization(momentum=0.99, epsilon=EPSILON, center=center,
+                                               scale=scale, name=name)
+    groups = {"gn": norm_groups, "ln": 1, "in": INSTANCE}[base]
+    return GroupNormalization(groups=groups, epsilon=EPSILON, center=center, scale=scale,
+                              name=name)
+
+
+class NormActivation(keras.layers.Layer):
+    """Normalization followed by an activation, with or without proxy normalization.
+
+    Without proxy norm: norm (with its own affine) -> activation.
+    With proxy norm: norm (no affine) -> ProxyNormActivation (owns the affine), in the
+    given PN ``mode`` (see ProxyNormActivation). Sublayers are named ``<prefix>bn`` and
+    ``<prefix>activation`` as keras.applications names them.
+
+    Input [N, H, W, C]; output the same shape (a tuple with a [C] scale in mode "split";
+    without proxy norm the "split" scale is None).
+    """
+
+    def __init__(self, norm="bn", norm_groups=4, activation="swish", mode="normalize",
+                 proxy_params=True, prefix="", bn_name="bn", **kwargs):
+        super().__init__(**kwargs)
+        self.norm, self.norm_groups, self.activation = norm, norm_groups, activation
+        self.mode, self.proxy_params, self.prefix, self.bn_name = (
+            mode, proxy_params, prefix, bn_name)
+        _, self.use_pn = parse_norm(norm)
+        get_activation(activation)
+        affine = not self.use_pn
+        self.norm_layer = make_norm(norm, prefix + bn_name, norm_groups, center=affine,
+                                    scale=affine)
+        if self.use_pn:
+            self.act_layer = ProxyNormActivation(activation, proxy_params=proxy_params,
+                                                 mode=mode, name=prefix + "activation")
+        else:
+            self.act_layer = keras.layers.Activation(activation, name=prefix + "activation")
+
+    def call(self, inputs, training=None):
+        x = self.norm_layer(inputs, training=training)
+        x = self.act_layer(x)
+        if self.mode == "split" and not self.use_pn:
+            return x, None
+        return x
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(dict(norm=self.norm, norm_groups=self.norm_groups,
+                           activation=self.activation, mode=self.mode,
+                           proxy_params=self.proxy_params, prefix=self.prefix,
+                           bn_name=self.bn_name))
+        return config
+
+
+class SqueezeExcite(keras.layers.Layer):
+    """Squeeze-and-excitation gate (Hu et al., 2018) as in EfficientNet's MBConv.
+
+    x * sigmoid(W2 act(W1 mean_hw(x) + b1) + b2), with hidden width ``filters_se``
+    (0.25 x the block's input channels in EfficientNet). No proxy norm inside (paper 002
+    Appendix A.1). ``scale`` ([C], optional) multiplies the gate: that is how the 1/std
+    of a proxy-normalized activation in mode "split" is applied (Graphcore's code).
+
+    Input [N, H, W, C]; output the same shape and dtype. Weights: reduce_kernel [C, S],
+    reduce_bias [S], expand_kernel [S, C], expand_bias [C], S = ``filters_se``.
+    """
+
+    def __init__(self, filters_se, activation="swish", **kwargs):
+        super().__init__(**kwargs)
+        if not isinstance(filters_se, int) or filters_se < 1:
+            raise ValueError("SqueezeExcite filters_se must be a positive integer, got %r"
+                             % (filters_se,))
+        self.filters_se = filters_se
+        self.activation = activation
+        self.activation_fn = get_activation(activation)
+
+    def build(self, input_shape):
+        channels = int(input_shape[-1])
+        init = keras.initializers.get(CONV_INITIALIZER)
+        self.reduce_kernel = self.add_weight(name="reduce_kernel",
+                                             shape=(channels, self.filters_se),
+                                             initializer=init, trainable=True)
+        self.reduce_bias = self.add_weight(name="reduce_bias", shape=(self.filters_se,),
+                                           initializer="zeros", trainable=True)
+        self.expand_kernel = self.add_weight(name="expand_kernel",
+                                             shape=(self.filters_se, channels),
+                                             initializer=keras.initializers.get(
+                                                 CONV_INITIALIZER), trainable=True)
+        self.expand_bias = self.add_weight(name="expand_bias", shape=(channels,),
+                                           initializer="zeros", trainable=True)
+        super().build(input_shape)
+
+    def call(self, inputs, scale=None):
+        dtype = inputs.dtype
+        squeezed = tf.reduce_mean(inputs, axis=[1, 2])
+        hidden = self.activation_fn(tf.matmul(squeezed, tf.cast(self.reduce_kernel, dtype))
+                                    + tf.cast(self.reduce_bias, dtype))
+        gate = tf.sigmoid(tf.matmul(hidden, tf.cast(self.expand_kernel, dtype))
+                          + tf.cast(self.expand_bias, dtype))
+        if scale is not None:
+            gate = gate * scale
+        return inputs * gate[:, None, None, :]
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(dict(filters_se=self.filters_se, activation=self.activation))
+        return config
+
+
+def drop_path(x, rate, training):
+    """Stochastic depth (Huang et al., 2016): zero whole examples of the residual branch
+    with probability ``rate`` during training, scaling the kept ones by 1 / (1 - rate)."""
+    if not training or rate <= 0:
+        return x
+    keep = 1.0 - rate
+    mask = tf.floor(keep + tf.random.uniform([tf.shape(x)[0], 1, 1, 1], dtype=x.dtype))
+    return x / keep * mask
+
+
+class MBConvBlock(keras.layers.Layer):
+    """Mobile inverted bottleneck with squeeze-excite (MBConv), NHWC.
+
+    expand 1x1 conv -> norm -> act (skipped when ``expand_ratio`` == 1);
+    k x k GroupConv2D (group size ``group_size``, stride ``strides``) -> norm -> act;
+    squeeze-excite (width ``se_ratio`` x ``filters_in``);
+    project 1x1 conv -> norm (only a scale, no shift, under proxy norm with proxy params:
+    paper 002 Appendix A.1);
+    stochastic-depth residual when ``strides`` == 1 and ``filters_in`` == ``filters_out``.
+
+    With proxy norm, the expand activation is fully proxy-normalized, the group-conv
+    activation is mean-subtracted and its 1/std scale is folded into the SE gate
+    (Graphcore's EfficientNet).
+
+    Input [N, H, W, filters_in]; output [N, ceil(H/s), ceil(W/s), filters_out].
+    Sublayers carry keras.applications' names with the block's name as prefix, e.g.
+    ``block2a_expand_conv``, ``block2a_dwconv`` (``block2a_gconv`` when group_size > 1),
+    ``block2a_bn``, ``block2a_se``, ``block2a_project_conv``.
+
+    Raises:
+      ValueError: bad sizes, norm or activation (each message names the field).
+    """
+
+    def __init__(self, filters_in, filters_out, kernel_size=3, strides=1, expand_ratio=6,
+                 group_size=1, se_ratio=0.25, norm="bn", norm_groups=4, activation="swish",
+                 drop_rate=0.0, proxy_params=True, **kwargs):
+        super().__init__(**kwargs)
+        for field, value in (("filters_in", filters_in), ("filters_out", filters_out),
+                             ("kernel_size", kernel_size), ("strides", strides),
+                             ("expand_ratio", expand_ratio), ("group_size", group_size)):
+            if not isinstance(value, int) or value < 1:
+                raise ValueError("MBConvBlock %s must be a positive integer, got %r"
+                                 % (field, value))
+        if not 0 <= drop_rate < 1:
+            raise ValueError("MBConvBlock drop_rate must be in [0, 1), got %r" % (drop_rate,))
+        if not 0 < se_ratio <= 1:
+            raise ValueError("MBConvBlock se_ratio must be in (0, 1], got %r" % (se_ratio,))
+        self.config_args = dict(
+            filters_in=filters_in, filters_out=filters_out, kernel_size=kernel_size,
+            strides=strides, expand_ratio=expand_ratio, group_size=group_size,
+            se_ratio=se_ratio, norm=norm, norm_groups=norm_groups, activation=activation,
+            drop_rate=drop_rate, proxy_params=proxy_params)
+        _, use_pn = parse_norm(norm)
+        prefix = self.name + "_"
+        filters = filters_in * expand_ratio
+        self.expand_conv = self.expand_norm_act = None
+        if expand_ratio != 1:
+            self.expand_conv = keras.layers.Conv2D(
+                filters, 1, padding="same", use_bias=False,
+                kernel_initializer=CONV_INITIALIZER, name=prefix + "expand_conv")
+            self.expand_norm_act = NormActivation(
+                norm, norm_groups, activation, "normalize", proxy_params,
+                prefix=prefix + "expand_", name=prefix + "expand_norm_act")
+        self.group_conv = GroupConv2D(
+            filters, kernel_size, strides=strides, group_size=group_size,
+            name=prefix + ("dwconv" if group_size == 1 else "gconv"))
+        self.norm_act = NormActivation(norm, norm_groups, activation, "split", proxy_params,
+                                       prefix=prefix, name=prefix + "norm_act")
+        self.se = SqueezeExcite(max(1, int(filters_in * se_ratio)), activation,
+                                name=prefix + "se")
+        self.project_conv = keras.layers.Conv2D(
+            filters_out, 1, padding="same", use_bias=False,
+            kernel_initializer=CONV_INITIALIZER, name=prefix + "project_conv")
+        # Under PN with proxy parameters the final affine is a channel-wise scale only.
+        self.project_norm = make_norm(norm, prefix + "project_bn", norm_groups,
+                                      center=not (use_pn and proxy_params), scale=True)
+        self.residual = strides == 1 and filters_in == filters_out
+        self.drop_rate = drop_rate
+
+    def call(self, inputs, training=None):
+        x = inputs
+        if self.expand_conv is not None:
+            x = self.expand_norm_act(self.expand_conv(x), training=training)
+        x, scale = self.norm_act(self.group_conv(x), training=training)
+        x = self.se(x, scale=scale)
+        x = self.project_norm(self.project_conv(x), training=training)
+        if self.residual:
+            x = drop_path(x, self.drop_rate, training) + inputs
+        return x
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(self.config_args)
+        return config
+
+
+class Standardize(keras.layers.Layer):
+    """Input preprocessing: pixels in [0, 255] -> (x / 255 - mean) / std per channel.
+
+    ``mean`` and ``std`` are per-channel (RGB) in [0, 1] units; the defaults are
+    ImageNet's. Input/output [N, H, W, 3] float.
+    """
+
+    def __init__(self, mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225), **kwargs):
+        super().__init__(**kwargs)
+        self.mean = [float(m) for m in mean]
+        self.std = [float(s) for s in std]
+        if any(s <= 0 for s in self.std):
+            raise ValueError("Standardize std must be positive, got %r" % (std,))
+
+    def call(self, inputs):
+        mean = tf.constant(self.mean, inputs.dtype) * 255.0
+        inv_std = 1.0 / (tf.constant(self.std, inputs.dtype) * 255.0)
+        return (inputs - mean) * inv_std
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(dict(mean=self.mean, std=self.std))
+        return config

@@ -1,0 +1,177 @@
+"""Group convolution (paper 001, sec. 3.1) written with TensorFlow ops.
+
+Keras 3's ``Conv2D(groups=...)`` wraps grouped convolutions in an XLA function whose
+backward pass is about 115x slower on CPU, and the Keras 2.6 fork in the Poplar SDK has
+no grouped Conv2D at all, so this layer calls ``tf.nn.conv2d`` on a grouped kernel
+(``tf.nn.depthwise_conv2d`` when the group size is 1).
+"""
+from tensorflow import keras
+import tensorflow as tf
+
+
+IMPLEMENTATIONS = ("grouped", "split")
+
+
+def check_grouped_conv_gradient_support():
+    """Raise RuntimeError if grouped-convolution gradients cannot run here.
+
+    On CPU, TensorFlow computes them only with its oneDNN kernels; they are off when
+    ``TF_ENABLE_ONEDNN_OPTS=0`` or, on CPUs without AVX-512, by default. (Importing
+    efficientnet_ipu before TensorFlow turns them on.) Machines with a GPU are fine.
+    """
+    if tf.config.list_physical_devices("GPU"):
+        return
+    try:
+        from tensorflow.python.util import _pywrap_util_port
+    except ImportError:  # a TensorFlow build without the probe: let TensorFlow decide
+        return
+    if not _pywrap_util_port.IsMklEnabled():
+        raise RuntimeError(
+            "GroupConv2D implementation='grouped' needs TensorFlow's oneDNN kernels on CPU "
+            "(without them grouped-convolution gradients are not supported). Set "
+            "TF_ENABLE_ONEDNN_OPTS=1 before TensorFlow is imported (importing "
+            "efficientnet_ipu first does this), or use implementation='split'.")
+
+
+def resolve_group_size(channels, group_size):
+    """Group size actually used for ``channels`` input channels.
+
+    Paper 001, footnote 2: "For layers where the group size does not divide the channels,
+    the group size is rounded to the nearest value that does". Ties go to the larger
+    group size (fewer groups, as Graphcore's ``groups = max(C // G, 1)``). A group size
+    at least ``channels`` gives one group (a dense convolution).
+
+    Args:
+      channels: int > 0, number of input channels C.
+      group_size: int > 0, requested group size G (channels per group, not number of groups).
+
+    Returns:
+      int, a divisor of ``channels``.
+
+    Raises:
+      ValueError: if ``channels`` or ``group_size`` is not a positive integer.
+    """
+    if int(channels) != channels or channels < 1:
+        raise ValueError("channels must be a positive integer, got %r" % (channels,))
+    if int(group_size) != group_size or group_size < 1:
+        raise ValueError("group_size must be a positive integer, got %r" % (group_size,))
+    channels, group_size = int(channels), int(group_size)
+    if group_size >= channels:
+        return channels
+    divisors = [d for d in range(1, channels + 1) if channels % d == 0]
+    return min(divisors, key=lambda d: (abs(d - group_size), -d))
+
+
+class GroupConv2D(keras.layers.Layer):
+    """k x k convolution over groups of ``group_size`` input channels (NHWC).
+
+    Paper 001 sec. 3.1: G is the group size (channels per group), so G=1 is a depthwise
+    convolution and the number of groups is C_in / G. Where G does not divide C_in the
+    nearest divisor is used (``resolve_group_size``).
+
+    Input: float tensor [N, H, W, C_in] in the layer's compute dtype.
+    Output: [N, ceil(H / s), ceil(W / s), filters] for ``padding="same"``.
+    Kernel: [k, k, C_in / groups, filters] (for G=1 that is [k, k, 1, C_in] and
+    ``filters`` must equal C_in, as in a depthwise convolution with multiplier 1).
+
+    The kernel is initialised with VarianceScaling(2.0, "fan_in") by default, as
+    Graphcore's EfficientNet code does for group convolutions.
+
+    ``implementation``: "grouped" (one ``tf.nn.conv2d`` on the grouped kernel; on CPU it
+    needs TensorFlow's oneDNN kernels, see ``check_grouped_conv_gradient_support``) or
+    "split" (one convolution per group, concatenated; slower, runs anywhere).
+
+    Raises:
+      ValueError: bad ``filters``/``kernel_size``/``strides``/``group_size``/``padding``/
+        ``implementation``, or (at build time) ``filters`` not divisible by the groups.
+      RuntimeError: (at build time) "grouped" on a CPU whose oneDNN kernels are off.
+    """
+
+    def __init__(self, filters, kernel_size, strides=1, group_size=16, padding="same",
+                 use_bias=False, kernel_initializer=None, bias_initializer="zeros",
+                 kernel_regularizer=None, implementation="grouped", **kwargs):
+        super().__init__(**kwargs)
+        if implementation not in IMPLEMENTATIONS:
+            raise ValueError("GroupConv2D implementation must be one of %s, got %r"
+                             % (IMPLEMENTATIONS, implementation))
+        self.implementation = implementation
+        for field, value in (("filters", filters), ("kernel_size", kernel_size),
+                             ("strides", strides), ("group_size", group_size)):
+            if not isinstance(value, int) or value < 1:
+                raise ValueError("GroupConv2D %s must be a positive integer, got %r"
+                                 % (field, value))
+        padding = padding.upper()
+        if padding not in ("SAME", "VALID"):
+            raise ValueError("GroupConv2D padding must be 'same' or 'valid', got %r" % padding)
+        self.filters = filters
+        self.kernel_size = kernel_size
+        self.strides = strides
+        self.group_size = group_size
+        self.padding = padding
+        self.use_bias = use_bias
+        if kernel_initializer is None:
+            kernel_initializer = keras.initializers.VarianceScaling(
+                2.0, mode="fan_in", distribution="truncated_normal")
+        self.kernel_initializer = keras.initializers.get(kernel_initializer)
+        self.bias_initializer = keras.initializers.get(bias_initializer)
+        self.kernel_regularizer = keras.regularizers.get(kernel_regularizer)
+
+    def build(self, input_shape):
+        channels = int(input_shape[-1])
+        self.resolved_group_size = resolve_group_size(channels, self.group_size)
+        self.groups = channels // self.resolved_group_size
+        if self.filters % self.groups:
+            raise ValueError(
+                "GroupConv2D filters=%d is not divisible by the %d groups of %d channels"
+                % (self.filters, self.groups, self.resolved_group_size))
+        self.depthwise = self.resolved_group_size == 1 and self.filters == channels
+        if self.groups > 1 and not self.depthwise and self.implementation == "grouped":
+            check_grouped_conv_gradient_support()
+        self.kernel = self.add_weight(
+            name="kernel",
+            shape=(self.kernel_size, self.kernel_size, self.resolved_group_size, self.filters),
+            initializer=self.kernel_initializer, regularizer=self.kernel_regularizer,
+            trainable=True)
+        self.bias = None
+        if self.use_bias:
+            self.bias = self.add_weight(name="bias", shape=(self.filters,),
+                                        initializer=self.bias_initializer, trainable=True)
+        super().build(input_shape)
+
+    def call(self, inputs):
+        kernel = tf.cast(self.kernel, inputs.dtype)
+        strides = [1, self.strides, self.strides, 1]
+        if self.depthwise:
+            kernel = tf.reshape(kernel, [self.kernel_size, self.kernel_size, self.filters, 1])
+            outputs = tf.nn.depthwise_conv2d(inputs, kernel, strides, self.padding)
+        elif self.implementation == "split" and self.groups > 1:
+            outputs = tf.concat([
+                tf.nn.conv2d(x, k, strides, self.padding)
+                for x, k in zip(tf.split(inputs, self.groups, axis=-1),
+                                tf.split(kernel, self.groups, axis=-1))], axis=-1)
+        else:
+            outputs = tf.nn.conv2d(inputs, kernel, strides, self.padding)
+        if self.bias is not None:
+            outputs = tf.nn.bias_add(outputs, tf.cast(self.bias, outputs.dtype))
+        return outputs
+
+    def compute_output_shape(self, input_shape):
+        def out(size):
+            if size is None:
+                return None
+            if self.padding == "SAME":
+                return -(-size // self.strides)
+            return -(-(size - self.kernel_size + 1) // self.strides)
+        return (input_shape[0], out(input_shape[1]), out(input_shape[2]), self.filters)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(dict(
+            filters=self.filters, kernel_size=self.kernel_size, strides=self.strides,
+            group_size=self.group_size, padding=self.padding.lower(), use_bias=self.use_bias,
+            implementation=self.implementation,
+            kernel_initializer=keras.initializers.serialize(self.kernel_initializer),
+            bias_initializer=keras.initializers.serialize(self.bias_initializer),
+            kernel_regularizer=keras.regularizers.serialize(self.kernel_regularizer)
+            if self.kernel_regularizer else None))
+        return config

@@ -1,0 +1,40 @@
+"""Shared fixtures: real images from ../shared/data (tests that need them skip without it)."""
+import glob
+import os
+
+import numpy as np
+import pytest
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+import efficientnet_ipu  # noqa: E402,F401  (before TensorFlow: turns oneDNN on)
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SHARED_DATA = os.environ.get("EFFICIENTNET_IPU_SHARED_DATA",
+                             os.path.join(os.path.dirname(REPO), "shared", "data"))
+
+
+def shared_path(*parts):
+    """Path under ../shared/data, or skip the test saying what is missing."""
+    path = os.path.join(SHARED_DATA, *parts)
+    if not os.path.exists(path):
+        pytest.skip("needs real data at %s (../shared/data beside the checkout); "
+                    "not present on this machine" % path)
+    return path
+
+
+def load_jpegs(paths, size):
+    """Decode JPEGs (grayscale -> RGB) and resize to size x size: float32 [N, size, size, 3]
+    in [0, 255]."""
+    import tensorflow as tf
+    images = []
+    for path in paths:
+        image = tf.io.decode_jpeg(tf.io.read_file(path), channels=3)
+        images.append(tf.image.resize(tf.cast(image, tf.float32), (size, size)))
+    return np.stack([i.numpy() for i in images])
+
+
+@pytest.fixture(scope="session")
+def imagenet_images():
+    """64 real ImageNet JPEG paths from ../shared/data/imagenet_samples (sorted)."""
+    folder = shared_path("imagenet_samples")
+    return sorted(glob.glob(os.path.join(folder, "*.JPEG")))[:64]

@@ -1,0 +1,272 @@
+"""Layer behaviour: group convolution, normalization, proxy norm, squeeze-excite, MBConv."""
+import math
+import os
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from efficientnet_ipu import layers as L
+
+
+def reference_group_conv(x, kernel, strides, groups):
+    """Group convolution as ``groups`` separate dense convolutions, concatenated."""
+    xs = tf.split(x, groups, axis=-1)
+    ks = tf.split(kernel, groups, axis=-1)
+    return tf.concat([tf.nn.conv2d(a, k, strides, "SAME") for a, k in zip(xs, ks)], -1)
+
+
+@pytest.mark.parametrize("group_size,channels,strides", [
+    (1, 32, 1), (1, 24, 2), (4, 40, 1), (16, 96, 2), (16, 48, 1), (96, 96, 1)])
+def test_group_conv_matches_per_group_convolutions(group_size, channels, strides):
+    rng = np.random.default_rng(0)
+    x = tf.constant(rng.normal(size=(2, 15, 17, channels)).astype(np.float32))
+    layer = L.GroupConv2D(channels, 3, strides=strides, group_size=group_size)
+    y = layer(x)
+    groups = channels // group_size
+    assert layer.kernel.shape == (3, 3, group_size, channels)
+    expected = reference_group_conv(x, layer.kernel, strides, groups)
+    assert y.shape == (2, math.ceil(15 / strides), math.ceil(17 / strides), channels)
+    np.testing.assert_allclose(y.numpy(), expected.numpy(), rtol=1e-4, atol=1e-4)
+
+
+def test_group_conv_gradient_matches_reference():
+    rng = np.random.default_rng(1)
+    x = tf.constant(rng.normal(size=(2, 9, 9, 32)).astype(np.float32))
+    layer = L.GroupConv2D(32, 3, group_size=16)
+    layer(x)
+    with tf.GradientTape(persistent=True) as tape:
+        tape.watch(x)
+        ours = tf.reduce_sum(tf.sin(layer(x)))
+        ref = tf.reduce_sum(tf.sin(reference_group_conv(x, layer.kernel, 1, 2)))
+    for a, b in zip(tape.gradient(ours, [x, layer.kernel]), tape.gradient(ref, [x, layer.kernel])):
+        np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-4, atol=1e-4)
+
+
+def test_resolve_group_size_rounds_to_nearest_divisor():
+    assert L.resolve_group_size(96, 16) == 16
+    assert L.resolve_group_size(72, 32) == 36      # divisors 24 and 36: 36 is nearer
+    assert L.resolve_group_size(40, 16) == 20      # 10 and 20 tie at distance 4/6 -> 20
+    assert L.resolve_group_size(32, 64) == 32      # one group
+    assert L.resolve_group_size(30, 1) == 1
+    with pytest.raises(ValueError, match="group_size"):
+        L.resolve_group_size(32, 0)
+
+
+def test_group_conv_rejects_bad_arguments():
+    with pytest.raises(ValueError, match="group_size"):
+        L.GroupConv2D(16, 3, group_size=0)
+    with pytest.raises(ValueError, match="padding"):
+        L.GroupConv2D(16, 3, padding="full")
+    with pytest.raises(ValueError, match="filters"):
+        L.GroupConv2D(8, 3, group_size=4)(tf.zeros([1, 4, 4, 48]))  # 12 groups, 8 filters
+
+
+@pytest.mark.parametrize("groups", [1, 4, -1])
+def test_group_norm_matches_numpy(groups):
+    rng = np.random.default_rng(2)
+    x = rng.normal(3.0, 2.0, size=(3, 5, 6, 16)).astype(np.float32)
+    layer = L.GroupNormalization(groups=groups, epsilon=1e-3)
+    y = layer(tf.constant(x)).numpy()
+    g = 16 if groups == -1 else groups
+    xg = x.reshape(3, 5, 6, g, 16 // g)
+    mean = xg.mean(axis=(1, 2, 4), keepdims=True)
+    var = xg.var(axis=(1, 2, 4), keepdims=True)
+    expected = ((xg - mean) / np.sqrt(var + 1e-3)).reshape(x.shape)
+    np.testing.assert_allclose(y, expected, rtol=1e-4, atol=1e-4)
+
+
+def test_group_norm_float16_statistics_in_float32():
+    x = tf.constant(np.random.default_rng(3).normal(100.0, 1.0, (2, 8, 8, 8)), tf.float16)
+    y = L.LayerNormalization(dtype="mixed_float16")(x)
+    assert y.dtype == tf.float16
+    assert abs(float(tf.reduce_mean(tf.cast(y, tf.float32)))) < 1e-2
+    assert abs(float(tf.math.reduce_std(tf.cast(y, tf.float32))) - 1.0) < 2e-2
+
+
+def test_norm_rejects_bad_groups():
+    with pytest.raises(ValueError, match="groups"):
+        L.GroupNormalization(groups=0)
+    with pytest.raises(ValueError, match="does not divide"):
+        L.GroupNormalization(groups=3)(tf.zeros([1, 2, 2, 8]))
+    with pytest.raises(ValueError, match="norm must be one of"):
+        L.parse_norm("layer")
+
+
+def integrate_gaussian(fn, mean, std):
+    """E and Var of fn(Y), Y ~ N(mean, std^2), by the trapezoid rule on a fine grid."""
+    y = np.linspace(-14.0, 14.0, 400001)
+    pdf = np.exp(-0.5 * y * y) / math.sqrt(2 * math.pi)
+    z = fn(mean + std * y)
+    expectation = np.trapezoid(z * pdf, y)
+    return expectation, np.trapezoid((z - expectation) ** 2 * pdf, y)
+
+
+NUMPY_ACTIVATIONS = {"swish": lambda v: v / (1.0 + np.exp(-v)), "relu": lambda v: np.maximum(v, 0)}
+
+
+def make_pn(activation, gamma, beta, proxy_gamma, proxy_beta, num_proxy_samples=200):
+    layer = L.ProxyNormActivation(activation, num_proxy_samples=num_proxy_samples)
+    layer.build((None, None, None, len(gamma)))
+    for var, value in ((layer.gamma, gamma), (layer.beta, beta),
+                       (layer.proxy_gamma, proxy_gamma), (layer.proxy_beta, proxy_beta)):
+        var.assign(np.asarray(value, np.float32))
+    return layer
+
+
+@pytest.mark.parametrize("activation", ["swish", "relu"])
+def test_proxy_moments_match_integration_at_init(activation):
+    layer = make_pn(activation, [1.0], [0.0], [0.0], [0.0])
+    mean, var = (t.numpy()[0] for t in layer.proxy_moments())
+    exp_mean, exp_var = integrate_gaussian(NUMPY_ACTIVATIONS[activation], 0.0, 1.0)
+    assert abs(mean - exp_mean) < 1e-3
+    assert abs(var - exp_var) < 1e-3
+
+
+@pytest.mark.parametrize("activation", ["swish", "relu"])
+def test_proxy_moments_match_integration_for_trained_parameters(activation):
+    """gamma, beta and the proxy parameters away from init; 1000 quantiles reach 1e-3."""
+    rng = np.random.default_rng(4)
+    c = 24
+    gamma, beta = rng.uniform(0.5, 1.5, c), rng.uniform(-1.0, 1.0, c)
+    pgamma, pbeta = rng.uniform(-0.2, 0.2, c), rng.uniform(-0.2, 0.2, c)
+    layer = make_pn(activation, gamma, beta, pgamma, pbeta, num_proxy_samples=1000)
+    mean, var = (t.numpy() for t in layer.proxy_moments())
+    fn = NUMPY_ACTIVATIONS[activation]
+    for i in range(c):
+        exp_mean, exp_var = integrate_gaussian(
+            lambda y: fn(gamma[i] * y + beta[i]), pbeta[i], 1.0 + pgamma[i])
+        assert abs(mean[i] - exp_mean) < 1e-3, i
+        assert abs(var[i] - exp_var) < 1e-3, i
+
+
+@pytest.mark.parametrize("activation", ["swish", "relu"])
+def test_proxy_norm_output_is_channel_normalized_on_gaussian_input(activation):
+    rng = np.random.default_rng(5)
+    c = 8
+    gamma, beta = rng.uniform(0.5, 1.5, c), rng.uniform(-1, 1, c)
+    pgamma, pbeta = np.zeros(c), np.zeros(c)
+    layer = make_pn(activation, gamma, beta, pgamma, pbeta)
+    y = tf.constant(rng.normal(size=(4, 256, 256, c)).astype(np.float32))
+    z = layer(y).numpy()
+    # eps~ = 0.03 shrinks the variance to var / (var + 0.03).
+    _, var = layer.proxy_moments()
+    expected_var = var.numpy() / (var.numpy() + 0.03)
+    np.testing.assert_allclose(z.mean(axis=(0, 1, 2)), 0.0, atol=0.01)
+    np.testing.assert_allclose(z.var(axis=(0, 1, 2)), expected_var, rtol=0.02)
+    # and with eps~ tiny, unit variance
+    layer.proxy_epsilon = 1e-6
+    np.testing.assert_allclose(layer(y).numpy().var(axis=(0, 1, 2)), 1.0, rtol=0.02)
+
+
+def test_proxy_norm_modes_agree():
+    rng = np.random.default_rng(6)
+    y = tf.constant(rng.normal(size=(2, 4, 4, 6)).astype(np.float32))
+    full = L.ProxyNormActivation(mode="normalize")
+    full(y)
+    center = L.ProxyNormActivation(mode="center")
+    split = L.ProxyNormActivation(mode="split")
+    for other in (center, split):
+        other(y)
+        other.set_weights(full.get_weights())
+    centered, scale = split(y)
+    assert scale.shape == (6,)
+    np.testing.assert_allclose((centered * scale).numpy(), full(y).numpy(), atol=1e-6)
+    np.testing.assert_allclose(center(y).numpy(), centered.numpy(), atol=1e-6)
+    with pytest.raises(ValueError, match="mode"):
+        L.ProxyNormActivation(mode="half")
+    with pytest.raises(ValueError, match="activation"):
+        L.ProxyNormActivation(activation="sigmoidish")
+
+
+def test_proxy_norm_float16_keeps_float32_statistics():
+    layer = L.ProxyNormActivation(dtype="mixed_float16")
+    y = tf.constant(np.random.default_rng(7).normal(size=(4, 8, 8, 4)), tf.float16)
+    z = layer(y)
+    assert z.dtype == tf.float16
+    assert layer.proxy_moments()[0].dtype == tf.float32
+    assert layer.gamma.dtype == tf.float32
+
+
+def test_squeeze_excite_applies_scale_to_gate():
+    rng = np.random.default_rng(8)
+    x = tf.constant(rng.normal(size=(2, 5, 5, 16)).astype(np.float32))
+    se = L.SqueezeExcite(4)
+    plain = se(x).numpy()
+    scale = tf.constant(rng.uniform(0.5, 2.0, 16).astype(np.float32))
+    np.testing.assert_allclose(se(x, scale=scale).numpy(), plain * scale.numpy(), rtol=1e-5)
+    hidden = x.numpy().mean(axis=(1, 2)) @ se.reduce_kernel.numpy() + se.reduce_bias.numpy()
+    hidden = hidden / (1 + np.exp(-hidden))
+    gate = 1 / (1 + np.exp(-(hidden @ se.expand_kernel.numpy() + se.expand_bias.numpy())))
+    np.testing.assert_allclose(plain, x.numpy() * gate[:, None, None, :], rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("norm", ["bn", "gn_pn", "ln_pn"])
+def test_mbconv_shapes_residual_and_stochastic_depth(norm):
+    x = tf.constant(np.random.default_rng(9).normal(size=(8, 12, 12, 32)).astype(np.float32))
+    block = L.MBConvBlock(32, 32, group_size=16, expand_ratio=4, norm=norm, drop_rate=0.5,
+                          name="block9a")
+    y_eval = block(x, training=False)
+    assert y_eval.shape == x.shape
+    assert block.group_conv.name == "block9a_gconv"
+    assert block.group_conv.kernel.shape == (3, 3, 16, 128)
+    # Stochastic depth: some examples are exactly the identity during training.
+    y_train = block(x, training=True).numpy()
+    identity = np.all(np.isclose(y_train, x.numpy()), axis=(1, 2, 3))
+    assert 0 < identity.sum() < 8 or not identity.any()
+    down = L.MBConvBlock(32, 48, strides=2, expand_ratio=6, norm=norm, name="block9b")
+    assert down(x).shape == (8, 6, 6, 48)
+    if norm.endswith("_pn"):
+        assert down.project_norm.beta is None and down.project_norm.gamma is not None
+
+
+ONEDNN_OFF_SCRIPT = r"""
+import os, sys
+os.environ["TF_ENABLE_ONEDNN_OPTS"] = "0"
+import tensorflow as tf
+x = tf.random.normal([2, 9, 9, 32])
+kernel = tf.random.normal([3, 3, 16, 32])
+with tf.GradientTape() as tape:
+    tape.watch(x)
+    y = tf.reduce_sum(tf.nn.conv2d(x, kernel, 1, "SAME"))
+try:
+    tape.gradient(y, x)
+    print("TF_GRAD_OK")
+except tf.errors.InvalidArgumentError as error:
+    print("TF_GRAD_FAILS", "not supported on CPU" in str(error))
+from efficientnet_ipu import layers as L
+try:
+    L.GroupConv2D(32, 3, group_size=16)(x)
+    print("LAYER_BUILT")
+except RuntimeError as error:
+    print("LAYER_REFUSES", "TF_ENABLE_ONEDNN_OPTS=1" in str(error))
+layer = L.GroupConv2D(32, 3, group_size=16, implementation="split")
+with tf.GradientTape() as tape:
+    tape.watch(x)
+    y = tf.reduce_sum(layer(x))
+print("SPLIT_GRAD", tape.gradient(y, x).shape)
+"""
+
+
+def test_grouped_conv_gradient_needs_onednn_on_cpu():
+    """Pins TensorFlow's behaviour: with oneDNN off the grouped-conv gradient fails on CPU,
+    our layer refuses with a clear message, and implementation='split' still trains."""
+    import subprocess
+    import sys
+    if tf.config.list_physical_devices("GPU"):
+        pytest.skip("a GPU computes grouped-conv gradients without oneDNN")
+    out = subprocess.run([sys.executable, "-c", ONEDNN_OFF_SCRIPT], capture_output=True,
+                         text=True, timeout=300, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"))
+    assert "TF_GRAD_FAILS True" in out.stdout, out.stdout + out.stderr[-2000:]
+    assert "LAYER_REFUSES True" in out.stdout, out.stdout + out.stderr[-2000:]
+    assert "SPLIT_GRAD (2, 9, 9, 32)" in out.stdout, out.stdout + out.stderr[-2000:]
+
+
+def test_split_implementation_equals_grouped():
+    x = tf.constant(np.random.default_rng(10).normal(size=(2, 10, 10, 64)).astype(np.float32))
+    grouped = L.GroupConv2D(64, 3, strides=2, group_size=16)
+    split = L.GroupConv2D(64, 3, strides=2, group_size=16, implementation="split")
+    grouped(x)
+    split(x)
+    split.set_weights(grouped.get_weights())
+    np.testing.assert_allclose(split(x).numpy(), grouped(x).numpy(), rtol=1e-4, atol=1e-4)
