@@ -205,16 +205,12 @@ def _keras_preprocessing(keras_model):
     for layer in keras_model.layers:
         kind = type(layer).__name__
         if kind == "Normalization":
+            # The statistics call() uses (Keras 3 refreshes them from its weights only in
+            # finalize_state(), so the weights alone can disagree with the computation).
             found = True
-            weights = {w.name.split("/")[-1].split(":")[0]: np.asarray(w)
-                       for w in layer.weights}
-            layer_mean = weights.get("mean", weights.get("adapt_mean"))
-            layer_var = weights.get("variance", weights.get("adapt_variance"))
-            if layer_mean is None:  # mean/variance given to the constructor (Keras 3)
-                layer_mean, layer_var = np.asarray(layer.mean), np.asarray(layer.variance)
-            mean = np.reshape(layer_mean, [-1]) * np.ones(3)
-            scale = scale / np.sqrt(np.maximum(np.reshape(layer_var, [-1]) * np.ones(3),
-                                               keras.backend.epsilon()))
+            mean = np.reshape(np.asarray(layer.mean, np.float64), [-1]) * np.ones(3)
+            variance = np.reshape(np.asarray(layer.variance, np.float64), [-1]) * np.ones(3)
+            scale = scale / np.maximum(np.sqrt(variance), keras.backend.epsilon())
         elif kind == "Rescaling" and found:
             scale = scale * np.reshape(np.asarray(layer.scale, dtype=np.float64), [-1])
     if not found:
