@@ -1,0 +1,128 @@
+"""Training configuration: the defaults (paper 001 sec. 3.4) and their validation.
+
+Experiment files in ``experiments/`` call ``paper_config`` or ``base_config`` and return an
+``ml_collections.ConfigDict``; ``main`` reads them with ``config_flags.DEFINE_config_file``
+so any field can be overridden (``--config.train.epochs=2``) and an unknown field is an
+error (the dicts are locked).
+"""
+import numbers
+
+import ml_collections
+
+from efficientnet_ipu import models
+from efficientnet_ipu.layers import NORMS
+
+STRATEGIES = ("auto", "default", "mirrored", "multi_worker", "tpu", "ipu")
+PRECISIONS = ("fp32", "fp16", "bf16")
+# Paper 001 (Graphcore's code): Mixup alpha and CutMix lambda per size (0 = off).
+MIXUP_ALPHA = {"b0": 0.1, "b1": 0.1, "b2": 0.1, "b3": 0.2, "b4": 0.2, "b5": 0.2}
+CUTMIX_LAMBDA = {"b0": 0.0, "b1": 0.95, "b2": 0.9, "b3": 0.9, "b4": 0.85, "b5": 0.8}
+
+
+def base_config():
+    """All fields with their defaults (paper 001 sec. 3.4 recipe, ImageNet, B0-G16-LN+PN)."""
+    c = ml_collections.ConfigDict()
+    c.seed = 0
+    c.model = dict(size="b0", group_size=16, expansion_ratio=0, norm="ln_pn", norm_groups=4,
+                   dropout_rate=-1.0, drop_connect_rate=0.2, activation="swish")
+    c.dataset = dict(name="imagenet2012", data_dir="", manual_dir="", train_split="train",
+                     eval_split="validation", num_classes=0)
+    c.image_size = dict(train=224, eval=224)
+    c.augment = dict(min_area=0.05, max_area=1.0, min_aspect=0.75, max_aspect=4.0 / 3.0,
+                     flip=True, mixup_alpha=0.0, cutmix_lambda=0.0)
+    c.train = dict(
+        # global batch = micro_batch_size x gradient_accumulation x replicas (768 in paper 001)
+        epochs=350, micro_batch_size=32, gradient_accumulation=24,
+        steps_per_epoch=0,              # 0: one pass over the training split
+        eval_steps=0,                   # 0: the whole eval split
+        base_learning_rate=2.0 ** -14,  # lr = base x global batch (paper 001 sec. 3.4)
+        warmup_epochs=5.0, lr_decay=0.97, lr_decay_epochs=2.4, momentum=0.9,
+        rmsprop_decay_per_example=2.0 ** -14,  # rho = 1 - this x global batch
+        rmsprop_epsilon=1e-3,           # inside the square root, as TF1's RMSProp
+        weight_decay=1e-5, label_smoothing=0.1, precision="fp32",
+        checkpoint_every_steps=0, keep_checkpoints=3, log_every_steps=50)
+    c.strategy = dict(name="auto", tpu="", ipus_per_replica=1, replicas=1,
+                      pipeline_splits=[])
+    c.export = dict(enabled=True)
+    c.lock()
+    return c
+
+
+def paper_config(size, group_size, norm, resolution, dataset="imagenet2012"):
+    """A paper 001 run (Tables 2-5): size b0-b5, G, norm "gn" or "ln_pn", resolution
+    "native" (Table 1, EfficientNet's) or "half" (Table 1). Evaluation at native size."""
+    models.check_size(size)
+    if resolution not in ("native", "half"):
+        raise ValueError("resolution must be 'native' or 'half', got %r" % (resolution,))
+    c = base_config()
+    c.model.size = size
+    c.model.group_size = group_size
+    c.model.norm = norm
+    native = models.SIZES[size][2]
+    c.image_size.train = native if resolution == "native" else models.HALF_RESOLUTION[size]
+    c.image_size.eval = native
+    c.augment.mixup_alpha = MIXUP_ALPHA[size]
+    c.augment.cutmix_lambda = CUTMIX_LAMBDA[size]
+    c.dataset.name = dataset
+    return c
+
+
+def _positive_int(value):
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool) and value > 0
+
+
+def validate(config):
+    """Check every field a user may get wrong, before any data or model is built.
+
+    Raises:
+      ValueError: naming the field (e.g. ``config.image_size.train``) and what is allowed.
+    """
+    def fail(field, allowed, value):
+        raise ValueError("config.%s must be %s, got %r" % (field, allowed, value))
+
+    m = config.model
+    if m.size not in models.SIZES:
+        fail("model.size", "one of %s" % sorted(models.SIZES), m.size)
+    if m.norm not in NORMS:
+        fail("model.norm", "one of %s" % list(NORMS), m.norm)
+    if not _positive_int(m.group_size):
+        fail("model.group_size", "a positive integer", m.group_size)
+    if m.expansion_ratio == 0:
+        try:
+            models.default_expansion_ratio(m.group_size)
+        except ValueError as error:
+            raise ValueError("config.model.expansion_ratio=0 (paper default) %s" % error)
+    elif not _positive_int(m.expansion_ratio):
+        fail("model.expansion_ratio", "a positive integer (0 = paper 001 Table 2)",
+             m.expansion_ratio)
+    for field in ("train", "eval"):
+        if not _positive_int(config.image_size[field]):
+            fail("image_size." + field, "a positive integer (pixels)", config.image_size[field])
+    t = config.train
+    for field in ("epochs", "micro_batch_size", "gradient_accumulation"):
+        if not _positive_int(t[field]):
+            fail("train." + field, "a positive integer", t[field])
+    if t.precision not in PRECISIONS:
+        fail("train.precision", "one of %s" % list(PRECISIONS), t.precision)
+    if config.strategy.name not in STRATEGIES:
+        fail("strategy.name", "one of %s" % list(STRATEGIES), config.strategy.name)
+    a = config.augment
+    if not 0 < a.min_area <= a.max_area <= 1:
+        fail("augment.min_area/max_area", "0 < min_area <= max_area <= 1",
+             (a.min_area, a.max_area))
+    if not 0 <= a.cutmix_lambda < 1:
+        fail("augment.cutmix_lambda", "in [0, 1)", a.cutmix_lambda)
+    if a.mixup_alpha < 0:
+        fail("augment.mixup_alpha", ">= 0", a.mixup_alpha)
+    if not isinstance(config.dataset.name, str) or not config.dataset.name:
+        fail("dataset.name", "a dataset name", config.dataset.name)
+
+
+def model_kwargs(config, num_classes):
+    """Arguments of ``models.EfficientNet`` from ``config.model``."""
+    m = config.model
+    return dict(size=m.size, group_size=m.group_size,
+                expansion_ratio=m.expansion_ratio or None, norm=m.norm,
+                norm_groups=m.norm_groups, num_classes=num_classes,
+                dropout_rate=None if m.dropout_rate < 0 else m.dropout_rate,
+                drop_connect_rate=m.drop_connect_rate, activation=m.activation)

@@ -1,0 +1,242 @@
+"""Input pipeline: tensorflow-datasets sources, paper 001 preprocessing, Mixup and CutMix.
+
+Sources (``config.dataset.name``):
+  * "digits": scikit-learn's 1,797 real 8x8 handwritten digits, shipped inside the
+    scikit-learn wheel (the embedded default; 1,437 train / 360 validation, fixed split);
+  * "image_folder:<path>": tfds ImageFolder, ``<path>/<split>/<class>/<image>``;
+  * "imagenet2012" and any other tfds image-classification dataset by name, read from
+    ``data_dir``. Nothing is ever downloaded: an unprepared dataset is an error that says
+    how to prepare it (ImageNet from the ILSVRC-2012 tars in ``manual_dir``).
+
+Preprocessing (paper 001 sec. 3.4, He et al. 2015): training takes a random-resized crop
+(area 5-100 %, aspect 3/4-4/3), a horizontal flip, and resizes to the training size;
+evaluation resizes the short side to size x 256 / 224 and takes the centre crop. Images
+come out as float32 [N, H, W, 3] pixels in [0, 255] (the model standardizes them);
+grayscale becomes 3 channels. JPEGs are decoded and cropped in one step.
+"""
+import collections
+import os
+
+import numpy as np
+import tensorflow as tf
+
+AUTOTUNE = tf.data.AUTOTUNE
+EMBEDDED = ("digits",)
+Source = collections.namedtuple(
+    "Source", "train eval num_classes class_names num_train num_eval")
+
+
+def _digits(dataset_config):
+    from sklearn.datasets import load_digits
+    digits = load_digits()
+    images = np.round(digits.images * (255.0 / 16.0)).astype(np.uint8)[..., None]
+    images = np.repeat(images, 3, axis=-1)
+    labels = digits.target.astype(np.int64)
+    order = np.random.RandomState(0).permutation(len(labels))
+    train_idx, eval_idx = order[:1437], order[1437:]
+
+    def make(idx):
+        return lambda shuffle_files=False: tf.data.Dataset.from_tensor_slices(
+            (images[idx], labels[idx]))
+    return Source(make(train_idx), make(eval_idx), 10, [str(i) for i in range(10)],
+                  len(train_idx), len(eval_idx))
+
+
+def _not_prepared_error(name, builder, data_dir):
+    manual = getattr(builder, "MANUAL_DOWNLOAD_INSTRUCTIONS", None)
+    how = ("put the ILSVRC-2012 files in a folder and pass --config.dataset.manual_dir=DIR "
+           "(it is prepared from there, without download)" if manual else
+           "on a machine with internet run `tfds build %s --data_dir=DIR`, copy DIR here "
+           "and pass --config.dataset.data_dir=DIR" % name)
+    return ValueError(
+        "config.dataset.name=%r: the tensorflow-datasets dataset is not prepared in %s, and "
+        "this program never downloads. To prepare it, %s." % (name, data_dir, how))
+
+
+def open_source(dataset_config):
+    """Open ``config.dataset`` without reading any image.
+
+    Returns: ``Source`` whose ``train(shuffle_files)`` and ``eval()`` give datasets of
+      (image, label int64); the image is either encoded bytes (tf.string) or uint8 HWC.
+
+    Raises:
+      ValueError: unknown dataset, unprepared tfds dataset, missing folder or split.
+    """
+    name = dataset_config.name
+    if name in EMBEDDED:
+        return _digits(dataset_config)
+    import tensorflow_datasets as tfds
+    if name.startswith("image_folder:"):
+        root = name[len("image_folder:"):]
+        if not os.path.isdir(root):
+            raise ValueError("config.dataset.name=%r: folder %r does not exist (expected "
+                             "<path>/<split>/<class>/<image>)" % (name, root))
+        builder = tfds.folder_dataset.ImageFolder(root)
+    else:
+        try:
+            builder = tfds.builder(name, data_dir=dataset_config.data_dir or None)
+        except tfds.core.registered.DatasetNotFoundError:
+            raise ValueError(
+                "config.dataset.name=%r is not a known dataset: use 'digits' (embedded), "
+                "'image_folder:<path>', or a tensorflow-datasets name such as "
+                "'imagenet2012', 'cifar10', 'fashion_mnist'" % name) from None
+        if not builder.is_prepared():
+            if dataset_config.manual_dir and getattr(builder, "MANUAL_DOWNLOAD_INSTRUCTIONS",
+                                                     None):
+                builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
+                    manual_dir=dataset_config.manual_dir))
+            else:
+                raise _not_prepared_error(name, builder, builder.data_dir)
+    splits = builder.info.splits
+    for field in ("train_split", "eval_split"):
+        split = dataset_config[field]
+        if split.split("[")[0] not in splits:
+            raise ValueError("config.dataset.%s=%r is not a split of %r; it has %s"
+                             % (field, split, name, sorted(splits)))
+    image_key = "image"
+    label = builder.info.features["label"]
+    decoders = {image_key: tfds.decode.SkipDecoding()}
+
+    def make(split):
+        def load(shuffle_files=False):
+            ds = builder.as_dataset(split=split, shuffle_files=shuffle_files,
+                                    decoders=decoders)
+            return ds.map(lambda ex: (ex[image_key], ex["label"]))
+        return load
+    return Source(make(dataset_config.train_split), make(dataset_config.eval_split),
+                  label.num_classes, list(label.names),
+                  splits[dataset_config.train_split].num_examples,
+                  splits[dataset_config.eval_split].num_examples)
+
+
+def _is_jpeg(data):
+    return tf.equal(tf.strings.substr(data, 0, 3), b"\xff\xd8\xff")
+
+
+def _image_shape(image):
+    if image.dtype == tf.string:
+        return tf.cond(_is_jpeg(image), lambda: tf.io.extract_jpeg_shape(image),
+                       lambda: tf.shape(tf.io.decode_image(image, 3, expand_animations=False)))
+    return tf.shape(image)
+
+
+def _crop(image, offset_y, offset_x, height, width):
+    """Decode (if encoded) and crop to RGB uint8 [height, width, 3]."""
+    if image.dtype == tf.string:
+        window = tf.stack([offset_y, offset_x, height, width])
+        image = tf.cond(
+            _is_jpeg(image),
+            lambda: tf.io.decode_and_crop_jpeg(image, window, channels=3),
+            lambda: tf.image.crop_to_bounding_box(
+                tf.io.decode_image(image, 3, expand_animations=False),
+                offset_y, offset_x, height, width))
+    else:
+        image = image[offset_y:offset_y + height, offset_x:offset_x + width]
+        if image.shape[-1] == 1:
+            image = tf.image.grayscale_to_rgb(image)
+    return image
+
+
+def train_preprocess(image, size, augment):
+    """Random-resized crop + flip + resize: float32 [size, size, 3] in [0, 255]."""
+    shape = _image_shape(image)
+    begin, crop_size, _ = tf.image.sample_distorted_bounding_box(
+        shape, tf.constant([0.0, 0.0, 1.0, 1.0], shape=[1, 1, 4]),
+        min_object_covered=0.0, area_range=(augment.min_area, augment.max_area),
+        aspect_ratio_range=(augment.min_aspect, augment.max_aspect), max_attempts=10,
+        use_image_if_no_bounding_boxes=True)
+    image = _crop(image, begin[0], begin[1], crop_size[0], crop_size[1])
+    image = tf.image.resize(image, (size, size), method="bilinear")
+    if augment.flip:
+        image = tf.image.random_flip_left_right(image)
+    return tf.clip_by_value(image, 0.0, 255.0)
+
+
+def eval_preprocess(image, size):
+    """Resize the short side to size x 256 / 224, centre crop: float32 [size, size, 3]."""
+    shape = _image_shape(image)
+    h, w = shape[0], shape[1]
+    image = _crop(image, 0, 0, h, w)
+    scale = tf.cast(int(round(size * 256 / 224)), tf.float32) / tf.cast(tf.minimum(h, w),
+                                                                        tf.float32)
+    new_h = tf.cast(tf.round(tf.cast(h, tf.float32) * scale), tf.int32)
+    new_w = tf.cast(tf.round(tf.cast(w, tf.float32) * scale), tf.int32)
+    image = tf.image.resize(image, tf.stack([new_h, new_w]), method="bilinear")
+    image = tf.image.crop_to_bounding_box(image, (new_h - size) // 2, (new_w - size) // 2,
+                                          size, size)
+    return tf.clip_by_value(image, 0.0, 255.0)
+
+
+def _beta(alpha):
+    a = tf.random.gamma([], alpha)
+    b = tf.random.gamma([], alpha)
+    return a / (a + b)
+
+
+def mix_batch(images, labels, num_classes, mixup_alpha, cutmix_lambda):
+    """Mixup (Zhang et al., 2017) and CutMix (Yun et al., 2019) on a batch, as in
+    Graphcore's code: Mixup m ~ Beta(alpha, alpha), m = max(m, 1 - m), partner = batch rolled
+    by 1; CutMix keeps a fraction ``cutmix_lambda`` of the area, the box coming from the
+    batch rolled by 2. Returns images and soft labels float32 [N, num_classes]."""
+    labels = tf.one_hot(labels, num_classes)
+    if mixup_alpha > 0:
+        m = _beta(mixup_alpha)
+        m = tf.maximum(m, 1.0 - m)
+        images = m * images + (1.0 - m) * tf.roll(images, 1, axis=0)
+        labels = m * labels + (1.0 - m) * tf.roll(labels, 1, axis=0)
+    if cutmix_lambda > 0:
+        shape = tf.shape(images)
+        h, w = shape[1], shape[2]
+        side = tf.sqrt(1.0 - cutmix_lambda)
+        box_h = tf.cast(tf.round(side * tf.cast(h, tf.float32)), tf.int32)
+        box_w = tf.cast(tf.round(side * tf.cast(w, tf.float32)), tf.int32)
+        top = tf.random.uniform([], 0, h - box_h + 1, tf.int32)
+        left = tf.random.uniform([], 0, w - box_w + 1, tf.int32)
+        rows = tf.logical_and(tf.range(h) >= top, tf.range(h) < top + box_h)
+        cols = tf.logical_and(tf.range(w) >= left, tf.range(w) < left + box_w)
+        mask = tf.cast(tf.logical_and(rows[:, None], cols[None, :]), images.dtype)
+        mask = mask[None, :, :, None]
+        images = images * (1.0 - mask) + tf.roll(images, 2, axis=0) * mask
+        pasted = tf.cast(box_h * box_w, tf.float32) / tf.cast(h * w, tf.float32)
+        labels = (1.0 - pasted) * labels + pasted * tf.roll(labels, 2, axis=0)
+    return images, labels
+
+
+def train_dataset(source, config, epoch, skip_steps=0):
+    """Training batches for ``epoch``: (images float32 [A, M, S, S, 3], soft labels
+    [A, M, K]) with A = gradient accumulation, M = micro-batch, S = train size.
+
+    The shuffle order depends only on (seed, epoch), so a resumed run that skips the
+    ``skip_steps`` already done sees the rest of the same epoch.
+    """
+    t, a = config.train, config.augment
+    seed = config.seed * 100003 + epoch
+    ds = source.train(shuffle_files=False)
+    ds = ds.shuffle(min(source.num_train, 20000), seed=seed, reshuffle_each_iteration=False)
+    ds = ds.map(lambda image, label: (train_preprocess(image, config.image_size.train, a),
+                                      label), num_parallel_calls=AUTOTUNE, deterministic=False)
+    ds = ds.batch(t.micro_batch_size, drop_remainder=True)
+    ds = ds.map(lambda x, y: mix_batch(x, y, source.num_classes, a.mixup_alpha,
+                                       a.cutmix_lambda), num_parallel_calls=AUTOTUNE)
+    ds = ds.batch(t.gradient_accumulation, drop_remainder=True)
+    if t.steps_per_epoch:
+        ds = ds.repeat().take(t.steps_per_epoch)
+    return ds.skip(skip_steps).prefetch(AUTOTUNE)
+
+
+def steps_per_epoch(source, config):
+    """Optimizer steps in one epoch (``config.train.steps_per_epoch`` or one pass)."""
+    t = config.train
+    if t.steps_per_epoch:
+        return t.steps_per_epoch
+    return max(source.num_train // (t.micro_batch_size * t.gradient_accumulation), 1)
+
+
+def eval_dataset(source, config, batch_size):
+    """Evaluation batches: (images float32 [B, S, S, 3], labels int64 [B])."""
+    ds = source.eval().map(lambda image, label: (eval_preprocess(image, config.image_size.eval),
+                                                 label), num_parallel_calls=AUTOTUNE)
+    ds = ds.batch(batch_size)
+    if config.train.eval_steps:
+        ds = ds.take(config.train.eval_steps)
+    return ds.prefetch(AUTOTUNE)

@@ -1,0 +1,67 @@
+"""SavedModel export in the layout TensorFlow Serving loads: ``<root>/<version>/``.
+
+Signature ``serving_default``: input ``images`` uint8 [N, H, W, 3] (any H and W; the
+images of one request share a size), outputs ``probabilities`` float32 [N, classes] and
+``classes`` int64 [N]. Resizing (short side to size x 256 / 224, centre crop, as in
+evaluation) and normalization happen inside. Class names are stored as the asset
+``labels.txt`` (one per line, in class-index order).
+"""
+import os
+import tempfile
+
+import tensorflow as tf
+
+
+class ServingModule(tf.Module):
+    """Wraps a classifier (logits or probabilities) with uint8 preprocessing."""
+
+    def __init__(self, model, image_size, labels_path):
+        super().__init__()
+        self.model = model
+        self.image_size = int(image_size)
+        self.labels = tf.saved_model.Asset(labels_path)
+
+    @tf.function(input_signature=[tf.TensorSpec([None, None, None, 3], tf.uint8, name="images")])
+    def serve(self, images):
+        size = self.image_size
+        shape = tf.shape(images)
+        h, w = tf.cast(shape[1], tf.float32), tf.cast(shape[2], tf.float32)
+        scale = float(round(size * 256 / 224)) / tf.minimum(h, w)
+        new_h = tf.cast(tf.round(h * scale), tf.int32)
+        new_w = tf.cast(tf.round(w * scale), tf.int32)
+        x = tf.image.resize(tf.cast(images, tf.float32), tf.stack([new_h, new_w]))
+        x = tf.image.crop_to_bounding_box(x, (new_h - size) // 2, (new_w - size) // 2, size,
+                                          size)
+        logits = tf.cast(self.model(x, training=False), tf.float32)
+        if self.model.layers[-1].get_config().get("activation") == "softmax":
+            probabilities = logits
+        else:
+            probabilities = tf.nn.softmax(logits)
+        return {"probabilities": probabilities,
+                "classes": tf.argmax(probabilities, axis=-1, output_type=tf.int64)}
+
+
+def export_saved_model(model, root, version, image_size, class_names):
+    """Write ``root/<version>/`` and return its path.
+
+    Args:
+      model: keras.Model [N, S, S, 3] float pixels in [0, 255] -> [N, K].
+      root: export folder; version: int >= 0 (the training step); image_size: S;
+      class_names: K strings (or an empty list: the indices are used).
+
+    Raises: ValueError if ``version`` is negative or ``class_names`` has the wrong length.
+    """
+    if int(version) < 0:
+        raise ValueError("version must be >= 0, got %r" % (version,))
+    num_classes = int(model.outputs[0].shape[-1])
+    names = list(class_names) or [str(i) for i in range(num_classes)]
+    if len(names) != num_classes:
+        raise ValueError("class_names has %d names for %d classes" % (len(names), num_classes))
+    path = os.path.join(root, str(int(version)))
+    with tempfile.TemporaryDirectory() as tmp:
+        labels_path = os.path.join(tmp, "labels.txt")
+        with open(labels_path, "w") as f:
+            f.write("\n".join(names) + "\n")
+        module = ServingModule(model, image_size, labels_path)
+        tf.saved_model.save(module, path, signatures={"serving_default": module.serve})
+    return path

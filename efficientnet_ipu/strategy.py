@@ -1,0 +1,45 @@
+"""Distribution strategy from ``config.strategy`` (the one place that chooses it).
+
+"auto": MirroredStrategy with two or more GPUs, else the default strategy (one device:
+CPU or a single GPU). "mirrored" and "multi_worker" are TensorFlow's MirroredStrategy and
+MultiWorkerMirroredStrategy (the cluster comes from TF_CONFIG); "tpu" is TPUStrategy on
+``config.strategy.tpu``; "ipu" imports ``efficientnet_ipu.ipu`` (Graphcore's SDK) only then.
+"""
+import tensorflow as tf
+
+
+def make_strategy(strategy_config):
+    """Return a ``tf.distribute.Strategy``.
+
+    Raises:
+      ValueError: unknown ``config.strategy.name``.
+      RuntimeError: the chosen hardware or SDK is not available on this machine.
+    """
+    name = strategy_config.name
+    if name == "auto":
+        gpus = tf.config.list_physical_devices("GPU")
+        return tf.distribute.MirroredStrategy() if len(gpus) > 1 else tf.distribute.get_strategy()
+    if name == "default":
+        return tf.distribute.get_strategy()
+    if name == "mirrored":
+        return tf.distribute.MirroredStrategy()
+    if name == "multi_worker":
+        return tf.distribute.MultiWorkerMirroredStrategy()
+    if name == "tpu":
+        if not strategy_config.tpu:
+            raise ValueError("config.strategy.tpu must name the TPU (e.g. 'local' or a "
+                             "TPU name) when config.strategy.name='tpu'")
+        resolver = tf.distribute.cluster_resolver.TPUClusterResolver(tpu=strategy_config.tpu)
+        tf.config.experimental_connect_to_cluster(resolver)
+        tf.tpu.experimental.initialize_tpu_system(resolver)
+        return tf.distribute.TPUStrategy(resolver)
+    if name == "ipu":
+        from efficientnet_ipu import ipu
+        return ipu.make_ipu_strategy(strategy_config)
+    raise ValueError("config.strategy.name must be one of auto, default, mirrored, "
+                     "multi_worker, tpu, ipu; got %r" % (name,))
+
+
+def num_replicas(strategy):
+    """Replicas in sync (1 for the default strategy)."""
+    return strategy.num_replicas_in_sync

@@ -1,0 +1,13 @@
+"""B0, group size 16, LN + proxy-normalized activations, half resolution (train 160 px, evaluate 224 px), ImageNet.
+
+    python -m efficientnet_ipu.main --config=experiments/b0_g16_lnpn_half.py --workdir=runs/b0_g16_lnpn_half \
+        --config.dataset.data_dir=TFDS_DIR [--config.dataset.manual_dir=ILSVRC2012_TARS]
+
+Recipe of paper 001 sec. 3.4 (350 epochs, global batch 768 = 32 x 24 accumulation, RMSProp).
+Expected: ImageNet top-1 77.3 ± 0.1 % at 224 px after the paper's 2-epoch fine-tuning at 224 px (paper 001 Table 4); this program does not fine-tune yet, so the evaluation at 224 px after training at 160 px comes out lower.
+"""
+from efficientnet_ipu.config import paper_config
+
+
+def get_config():
+    return paper_config('b0', 16, 'ln_pn', 'half')

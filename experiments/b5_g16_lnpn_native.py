@@ -1,0 +1,13 @@
+"""B5, group size 16, LN + proxy-normalized activations, native resolution (train 456 px, evaluate 456 px), ImageNet.
+
+    python -m efficientnet_ipu.main --config=experiments/b5_g16_lnpn_native.py --workdir=runs/b5_g16_lnpn_native \
+        --config.dataset.data_dir=TFDS_DIR [--config.dataset.manual_dir=ILSVRC2012_TARS]
+
+Recipe of paper 001 sec. 3.4 (350 epochs, global batch 768 = 32 x 24 accumulation, RMSProp).
+Expected: ImageNet top-1 83.4 ± 0.1 % at 456 px with no fine-tuning (paper 001 Table 3, mean ± std of 3 runs); 83.5 ± 0.1 % after the paper's 2-epoch fine-tuning (Table 4).
+"""
+from efficientnet_ipu.config import paper_config
+
+
+def get_config():
+    return paper_config('b5', 16, 'ln_pn', 'native')

@@ -1,0 +1,27 @@
+"""The layer and model tests again under Keras 2 (tf-keras, TF_USE_LEGACY_KERAS=1), the
+Keras that Graphcore's IPU TensorFlow 2.6 ships a fork of."""
+import os
+import subprocess
+import sys
+
+import pytest
+
+from conftest import REPO
+
+
+@pytest.mark.skipif(os.environ.get("TF_USE_LEGACY_KERAS") == "1",
+                    reason="already running under Keras 2")
+def test_layer_and_model_tests_pass_under_keras2():
+    pytest.importorskip("tf_keras", reason="tf-keras is needed for the Keras 2 run")
+    env = dict(os.environ, TF_USE_LEGACY_KERAS="1", TF_CPP_MIN_LOG_LEVEL="3")
+    out = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider",
+         "tests/test_layers.py", "tests/test_models.py", "-k", "not b7",
+         "-W", "ignore::UserWarning"],
+        capture_output=True, text=True, timeout=1800, env=env, cwd=REPO)
+    assert out.returncode == 0, out.stdout[-5000:] + out.stderr[-3000:]
+    assert " passed" in out.stdout.splitlines()[-1], out.stdout[-2000:]
+    check = subprocess.run([sys.executable, "-c", "from tensorflow import keras; "
+                            "print(keras.__name__, keras.layers.Layer.__module__)"],
+                           capture_output=True, text=True, env=env, timeout=300)
+    assert "tf_keras" in check.stdout, check.stdout + check.stderr[-1000:]

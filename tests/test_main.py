@@ -1,0 +1,150 @@
+"""The training program end to end: real-data training, export, resume after a kill, and
+clear errors on bad input before any training starts."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from conftest import REPO, shared_path
+from efficientnet_ipu import config as config_lib
+from efficientnet_ipu import train
+
+DEMO = os.path.join(REPO, "experiments", "demo.py")
+ENV = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", PYTHONPATH=REPO)
+
+
+def run_main(*args, timeout=600):
+    return subprocess.run([sys.executable, "-m", "efficientnet_ipu.main"] + list(args),
+                          capture_output=True, text=True, timeout=timeout, env=ENV, cwd=REPO)
+
+
+def small_config(name, **dataset):
+    c = config_lib.base_config()
+    c.model.size, c.model.group_size, c.model.norm = "b0", 16, "ln_pn"
+    c.dataset.name = name
+    for key, value in dataset.items():
+        c.dataset[key] = value
+    c.image_size.train = c.image_size.eval = 32
+    c.augment.min_area = 0.5
+    c.train.update(dict(epochs=1, micro_batch_size=16, gradient_accumulation=2,
+                        steps_per_epoch=24, eval_steps=4, warmup_epochs=0.1,
+                        base_learning_rate=2.0 ** -11, rmsprop_decay_per_example=2.0 ** -8,
+                        log_every_steps=5))
+    return c
+
+
+def test_trains_on_real_jpegs_loss_decreases_and_export_serves_in_fresh_process(tmp_path):
+    root = shared_path("cifar10_jpg")
+    config = small_config("image_folder:" + root, train_split="test", eval_split="test")
+    trainer = train.Trainer(config, str(tmp_path))
+    metrics = trainer.train()
+    losses = np.array([loss for _, loss in trainer.history])
+    assert len(losses) == 24 and np.all(np.isfinite(losses))
+    assert losses[-8:].mean() < losses[:8].mean() - 0.1, losses
+    assert metrics["examples"] == 4 * 16 and 0 <= metrics["top1"] <= metrics["top5"] <= 1
+    for name in ("config.json", "eval_results.json", "checkpoints/checkpoint",
+                 "tensorboard/train", "tensorboard/eval", "export/24/saved_model.pb",
+                 "export/24/assets/labels.txt"):
+        assert os.path.exists(os.path.join(tmp_path, name)), name
+
+    # A real JPEG through the export, in fresh processes.
+    jpeg = os.path.join(root, "test", "cat", sorted(os.listdir(os.path.join(root, "test",
+                                                                            "cat")))[0])
+    image = tf.io.decode_jpeg(tf.io.read_file(jpeg), channels=3)
+    expected = trainer.model(tf.image.resize(tf.cast(image, tf.float32)[None], (37, 37))
+                             [:, 2:34, 2:34], training=False).numpy()[0]
+    out = subprocess.run([sys.executable, "-m", "efficientnet_ipu.predict",
+                          "--model=%s" % os.path.join(tmp_path, "export"), jpeg],
+                         capture_output=True, text=True, timeout=300, env=ENV, cwd=REPO)
+    assert out.returncode == 0, out.stderr[-3000:]
+    lines = out.stdout.strip().splitlines()
+    assert lines[0] == jpeg and len(lines) == 6
+    names = open(os.path.join(tmp_path, "export/24/assets/labels.txt")).read().split()
+    assert names[int(np.argmax(expected))] in lines[1]  # same top-1 as the Keras model
+
+    npy = os.path.join(tmp_path, "image.npy")
+    np.save(npy, image.numpy()[None])
+    cli = subprocess.run(["saved_model_cli", "run", "--dir", os.path.join(tmp_path, "export/24"),
+                          "--tag_set", "serve", "--signature_def", "serving_default",
+                          "--inputs", "images=" + npy], capture_output=True, text=True,
+                         timeout=300, env=ENV)
+    assert cli.returncode == 0, cli.stderr[-3000:]
+    assert "probabilities" in cli.stdout and "classes" in cli.stdout
+
+
+def test_killed_run_resumes_from_last_checkpoint(tmp_path):
+    workdir = str(tmp_path / "run")
+    args = ["--config=" + DEMO, "--workdir=" + workdir, "--config.train.epochs=2",
+            "--config.train.steps_per_epoch=20", "--config.train.checkpoint_every_steps=5",
+            "--config.train.eval_steps=2", "--config.export.enabled=False"]
+    proc = subprocess.Popen([sys.executable, "-m", "efficientnet_ipu.main"] + args,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=ENV,
+                            cwd=REPO, text=True)
+    index = os.path.join(workdir, "checkpoints", "checkpoint")
+    deadline = time.time() + 400
+    while time.time() < deadline and proc.poll() is None:
+        if os.path.exists(index) and "ckpt-10" in open(index).read():
+            break
+        time.sleep(0.2)
+    assert proc.poll() is None, "the run ended before it could be killed"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not os.path.exists(os.path.join(workdir, "eval_results.json"))
+
+    second = run_main(*args)
+    assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
+    resumed = [l for l in (second.stdout + second.stderr).splitlines() if "Resumed from" in l]
+    assert resumed, second.stdout[-2000:]
+    step = int(resumed[0].rsplit("step", 1)[1])
+    assert 10 <= step < 40
+    assert json.load(open(os.path.join(workdir, "eval_results.json")))["step"] == 40
+
+
+@pytest.mark.parametrize("override,message", [
+    ("--config.train.epoch=2", "epoch"),                       # unknown field
+    ("--config.image_size.train=0", "config.image_size.train must be a positive integer"),
+    ("--config.dataset.name=no_such_dataset_xyz", "not a known dataset"),
+    ("--config.model.norm=batchnorm", "config.model.norm must be one of"),
+])
+def test_bad_input_fails_before_training(tmp_path, override, message):
+    workdir = str(tmp_path / "run")
+    out = run_main("--config=" + DEMO, "--workdir=" + workdir, override, timeout=300)
+    assert out.returncode != 0
+    assert message in out.stdout + out.stderr, (out.stdout + out.stderr)[-3000:]
+    assert not os.path.exists(os.path.join(workdir, "checkpoints"))
+
+
+def test_unprepared_tfds_dataset_fails_before_training(tmp_path):
+    config = small_config("cifar10", data_dir=str(tmp_path / "tfds"), eval_split="test")
+    with pytest.raises(ValueError, match="not prepared"):
+        train.Trainer(config, str(tmp_path / "run"))
+    assert not os.path.exists(tmp_path / "run")
+
+
+def test_every_experiment_config_loads_and_validates():
+    import importlib.util
+    folder = os.path.join(REPO, "experiments")
+    files = sorted(f for f in os.listdir(folder) if f.endswith(".py"))
+    assert "b2_g16.py" in files and "demo.py" in files and len(files) >= 32
+    for name in files:
+        spec = importlib.util.spec_from_file_location(name[:-3], os.path.join(folder, name))
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        config = module.get_config()
+        config_lib.validate(config)
+        assert "python -m efficientnet_ipu.main --config=experiments/%s" % name in \
+            module.__doc__, name
+
+
+@pytest.mark.slow
+def test_demo_reaches_stated_accuracy(tmp_path):
+    out = run_main("--config=" + DEMO, "--workdir=" + str(tmp_path), timeout=1800)
+    assert out.returncode == 0, out.stderr[-3000:]
+    result = json.load(open(os.path.join(tmp_path, "eval_results.json")))
+    assert result["top1"] >= 0.90, result
