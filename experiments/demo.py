@@ -23,7 +23,7 @@ def get_config():
     c.augment.flip = False          # mirrored digits are other symbols
     c.augment.min_area = 0.8
     c.augment.mixup_alpha = 0.0
-    c.train.epochs = 20
+    c.train.epochs = 15
     c.train.micro_batch_size = 32
     c.train.gradient_accumulation = 1
     c.train.rmsprop_decay_per_example = 2.0 ** -8   # rho = 0.875 at batch 32

@@ -1,0 +1,240 @@
+"""Throughput and latency benchmark, run side by side in one process.
+
+    python -m efficientnet_ipu.benchmark --sizes=b0 --group-sizes=1,16 --norms=bn,ln_pn \
+        --resolutions=224,160 --batch=32 --csv=benchmark.csv
+    python -m efficientnet_ipu.benchmark --conv          # GroupConv2D vs dense convolution
+
+For every (size, G, norm, resolution) it prints and writes to CSV: training images/s
+(forward + backward + SGD update), inference images/s, batch-1 latency (ms), MACs per image,
+achieved GFLOP/s (2 FLOPs per MAC; training counts 3x the forward MACs) and that as a
+fraction of the dense 3x3 convolution peak measured in the same run, and the ratios to
+keras.applications' EfficientNet of the same size at the same batch and resolution.
+Times are medians over ``--steps`` timed calls after ``--warmup`` untimed ones.
+"""
+import argparse
+import csv
+import os
+import sys
+import time
+
+import efficientnet_ipu  # noqa: F401  (before TensorFlow: enables oneDNN)
+from tensorflow import keras
+import numpy as np
+import tensorflow as tf
+
+from efficientnet_ipu import analysis, models
+from efficientnet_ipu import layers as L
+
+CONV_SHAPE = (32, 28, 28, 240)  # the issue's reference tensor: 3x3, group size 16
+
+
+def median_time(fn, steps, warmup):
+    """Median wall time (s) of ``fn()`` over ``steps`` calls after ``warmup`` calls."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(steps):
+        tic = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - tic)
+    return float(np.median(times))
+
+
+def _sync(result):
+    """Force the computation (eager results may be lazy on some devices)."""
+    for t in tf.nest.flatten(result):
+        t.numpy()
+
+
+def conv_fwd_bwd_seconds(layer, shape, steps, warmup):
+    """Median seconds of forward + backward (input and kernel gradients) of ``layer``."""
+    x = tf.random.normal(shape)
+    layer(x)
+
+    @tf.function
+    def step():
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            y = tf.reduce_sum(layer(x))
+        return tape.gradient(y, [x] + layer.trainable_variables)
+    return median_time(lambda: _sync(step()), steps, warmup)
+
+
+def conv_macs(layer, shape):
+    """MACs of one call of a conv layer on ``shape`` (output pixels x kernel size)."""
+    out = layer.compute_output_shape(shape)
+    return int(np.prod(out[:3])) * int(np.prod(layer.kernel.shape if hasattr(layer, "kernel")
+                                               else layer.depthwise_kernel.shape))
+
+
+def dense_conv_peak(steps=10, warmup=3, shape=CONV_SHAPE):
+    """GFLOP/s of a dense 3x3 convolution forward + backward on ``shape``: the peak that
+    achieved rates are compared with."""
+    layer = keras.layers.Conv2D(shape[-1], 3, padding="same", use_bias=False)
+    seconds = conv_fwd_bwd_seconds(layer, shape, steps, warmup)
+    return 3 * 2 * conv_macs(layer, shape) / seconds / 1e9
+
+
+def conv_table(steps, warmup, shape=CONV_SHAPE):
+    """Rows comparing grouped-convolution implementations with the dense convolution."""
+    c = shape[-1]
+    cases = [
+        ("dense Conv2D", keras.layers.Conv2D(c, 3, padding="same", use_bias=False)),
+        ("GroupConv2D G16 grouped", L.GroupConv2D(c, 3, group_size=16)),
+        ("GroupConv2D G16 split", L.GroupConv2D(c, 3, group_size=16, implementation="split")),
+        ("GroupConv2D G1 (depthwise)", L.GroupConv2D(c, 3, group_size=1)),
+    ]
+    rows, dense_rate = [], None
+    for name, layer in cases:
+        seconds = conv_fwd_bwd_seconds(layer, shape, steps, warmup)
+        rate = 3 * 2 * conv_macs(layer, shape) / seconds / 1e9
+        dense_rate = dense_rate or rate
+        rows.append(dict(case=name, ms=1e3 * seconds, gflops=rate, of_dense=rate / dense_rate))
+    return rows
+
+
+class ModelBench:
+    """Compiled train / inference steps of one model at a batch and resolution."""
+
+    def __init__(self, model, batch, resolution):
+        self.model, self.batch, self.resolution = model, batch, resolution
+        self.images = tf.random.uniform([batch, resolution, resolution, 3], 0, 255)
+        self.labels = tf.random.uniform([batch], 0, model.outputs[0].shape[-1], tf.int32)
+        self.optimizer = keras.optimizers.SGD(1e-3)
+        self.train_step = tf.function(self._train_step)
+        self.infer = tf.function(lambda x: self.model(x, training=False))
+
+    def _train_step(self):
+        with tf.GradientTape() as tape:
+            out = self.model(self.images, training=True)
+            loss = tf.reduce_mean(keras.losses.sparse_categorical_crossentropy(
+                self.labels, tf.cast(out, tf.float32), from_logits=True))
+        grads = tape.gradient(loss, self.model.trainable_variables)
+        self.optimizer.apply_gradients(zip(grads, self.model.trainable_variables))
+        return loss
+
+    def train_images_per_second(self, steps, warmup):
+        return self.batch / median_time(lambda: _sync(self.train_step()), steps, warmup)
+
+    def inference_images_per_second(self, steps, warmup):
+        return self.batch / median_time(lambda: _sync(self.infer(self.images)), steps, warmup)
+
+    def latency_ms(self, steps, warmup):
+        one = self.images[:1]
+        return 1e3 * median_time(lambda: _sync(self.infer(one)), steps, warmup)
+
+
+def keras_applications_model(size, num_classes=1000):
+    fn = getattr(keras.applications, "EfficientNet" + size.upper())
+    return fn(weights=None, input_shape=(None, None, 3), classes=num_classes)
+
+
+def bench_model(model, batch, resolution, args):
+    bench = ModelBench(model, batch, resolution)
+    result = {}
+    if "train" in args.modes:
+        result["train_img_s"] = bench.train_images_per_second(args.steps, args.warmup)
+    if "inference" in args.modes:
+        result["infer_img_s"] = bench.inference_images_per_second(args.steps, args.warmup)
+        result["latency_ms"] = bench.latency_ms(args.steps * 2, args.warmup)
+    return result
+
+
+def parse_list(text, cast=str):
+    return [cast(v) for v in text.split(",") if v]
+
+
+def resolve_resolutions(size, resolutions):
+    out = []
+    for r in resolutions:
+        if r == "native":
+            out.append(models.SIZES[size][2])
+        elif r == "half":
+            out.append(models.HALF_RESOLUTION[size])
+        else:
+            out.append(int(r))
+    return out
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", default="b0")
+    parser.add_argument("--group-sizes", default="1,16")
+    parser.add_argument("--norms", default="bn,gn,ln_pn")
+    parser.add_argument("--resolutions", default="native",
+                        help="pixels, or 'native'/'half' (paper 001 Table 1)")
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--modes", default="train,inference")
+    parser.add_argument("--precision", default="fp32", choices=["fp32", "fp16", "bf16"])
+    parser.add_argument("--steps", type=int, default=5)
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--no-keras-baseline", action="store_true")
+    parser.add_argument("--conv", action="store_true", help="only the convolution table")
+    parser.add_argument("--csv", default="benchmark.csv")
+    args = parser.parse_args(argv)
+    if args.batch < 1:
+        parser.error("--batch must be a positive integer")
+    sizes = parse_list(args.sizes)
+    for size in sizes:
+        models.check_size(size)
+    norms = parse_list(args.norms)
+    for norm in norms:
+        L.parse_norm(norm)
+    group_sizes = parse_list(args.group_sizes, int)
+
+    print("TensorFlow %s, Keras %s, %d CPU threads" % (
+        tf.__version__, getattr(keras, "__version__", "2"), os.cpu_count()))
+    print("Convolution %s, 3x3, forward + backward:" % (CONV_SHAPE,))
+    conv_rows = conv_table(args.steps * 2, args.warmup)
+    for row in conv_rows:
+        print("  %-28s %8.2f ms %7.1f GFLOP/s %6.1f%% of dense" % (
+            row["case"], row["ms"], row["gflops"], 100 * row["of_dense"]))
+    if args.conv:
+        return 0
+    peak = conv_rows[0]["gflops"]
+    policy = {"fp32": "float32", "fp16": "mixed_float16", "bf16": "mixed_bfloat16"}
+    keras.mixed_precision.set_global_policy(policy[args.precision])
+    rows = []
+    header = ("size", "G", "E", "norm", "res", "batch", "train_img_s", "infer_img_s",
+              "latency_ms", "macs_m", "train_gflops", "of_peak", "vs_keras_train",
+              "vs_keras_infer")
+    print("\n" + " ".join("%12s" % h for h in header))
+    for size in sizes:
+        for resolution in resolve_resolutions(size, parse_list(args.resolutions)):
+            baseline = {}
+            if not args.no_keras_baseline:
+                baseline = bench_model(keras_applications_model(size), args.batch, resolution,
+                                       args)
+                print("  keras.applications EfficientNet%s at %d px: %s" % (
+                    size.upper(), resolution,
+                    ", ".join("%s %.2f" % kv for kv in sorted(baseline.items()))))
+            for g in group_sizes:
+                for norm in norms:
+                    model = models.EfficientNet(size, group_size=g, norm=norm)
+                    macs = analysis.count_macs(model, resolution)
+                    result = bench_model(model, args.batch, resolution, args)
+                    row = dict(size=size, G=g, E=models.default_expansion_ratio(g), norm=norm,
+                               res=resolution, batch=args.batch, macs_m=macs / 1e6, **result)
+                    if "train_img_s" in result:
+                        row["train_gflops"] = 3 * 2 * macs * result["train_img_s"] / 1e9
+                        row["of_peak"] = row["train_gflops"] / peak
+                    for mode in ("train", "infer"):
+                        key = mode + "_img_s"
+                        if key in result and key in baseline:
+                            row["vs_keras_" + mode] = result[key] / baseline[key]
+                    rows.append(row)
+                    print(" ".join("%12s" % (("%.3g" % row[h]) if isinstance(row.get(h), float)
+                                             else row.get(h, "")) for h in header))
+                    sys.stdout.flush()
+                    keras.backend.clear_session()
+    with open(args.csv, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=header + ("precision", "dense_peak_gflops"))
+        writer.writeheader()
+        for row in rows:
+            writer.writerow(dict(row, precision=args.precision, dense_peak_gflops=peak))
+    print("\nwrote %s" % args.csv)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
