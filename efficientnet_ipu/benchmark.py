@@ -3,6 +3,8 @@
     python -m efficientnet_ipu.benchmark --sizes=b0 --group-sizes=1,16 --norms=bn,ln_pn \
         --resolutions=224,160 --batch=32 --csv=benchmark.csv
     python -m efficientnet_ipu.benchmark --conv          # GroupConv2D vs dense convolution
+    python -m efficientnet_ipu.benchmark --pipeline=image_folder:../shared/data/imagenette2_224 \
+        --pipeline-split=val                             # input pipeline images/s
 
 For every (size, G, norm, resolution) it prints and writes to CSV: training images/s
 (forward + backward + SGD update), inference images/s, batch-1 latency (ms), MACs per image,
@@ -140,6 +142,27 @@ def bench_model(model, batch, resolution, args):
     return result
 
 
+def pipeline_images_per_second(dataset_name, split, size, batch, steps, mixup, cutmix):
+    """Training input pipeline throughput (images/s, all cores): decode, random-resized
+    crop, flip, resize to ``size`` and Mixup/CutMix, as ``data.train_dataset`` runs it."""
+    from efficientnet_ipu import config as config_lib, data
+    c = config_lib.base_config()
+    c.dataset.name = dataset_name
+    c.dataset.train_split = c.dataset.eval_split = split
+    c.image_size.train = size
+    c.augment.mixup_alpha, c.augment.cutmix_lambda = mixup, cutmix
+    c.train.micro_batch_size, c.train.gradient_accumulation = batch, 1
+    source = data.open_source(c.dataset)
+    ds = data.train_dataset(source, c, epoch=0).repeat()
+    iterator = iter(ds)
+    for _ in range(3):
+        next(iterator)
+    tic = time.perf_counter()
+    for _ in range(steps):
+        next(iterator)[0].numpy()
+    return steps * batch / (time.perf_counter() - tic)
+
+
 def parse_list(text, cast=str):
     return [cast(v) for v in text.split(",") if v]
 
@@ -170,6 +193,10 @@ def main(argv=None):
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--no-keras-baseline", action="store_true")
     parser.add_argument("--conv", action="store_true", help="only the convolution table")
+    parser.add_argument("--pipeline", default="",
+                        help="dataset whose training input pipeline to time, e.g. "
+                             "image_folder:../shared/data/imagenette2_224")
+    parser.add_argument("--pipeline-split", default="train")
     parser.add_argument("--csv", default="benchmark.csv")
     args = parser.parse_args(argv)
     if args.batch < 1:
@@ -184,6 +211,15 @@ def main(argv=None):
 
     print("TensorFlow %s, Keras %s, %d CPU threads" % (
         tf.__version__, getattr(keras, "__version__", "2"), os.cpu_count()))
+    if args.pipeline:
+        rate = pipeline_images_per_second(args.pipeline, args.pipeline_split,
+                                          int(resolve_resolutions(sizes[0], [
+                                              parse_list(args.resolutions)[0]])[0]),
+                                          args.batch, args.steps * 10, mixup=0.1, cutmix=0.9)
+        print("Input pipeline on %s (%s): %.1f images/s on %d cores = %.1f images/s per core"
+              % (args.pipeline, args.pipeline_split, rate, os.cpu_count(),
+                 rate / os.cpu_count()))
+        return 0
     print("Convolution %s, 3x3, forward + backward:" % (CONV_SHAPE,))
     conv_rows = conv_table(args.steps * 2, args.warmup)
     for row in conv_rows:

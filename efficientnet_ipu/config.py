@@ -26,7 +26,8 @@ def base_config():
     c.model = dict(size="b0", group_size=16, expansion_ratio=0, norm="ln_pn", norm_groups=4,
                    dropout_rate=-1.0, drop_connect_rate=0.2, activation="swish")
     c.dataset = dict(name="imagenet2012", data_dir="", manual_dir="", train_split="train",
-                     eval_split="validation", num_classes=0)
+                     eval_split="validation", num_classes=0,
+                     train_examples=0)  # > 0: train on only the first N examples
     c.image_size = dict(train=224, eval=224)
     c.augment = dict(min_area=0.05, max_area=1.0, min_aspect=0.75, max_aspect=4.0 / 3.0,
                      flip=True, mixup_alpha=0.0, cutmix_lambda=0.0)
@@ -114,6 +115,8 @@ def validate(config):
         fail("augment.cutmix_lambda", "in [0, 1)", a.cutmix_lambda)
     if a.mixup_alpha < 0:
         fail("augment.mixup_alpha", ">= 0", a.mixup_alpha)
+    if config.dataset.train_examples < 0:
+        fail("dataset.train_examples", ">= 0 (0 = all)", config.dataset.train_examples)
     if not isinstance(config.dataset.name, str) or not config.dataset.name:
         fail("dataset.name", "a dataset name", config.dataset.name)
 

@@ -212,7 +212,10 @@ def train_dataset(source, config, epoch, skip_steps=0):
     t, a = config.train, config.augment
     seed = config.seed * 100003 + epoch
     ds = source.train(shuffle_files=False)
-    ds = ds.shuffle(min(source.num_train, 20000), seed=seed, reshuffle_each_iteration=False)
+    if config.dataset.train_examples:
+        ds = ds.take(config.dataset.train_examples)
+    ds = ds.shuffle(min(num_train_examples(source, config), 20000), seed=seed,
+                    reshuffle_each_iteration=False)
     ds = ds.map(lambda image, label: (train_preprocess(image, config.image_size.train, a),
                                       label), num_parallel_calls=AUTOTUNE, deterministic=False)
     ds = ds.batch(t.micro_batch_size, drop_remainder=True)
@@ -224,12 +227,19 @@ def train_dataset(source, config, epoch, skip_steps=0):
     return ds.skip(skip_steps).prefetch(AUTOTUNE)
 
 
+def num_train_examples(source, config):
+    """Training examples used: the split, or its first ``config.dataset.train_examples``."""
+    limit = config.dataset.train_examples
+    return min(source.num_train, limit) if limit else source.num_train
+
+
 def steps_per_epoch(source, config):
     """Optimizer steps in one epoch (``config.train.steps_per_epoch`` or one pass)."""
     t = config.train
     if t.steps_per_epoch:
         return t.steps_per_epoch
-    return max(source.num_train // (t.micro_batch_size * t.gradient_accumulation), 1)
+    return max(num_train_examples(source, config) // (t.micro_batch_size *
+                                                       t.gradient_accumulation), 1)
 
 
 def eval_dataset(source, config, batch_size):

@@ -3,27 +3,24 @@
 Signature ``serving_default``: input ``images`` uint8 [N, H, W, 3] (any H and W; the
 images of one request share a size), outputs ``probabilities`` float32 [N, classes] and
 ``classes`` int64 [N]. Resizing (short side to size x 256 / 224, centre crop, as in
-evaluation) and normalization happen inside. Class names are stored as the asset
-``labels.txt`` (one per line, in class-index order).
+evaluation) and normalization happen inside. Class names are written to
+``assets/labels.txt`` (one per line, in class-index order). Written with Keras'
+``ExportArchive`` (Keras 3 and tf-keras >= 2.13), whose SavedModels also load in TF1-style
+sessions (``saved_model_cli run``, TensorFlow Serving).
 """
 import os
-import tempfile
 
+from tensorflow import keras
 import tensorflow as tf
 
 
-class ServingModule(tf.Module):
-    """Wraps a classifier (logits or probabilities) with uint8 preprocessing."""
+def serving_fn(model, image_size):
+    """uint8 [N, H, W, 3] -> {"probabilities": float32 [N, K], "classes": int64 [N]}, with
+    evaluation preprocessing (short side to size x 256 / 224, centre crop) inside."""
+    size = int(image_size)
+    softmax_inside = model.layers[-1].get_config().get("activation") == "softmax"
 
-    def __init__(self, model, image_size, labels_path):
-        super().__init__()
-        self.model = model
-        self.image_size = int(image_size)
-        self.labels = tf.saved_model.Asset(labels_path)
-
-    @tf.function(input_signature=[tf.TensorSpec([None, None, None, 3], tf.uint8, name="images")])
-    def serve(self, images):
-        size = self.image_size
+    def serve(images):
         shape = tf.shape(images)
         h, w = tf.cast(shape[1], tf.float32), tf.cast(shape[2], tf.float32)
         scale = float(round(size * 256 / 224)) / tf.minimum(h, w)
@@ -32,17 +29,15 @@ class ServingModule(tf.Module):
         x = tf.image.resize(tf.cast(images, tf.float32), tf.stack([new_h, new_w]))
         x = tf.image.crop_to_bounding_box(x, (new_h - size) // 2, (new_w - size) // 2, size,
                                           size)
-        logits = tf.cast(self.model(x, training=False), tf.float32)
-        if self.model.layers[-1].get_config().get("activation") == "softmax":
-            probabilities = logits
-        else:
-            probabilities = tf.nn.softmax(logits)
+        out = tf.cast(model(x, training=False), tf.float32)
+        probabilities = out if softmax_inside else tf.nn.softmax(out)
         return {"probabilities": probabilities,
                 "classes": tf.argmax(probabilities, axis=-1, output_type=tf.int64)}
+    return serve
 
 
 def export_saved_model(model, root, version, image_size, class_names):
-    """Write ``root/<version>/`` and return its path.
+    """Write ``root/<version>/`` with Keras' ExportArchive and return its path.
 
     Args:
       model: keras.Model [N, S, S, 3] float pixels in [0, 255] -> [N, K].
@@ -58,10 +53,13 @@ def export_saved_model(model, root, version, image_size, class_names):
     if len(names) != num_classes:
         raise ValueError("class_names has %d names for %d classes" % (len(names), num_classes))
     path = os.path.join(root, str(int(version)))
-    with tempfile.TemporaryDirectory() as tmp:
-        labels_path = os.path.join(tmp, "labels.txt")
-        with open(labels_path, "w") as f:
-            f.write("\n".join(names) + "\n")
-        module = ServingModule(model, image_size, labels_path)
-        tf.saved_model.save(module, path, signatures={"serving_default": module.serve})
+    archive = keras.export.ExportArchive()
+    archive.track(model)
+    archive.add_endpoint(
+        "serving_default", serving_fn(model, image_size),
+        input_signature=[tf.TensorSpec([None, None, None, 3], tf.uint8, name="images")])
+    archive.write_out(path)
+    os.makedirs(os.path.join(path, "assets"), exist_ok=True)
+    with open(os.path.join(path, "assets", "labels.txt"), "w") as f:
+        f.write("\n".join(names) + "\n")
     return path

@@ -31,26 +31,27 @@ def small_config(name, **dataset):
     for key, value in dataset.items():
         c.dataset[key] = value
     c.image_size.train = c.image_size.eval = 32
-    c.augment.min_area = 0.5
+    c.augment.min_area = 1.0   # whole images, flips only: the loss curve shows learning
+    c.model.dropout_rate = 0.0
     c.train.update(dict(epochs=1, micro_batch_size=16, gradient_accumulation=2,
-                        steps_per_epoch=24, eval_steps=4, warmup_epochs=0.1,
-                        base_learning_rate=2.0 ** -11, rmsprop_decay_per_example=2.0 ** -8,
-                        log_every_steps=5))
+                        steps_per_epoch=40, eval_steps=4, warmup_epochs=0.1,
+                        rmsprop_decay_per_example=2.0 ** -6, log_every_steps=5))
     return c
 
 
 def test_trains_on_real_jpegs_loss_decreases_and_export_serves_in_fresh_process(tmp_path):
     root = shared_path("cifar10_jpg")
-    config = small_config("image_folder:" + root, train_split="test", eval_split="test")
+    config = small_config("image_folder:" + root, train_split="test", eval_split="test",
+                          train_examples=64)
     trainer = train.Trainer(config, str(tmp_path))
     metrics = trainer.train()
     losses = np.array([loss for _, loss in trainer.history])
-    assert len(losses) == 24 and np.all(np.isfinite(losses))
+    assert len(losses) == 40 and np.all(np.isfinite(losses))
     assert losses[-8:].mean() < losses[:8].mean() - 0.1, losses
     assert metrics["examples"] == 4 * 16 and 0 <= metrics["top1"] <= metrics["top5"] <= 1
     for name in ("config.json", "eval_results.json", "checkpoints/checkpoint",
-                 "tensorboard/train", "tensorboard/eval", "export/24/saved_model.pb",
-                 "export/24/assets/labels.txt"):
+                 "tensorboard/train", "tensorboard/eval", "export/40/saved_model.pb",
+                 "export/40/assets/labels.txt"):
         assert os.path.exists(os.path.join(tmp_path, name)), name
 
     # A real JPEG through the export, in fresh processes.
@@ -65,12 +66,12 @@ def test_trains_on_real_jpegs_loss_decreases_and_export_serves_in_fresh_process(
     assert out.returncode == 0, out.stderr[-3000:]
     lines = out.stdout.strip().splitlines()
     assert lines[0] == jpeg and len(lines) == 6
-    names = open(os.path.join(tmp_path, "export/24/assets/labels.txt")).read().split()
+    names = open(os.path.join(tmp_path, "export/40/assets/labels.txt")).read().split()
     assert names[int(np.argmax(expected))] in lines[1]  # same top-1 as the Keras model
 
     npy = os.path.join(tmp_path, "image.npy")
     np.save(npy, image.numpy()[None])
-    cli = subprocess.run(["saved_model_cli", "run", "--dir", os.path.join(tmp_path, "export/24"),
+    cli = subprocess.run(["saved_model_cli", "run", "--dir", os.path.join(tmp_path, "export/40"),
                           "--tag_set", "serve", "--signature_def", "serving_default",
                           "--inputs", "images=" + npy], capture_output=True, text=True,
                          timeout=300, env=ENV)
@@ -147,4 +148,4 @@ def test_demo_reaches_stated_accuracy(tmp_path):
     out = run_main("--config=" + DEMO, "--workdir=" + str(tmp_path), timeout=1800)
     assert out.returncode == 0, out.stderr[-3000:]
     result = json.load(open(os.path.join(tmp_path, "eval_results.json")))
-    assert result["top1"] >= 0.90, result
+    assert result["top1"] >= 0.95, result

@@ -1,0 +1,51 @@
+"""Benchmark CLI and efficiency plots (speed targets are reported by the benchmark, never
+asserted here)."""
+import csv
+import os
+
+import pytest
+
+from conftest import REPO
+from efficientnet_ipu import benchmark, plots
+
+
+def test_pareto_front_keeps_upper_left_points():
+    points = [(1.0, 70.0), (2.0, 69.0), (2.0, 75.0), (3.0, 74.0), (4.0, 80.0)]
+    assert plots.pareto_front(points) == [(1.0, 70.0), (2.0, 75.0), (4.0, 80.0)]
+
+
+def test_benchmark_writes_csv_and_plots_use_it(tmp_path):
+    bench_csv = str(tmp_path / "bench.csv")
+    assert benchmark.main(["--sizes=b0", "--group-sizes=16", "--norms=gn", "--resolutions=32",
+                           "--batch=2", "--steps=1", "--warmup=1", "--no-keras-baseline",
+                           "--csv=" + bench_csv]) == 0
+    rows = list(csv.DictReader(open(bench_csv)))
+    assert len(rows) == 1
+    row = rows[0]
+    assert float(row["train_img_s"]) > 0 and float(row["infer_img_s"]) > 0
+    assert float(row["latency_ms"]) > 0 and 0 < float(row["of_peak"]) < 10
+    assert float(row["dense_peak_gflops"]) > 0
+    # The paper's G16-GN B0 point at 32 px training resolution, with this throughput.
+    results = [r for r in csv.DictReader(open(os.path.join(REPO, "results", "accuracy.csv")))
+               if r["source"] == "paper001_table2" and r["size"] == "b0" and r["G"] in ("1", "16")]
+    for r in results:
+        r["train_res"] = "32"
+    out = str(tmp_path / "plot.png")
+    assert plots.plot(results, out, rows) == 3
+    import matplotlib.image
+    image = matplotlib.image.imread(out)
+    assert image.shape[0] > 100 and image.shape[1] > 300
+
+
+def test_accuracy_csv_holds_paper_tables():
+    rows = list(csv.DictReader(open(os.path.join(REPO, "results", "accuracy.csv"))))
+    by_source = {}
+    for r in rows:
+        by_source[r["source"]] = by_source.get(r["source"], 0) + 1
+    assert by_source == {"paper001_table2": 18, "paper001_table3": 6, "paper001_table4": 30,
+                         "paper001_table5": 30}
+
+
+def test_benchmark_rejects_bad_arguments():
+    with pytest.raises(ValueError, match="size must be one of"):
+        benchmark.main(["--sizes=b9", "--conv"])
