@@ -95,6 +95,53 @@ def conv_table(steps, warmup, shape=CONV_SHAPE):
     return rows
 
 
+def reshape_moments_group_norm(x, groups, epsilon=1e-3):
+    """The straightforward Group Norm (reshape to [N, H, W, G, C/G], tf.nn.moments over
+    H, W, C/G): the baseline our GroupNormalization is measured against."""
+    shape = tf.shape(x)
+    c = x.shape[-1]
+    grouped = tf.reshape(x, tf.concat([shape[:3], [groups, c // groups]], 0))
+    mean, variance = tf.nn.moments(grouped, axes=[1, 2, 4], keepdims=True)
+    return tf.reshape((grouped - mean) * tf.math.rsqrt(variance + epsilon), shape)
+
+
+def norm_table(steps, shape=(32, 56, 56, 96)):
+    """Forward + backward ms of normalization(+activation) variants on ``shape``, measured
+    in interleaved rounds so that machine load affects them alike."""
+    x = tf.random.normal(shape)
+    cases = {
+        "GN4 reshape+moments (baseline)": lambda v: reshape_moments_group_norm(v, 4),
+        "GN4 ours": L.GroupNormalization(4, center=False, scale=False),
+        "GN4 + affine + swish": lambda v, n=L.GroupNormalization(4): tf.nn.silu(n(v)),
+        "LN + ProxyNormActivation": lambda v, n=L.LayerNormalization(center=False, scale=False),
+        p=L.ProxyNormActivation(): p(n(v)),
+        "LN+PN fused (NormActivation)": lambda v, f=L.NormActivation("ln_pn"): f(v),
+    }
+    steps_fn = {}
+    for name, fn in cases.items():
+        fn(x)
+        layer_vars = [v for obj in getattr(fn, "__defaults__", None) or () for v in
+                      getattr(obj, "trainable_variables", [])]
+
+        def make(fn=fn, variables=layer_vars):
+            @tf.function
+            def step():
+                with tf.GradientTape() as tape:
+                    tape.watch(x)
+                    y = tf.reduce_sum(tf.sin(fn(x)))
+                return tape.gradient(y, [x] + variables)
+            return step
+        steps_fn[name] = make()
+        _sync(steps_fn[name]())
+    times = {name: [] for name in steps_fn}
+    for _ in range(steps):
+        for name, step in steps_fn.items():
+            tic = time.perf_counter()
+            _sync(step())
+            times[name].append(time.perf_counter() - tic)
+    return {name: 1e3 * float(np.median(t)) for name, t in times.items()}
+
+
 class ModelBench:
     """Compiled train / inference steps of one model at a batch and resolution."""
 
@@ -126,9 +173,10 @@ class ModelBench:
         return 1e3 * median_time(lambda: _sync(self.infer(one)), steps, warmup)
 
 
-def keras_applications_model(size, num_classes=1000):
+def keras_applications_model(size, resolution, num_classes=1000):
+    """keras.applications' EfficientNet (random weights) at a fixed square resolution."""
     fn = getattr(keras.applications, "EfficientNet" + size.upper())
-    return fn(weights=None, input_shape=(None, None, 3), classes=num_classes)
+    return fn(weights=None, input_shape=(resolution, resolution, 3), classes=num_classes)
 
 
 def bench_model(model, batch, resolution, args):
@@ -193,6 +241,8 @@ def main(argv=None):
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--no-keras-baseline", action="store_true")
     parser.add_argument("--conv", action="store_true", help="only the convolution table")
+    parser.add_argument("--norm-layers", action="store_true",
+                        help="only the normalization table (ours vs the baseline)")
     parser.add_argument("--pipeline", default="",
                         help="dataset whose training input pipeline to time, e.g. "
                              "image_folder:../shared/data/imagenette2_224")
@@ -211,6 +261,14 @@ def main(argv=None):
 
     print("TensorFlow %s, Keras %s, %d CPU threads" % (
         tf.__version__, getattr(keras, "__version__", "2"), os.cpu_count()))
+    if args.norm_layers:
+        table = norm_table(args.steps * 4)
+        base = table["GN4 reshape+moments (baseline)"]
+        print("Normalization on [32, 56, 56, 96], forward + backward (median of interleaved "
+              "rounds):")
+        for name, ms in table.items():
+            print("  %-32s %8.2f ms  %5.2fx the baseline's speed" % (name, ms, base / ms))
+        return 0
     if args.pipeline:
         rate = pipeline_images_per_second(args.pipeline, args.pipeline_split,
                                           int(resolve_resolutions(sizes[0], [
@@ -239,8 +297,8 @@ def main(argv=None):
         for resolution in resolve_resolutions(size, parse_list(args.resolutions)):
             baseline = {}
             if not args.no_keras_baseline:
-                baseline = bench_model(keras_applications_model(size), args.batch, resolution,
-                                       args)
+                baseline = bench_model(keras_applications_model(size, resolution), args.batch,
+                                       resolution, args)
                 print("  keras.applications EfficientNet%s at %d px: %s" % (
                     size.upper(), resolution,
                     ", ".join("%s %.2f" % kv for kv in sorted(baseline.items()))))

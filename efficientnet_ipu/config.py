@@ -42,8 +42,7 @@ def base_config():
         rmsprop_epsilon=1e-3,           # inside the square root, as TF1's RMSProp
         weight_decay=1e-5, label_smoothing=0.1, precision="fp32",
         checkpoint_every_steps=0, keep_checkpoints=3, log_every_steps=50)
-    c.strategy = dict(name="auto", tpu="", ipus_per_replica=1, replicas=1,
-                      pipeline_splits=[])
+    c.strategy = dict(name="auto", tpu="", ipus_per_replica=1, replicas=1)
     c.export = dict(enabled=True)
     c.lock()
     return c

@@ -2,10 +2,10 @@
 
 Needs the Poplar SDK's TensorFlow 2.6 (``tensorflow.python.ipu``) and, for GroupNorm and
 recomputation checkpoints, ``ipu_tensorflow_addons``; neither is on PyPI, so this module
-cannot be exercised on a machine without the SDK. Pipelining follows paper 001 sec. 3.4:
-the model is split into stages at the blocks named in ``config.strategy.pipeline_splits``
-(e.g. ``["block3b"]`` for B0 over 2 IPUs), micro-batches are accumulated over
-``gradient_accumulation`` steps and each stage is recomputed before its backward pass.
+cannot be exercised on a machine without the SDK. What is here selects the IPUs and
+returns the strategy; pipelined training (paper 001 sec. 3.4: stages split at named blocks,
+e.g. at ``block3b`` for B0 over 2 IPUs, with recomputation) is not wired into the training
+loop yet.
 """
 
 
@@ -31,27 +31,3 @@ def make_ipu_strategy(strategy_config):
     ipu_config.configure_ipu_system()
     return ipu.ipu_strategy.IPUStrategy()
 
-
-def configure_pipeline(model, strategy_config, gradient_accumulation):
-    """Assign pipeline stages by block name and set pipelining options on ``model``.
-
-    Stage k starts at the k-th block named in ``pipeline_splits``; with no splits the
-    model runs on one IPU per replica with gradient accumulation only.
-    """
-    ipu = _ipu_api()
-    splits = list(strategy_config.pipeline_splits)
-    if not splits:
-        model.set_gradient_accumulation_options(
-            gradient_accumulation_steps_per_replica=gradient_accumulation)
-        return
-    assignments = model.get_pipeline_stage_assignment()
-    stage = 0
-    for assignment in assignments:
-        if stage < len(splits) and assignment.layer.name == splits[stage]:
-            stage += 1
-        assignment.pipeline_stage = stage
-    model.set_pipeline_stage_assignment(assignments)
-    model.set_pipelining_options(
-        gradient_accumulation_steps_per_replica=gradient_accumulation,
-        pipeline_schedule=ipu.ops.pipelining_ops.PipelineSchedule.Grouped,
-        recomputation_mode=ipu.ops.pipelining_ops.RecomputationMode.RecomputeAndBackpropagateInterleaved)

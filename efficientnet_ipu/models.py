@@ -188,17 +188,6 @@ def iter_layers(layer):
         stack.extend(reversed(children))
 
 
-def find_layer(model, name):
-    """The layer called ``name`` anywhere in ``model`` (nested ones included).
-
-    Raises: KeyError if there is none.
-    """
-    for layer in iter_layers(model):
-        if layer.name == name:
-            return layer
-    raise KeyError("no layer named %r in model %r" % (name, model.name))
-
-
 def _keras_preprocessing(keras_model):
     """(mean, std) in [0, 1] units equivalent to a keras.applications EfficientNet's
     Rescaling(1/255) -> Normalization(mean, variance) [-> Rescaling(1/sqrt(std))]."""

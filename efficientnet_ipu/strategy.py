@@ -39,7 +39,3 @@ def make_strategy(strategy_config):
     raise ValueError("config.strategy.name must be one of auto, default, mirrored, "
                      "multi_worker, tpu, ipu; got %r" % (name,))
 
-
-def num_replicas(strategy):
-    """Replicas in sync (1 for the default strategy)."""
-    return strategy.num_replicas_in_sync

@@ -270,3 +270,22 @@ def test_split_implementation_equals_grouped():
     split(x)
     split.set_weights(grouped.get_weights())
     np.testing.assert_allclose(split(x).numpy(), grouped(x).numpy(), rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("norm,mode", [("ln_pn", "normalize"), ("gn_pn", "split"),
+                                       ("ln_pn", "center")])
+def test_fused_norm_proxy_activation_equals_separate_layers(norm, mode):
+    """NormActivation folds the norm's scale/shift into PN's affine: same result as
+    running GroupNormalization and ProxyNormActivation one after the other."""
+    rng = np.random.default_rng(11)
+    x = tf.constant(rng.normal(2.0, 3.0, size=(3, 7, 7, 16)).astype(np.float32))
+    fused = L.NormActivation(norm, mode=mode)
+    fused(x)
+    pn = fused.act_layer
+    for var in pn.trainable_variables:
+        var.assign(rng.uniform(-0.5, 0.5, var.shape).astype(np.float32) + (
+            1.0 if "gamma" in var.name and "proxy" not in var.name else 0.0))
+    separate = pn(fused.norm_layer(x))
+    out = fused(x)
+    for a, b in zip(tf.nest.flatten(out), tf.nest.flatten(separate)):
+        np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-4, atol=1e-5)

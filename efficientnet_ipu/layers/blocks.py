@@ -76,8 +76,25 @@ class NormActivation(keras.layers.Layer):
                                                  mode=mode, name=prefix + "activation")
         else:
             self.act_layer = keras.layers.Activation(activation, name=prefix + "activation")
+        self.fused = self.use_pn and isinstance(self.norm_layer, GroupNormalization)
+
+    def build(self, input_shape):
+        if self.fused:  # the fused call() uses the sublayers' weights without calling them
+            self.norm_layer.build(input_shape)
+            self.act_layer.build(input_shape)
+        super().build(input_shape)
 
     def call(self, inputs, training=None):
+        if self.fused:
+            # Fused: the norm's (scale, shift) and PN's (gamma, beta) make one affine pass,
+            # x * (scale gamma) + (shift gamma + beta), before the activation.
+            dtype = inputs.dtype
+            scale, shift = self.norm_layer.scale_shift(inputs)
+            gamma = tf.cast(self.act_layer.gamma, tf.float32)
+            beta = tf.cast(self.act_layer.beta, tf.float32)
+            pre = (inputs * tf.cast(scale * gamma, dtype)[:, None, None, :]
+                   + tf.cast(shift * gamma + beta, dtype)[:, None, None, :])
+            return self.act_layer.normalize_activated(self.act_layer.activation_fn(pre))
         x = self.norm_layer(inputs, training=training)
         x = self.act_layer(x)
         if self.mode == "split" and not self.use_pn:

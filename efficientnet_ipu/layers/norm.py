@@ -57,24 +57,38 @@ class GroupNormalization(keras.layers.Layer):
                                     trainable=True) if self.center else None
         super().build(input_shape)
 
-    def call(self, inputs):
-        dtype = inputs.dtype
-        x = tf.cast(inputs, tf.float32)
-        shape = tf.shape(x)
+    def scale_shift(self, x):
+        """Per-example, per-channel float32 (scale, shift), each [N, C], such that the
+        output is x * scale + shift (the affine gamma/beta included). ``x``: [N, H, W, C].
+
+        Statistics come from per-channel spatial means (contiguous reductions in NHWC),
+        E[x^2] - E[x]^2 in float32."""
         channels = x.shape[-1]
-        rank = len(x.shape)
-        if rank == 2:
-            x = x[:, None, None, :]
-        grouped = tf.reshape(x, tf.concat(
-            [tf.shape(x)[:3], [self.num_groups, channels // self.num_groups]], axis=0))
-        mean, variance = tf.nn.moments(grouped, axes=[1, 2, 4], keepdims=True)
-        grouped = (grouped - mean) * tf.math.rsqrt(variance + self.epsilon)
-        x = tf.reshape(grouped, shape)
+        x32 = tf.cast(x, tf.float32)
+        mean_c = tf.reduce_mean(x32, axis=[1, 2])                          # [N, C]
+        square_c = tf.reduce_mean(tf.square(x32), axis=[1, 2])             # [N, C]
+        mean_g = tf.reshape(mean_c, [-1, self.num_groups, channels // self.num_groups])
+        square_g = tf.reshape(square_c, tf.shape(mean_g))
+        mean = tf.reduce_mean(mean_g, axis=-1, keepdims=True)              # [N, G, 1]
+        variance = tf.nn.relu(tf.reduce_mean(square_g, axis=-1, keepdims=True)
+                              - tf.square(mean))
+        spread = tf.zeros_like(mean_g)                                      # [N, G, C/G]
+        scale = tf.reshape(tf.math.rsqrt(variance + self.epsilon) + spread, [-1, channels])
+        mean = tf.reshape(mean + spread, [-1, channels])
         if self.gamma is not None:
-            x = x * tf.cast(self.gamma, tf.float32)
+            scale = scale * tf.cast(self.gamma, tf.float32)
+        shift = -mean * scale
         if self.beta is not None:
-            x = x + tf.cast(self.beta, tf.float32)
-        return tf.cast(x, dtype)
+            shift = shift + tf.cast(self.beta, tf.float32)
+        return scale, shift
+
+    def call(self, inputs):
+        rank = len(inputs.shape)
+        x = inputs if rank == 4 else inputs[:, None, None, :]
+        scale, shift = self.scale_shift(x)
+        y = x * tf.cast(scale, x.dtype)[:, None, None, :] + tf.cast(shift, x.dtype)[:, None,
+                                                                                   None, :]
+        return y if rank == 4 else y[:, 0, 0, :]
 
     def compute_output_shape(self, input_shape):
         return input_shape

@@ -133,9 +133,15 @@ class ProxyNormActivation(keras.layers.Layer):
 
     def call(self, inputs):
         dtype = inputs.dtype
-        mean, variance = self.proxy_moments()
         activated = self.activation_fn(inputs * tf.cast(self.gamma, dtype)
                                        + tf.cast(self.beta, dtype))
+        return self.normalize_activated(activated)
+
+    def normalize_activated(self, activated):
+        """The proxy normalization of already activated values act(gamma y + beta), in this
+        layer's ``mode`` (used by NormActivation, which fuses the affine with the norm)."""
+        dtype = activated.dtype
+        mean, variance = self.proxy_moments()
         centered = activated - tf.cast(mean, dtype)
         if self.mode == "center":
             return centered
