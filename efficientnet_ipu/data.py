@@ -113,40 +113,41 @@ def _is_jpeg(data):
     return tf.equal(tf.strings.substr(data, 0, 3), b"\xff\xd8\xff")
 
 
-def _image_shape(image):
+def _decode(image):
+    """Encoded bytes (JPEG, PNG, ...) or uint8 HWC -> uint8 RGB [H, W, 3]."""
     if image.dtype == tf.string:
-        return tf.cond(_is_jpeg(image), lambda: tf.io.extract_jpeg_shape(image),
-                       lambda: tf.shape(tf.io.decode_image(image, 3, expand_animations=False)))
-    return tf.shape(image)
-
-
-def _crop(image, offset_y, offset_x, height, width):
-    """Decode (if encoded) and crop to RGB uint8 [height, width, 3]."""
-    if image.dtype == tf.string:
-        window = tf.stack([offset_y, offset_x, height, width])
-        image = tf.cond(
-            _is_jpeg(image),
-            lambda: tf.io.decode_and_crop_jpeg(image, window, channels=3),
-            lambda: tf.image.crop_to_bounding_box(
-                tf.io.decode_image(image, 3, expand_animations=False),
-                offset_y, offset_x, height, width))
-    else:
-        image = image[offset_y:offset_y + height, offset_x:offset_x + width]
-        if image.shape[-1] == 1:
-            image = tf.image.grayscale_to_rgb(image)
+        image = tf.io.decode_image(image, 3, expand_animations=False)
+    if image.shape[-1] == 1:
+        image = tf.image.grayscale_to_rgb(image)
     return image
 
 
-def train_preprocess(image, size, augment):
-    """Random-resized crop + flip + resize: float32 [size, size, 3] in [0, 255]."""
-    shape = _image_shape(image)
-    begin, crop_size, _ = tf.image.sample_distorted_bounding_box(
+def _random_box(shape, augment):
+    begin, size, _ = tf.image.sample_distorted_bounding_box(
         shape, tf.constant([0.0, 0.0, 1.0, 1.0], shape=[1, 1, 4]),
         min_object_covered=0.0, area_range=(augment.min_area, augment.max_area),
         aspect_ratio_range=(augment.min_aspect, augment.max_aspect), max_attempts=10,
         use_image_if_no_bounding_boxes=True)
-    image = _crop(image, begin[0], begin[1], crop_size[0], crop_size[1])
-    image = tf.image.resize(image, (size, size), method="bilinear")
+    return begin[0], begin[1], size[0], size[1]
+
+
+def _random_crop(image, augment):
+    """Random-resized-crop window of an image; JPEGs are decoded only inside the window."""
+    def decoded_crop(decoded):
+        y, x, h, w = _random_box(tf.shape(decoded), augment)
+        return decoded[y:y + h, x:x + w]
+    if image.dtype != tf.string:
+        return decoded_crop(_decode(image))
+
+    def jpeg_crop():
+        y, x, h, w = _random_box(tf.io.extract_jpeg_shape(image), augment)
+        return tf.io.decode_and_crop_jpeg(image, tf.stack([y, x, h, w]), channels=3)
+    return tf.cond(_is_jpeg(image), jpeg_crop, lambda: decoded_crop(_decode(image)))
+
+
+def train_preprocess(image, size, augment):
+    """Random-resized crop + flip + resize: float32 [size, size, 3] in [0, 255]."""
+    image = tf.image.resize(_random_crop(image, augment), (size, size), method="bilinear")
     if augment.flip:
         image = tf.image.random_flip_left_right(image)
     return tf.clip_by_value(image, 0.0, 255.0)
@@ -154,9 +155,9 @@ def train_preprocess(image, size, augment):
 
 def eval_preprocess(image, size):
     """Resize the short side to size x 256 / 224, centre crop: float32 [size, size, 3]."""
-    shape = _image_shape(image)
+    image = _decode(image)
+    shape = tf.shape(image)
     h, w = shape[0], shape[1]
-    image = _crop(image, 0, 0, h, w)
     scale = tf.cast(int(round(size * 256 / 224)), tf.float32) / tf.cast(tf.minimum(h, w),
                                                                         tf.float32)
     new_h = tf.cast(tf.round(tf.cast(h, tf.float32) * scale), tf.int32)

@@ -2,8 +2,8 @@
 
 One optimizer step consumes ``gradient_accumulation`` micro-batches per replica (global
 batch = micro-batch x accumulation x replicas). The loss is softmax cross-entropy with
-label smoothing plus coupled L2 weight decay on the convolution kernels and PN's proxy
-parameters (Graphcore's code). The learning rate is base x global batch with a linear
+label smoothing; coupled L2 weight decay (wd x w added to the gradient) applies to the
+convolution kernels and PN's proxy parameters (Graphcore's code). The learning rate is base x global batch with a linear
 warmup, then x ``lr_decay`` every ``lr_decay_epochs`` (staircase). RMSProp follows TF1's
 (the paper's): accumulators start at 1 and epsilon sits inside the square root,
 lr g / sqrt(ms + eps); Keras adds it outside, lr g / (sqrt(ms) + eps'), so Keras gets
@@ -119,7 +119,8 @@ class Trainer:
             self.optimizer.build(self.model.trainable_variables)
             init_rmsprop_accumulators(self.optimizer)
             self.step = tf.Variable(0, dtype=tf.int64, trainable=False, name="global_step")
-        self.decayed = decayed_variables(self.model)
+        decayed = {id(v) for v in decayed_variables(self.model)}
+        self.decay_mask = [id(v) in decayed for v in self.model.trainable_variables]
         self.checkpoint = tf.train.Checkpoint(model=self.model, optimizer=self.optimizer,
                                               step=self.step)
         self.manager = tf.train.CheckpointManager(
@@ -163,16 +164,16 @@ class Trainer:
             with tf.GradientTape() as tape:
                 logits = self.model(images[i], training=True)
                 loss = self._loss(labels[i], logits) / float(t.gradient_accumulation)
-                if t.weight_decay:
-                    loss += 0.5 * t.weight_decay / self.replicas / t.gradient_accumulation * \
-                        tf.add_n([tf.reduce_sum(tf.square(tf.cast(v, tf.float32)))
-                                  for v in self.decayed])
                 scaled = self._scale_loss(loss)
             grads = self._unscale_gradients(tape.gradient(scaled, variables))
             accumulated = [a + tf.cast(g, a.dtype) for a, g in zip(accumulated, grads)]
             total_loss += loss
             correct += tf.reduce_sum(tf.cast(tf.equal(
                 tf.argmax(logits, -1), tf.argmax(labels[i], -1)), tf.float32))
+        if t.weight_decay:  # coupled L2: d/dw of wd/2 |w|^2, once per step (summed over replicas)
+            accumulated = [a + (t.weight_decay / self.replicas) * tf.cast(v, a.dtype)
+                           if decay else a
+                           for a, v, decay in zip(accumulated, variables, self.decay_mask)]
         self.optimizer.apply_gradients(zip(accumulated, variables))
         return total_loss, correct
 
