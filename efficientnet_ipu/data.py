@@ -153,19 +153,28 @@ def train_preprocess(image, size, augment):
     return tf.clip_by_value(image, 0.0, 255.0)
 
 
+def resize_and_center_crop(images, size):
+    """Resize the short side to size x 256 / 224 and take the centre size x size crop.
+
+    ``images``: [H, W, C] or [N, H, W, C] (a batch shares H and W), any real dtype.
+    Returns float32 of the same rank with H = W = ``size``.
+    """
+    shape = tf.shape(images)
+    h = tf.cast(shape[-3], tf.float32)
+    w = tf.cast(shape[-2], tf.float32)
+    scale = float(round(size * 256 / 224)) / tf.minimum(h, w)
+    new_h = tf.cast(tf.round(h * scale), tf.int32)
+    new_w = tf.cast(tf.round(w * scale), tf.int32)
+    images = tf.image.resize(tf.cast(images, tf.float32), tf.stack([new_h, new_w]),
+                             method="bilinear")
+    return tf.image.crop_to_bounding_box(images, (new_h - size) // 2, (new_w - size) // 2,
+                                         size, size)
+
+
 def eval_preprocess(image, size):
-    """Resize the short side to size x 256 / 224, centre crop: float32 [size, size, 3]."""
-    image = _decode(image)
-    shape = tf.shape(image)
-    h, w = shape[0], shape[1]
-    scale = tf.cast(int(round(size * 256 / 224)), tf.float32) / tf.cast(tf.minimum(h, w),
-                                                                        tf.float32)
-    new_h = tf.cast(tf.round(tf.cast(h, tf.float32) * scale), tf.int32)
-    new_w = tf.cast(tf.round(tf.cast(w, tf.float32) * scale), tf.int32)
-    image = tf.image.resize(image, tf.stack([new_h, new_w]), method="bilinear")
-    image = tf.image.crop_to_bounding_box(image, (new_h - size) // 2, (new_w - size) // 2,
-                                          size, size)
-    return tf.clip_by_value(image, 0.0, 255.0)
+    """Decode, resize the short side to size x 256 / 224, centre crop: float32
+    [size, size, 3] in [0, 255]."""
+    return tf.clip_by_value(resize_and_center_crop(_decode(image), size), 0.0, 255.0)
 
 
 def _beta(alpha):

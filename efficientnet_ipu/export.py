@@ -13,6 +13,8 @@ import os
 from tensorflow import keras
 import tensorflow as tf
 
+from efficientnet_ipu import data
+
 
 def serving_fn(model, image_size):
     """uint8 [N, H, W, 3] -> {"probabilities": float32 [N, K], "classes": int64 [N]}, with
@@ -21,14 +23,7 @@ def serving_fn(model, image_size):
     softmax_inside = model.layers[-1].get_config().get("activation") == "softmax"
 
     def serve(images):
-        shape = tf.shape(images)
-        h, w = tf.cast(shape[1], tf.float32), tf.cast(shape[2], tf.float32)
-        scale = float(round(size * 256 / 224)) / tf.minimum(h, w)
-        new_h = tf.cast(tf.round(h * scale), tf.int32)
-        new_w = tf.cast(tf.round(w * scale), tf.int32)
-        x = tf.image.resize(tf.cast(images, tf.float32), tf.stack([new_h, new_w]))
-        x = tf.image.crop_to_bounding_box(x, (new_h - size) // 2, (new_w - size) // 2, size,
-                                          size)
+        x = data.resize_and_center_crop(images, size)
         out = tf.cast(model(x, training=False), tf.float32)
         probabilities = out if softmax_inside else tf.nn.softmax(out)
         return {"probabilities": probabilities,

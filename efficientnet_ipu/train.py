@@ -111,7 +111,8 @@ class Trainer:
                 peak, t.warmup_epochs * self.steps_per_epoch, t.lr_decay,
                 t.lr_decay_epochs * self.steps_per_epoch)
             optimizer = keras.optimizers.RMSprop(
-                learning_rate=self.schedule, rho=1.0 - t.rmsprop_decay_per_example * self.global_batch,
+                learning_rate=self.schedule,
+                rho=1.0 - t.rmsprop_decay_per_example * self.global_batch,
                 momentum=t.momentum, epsilon=math.sqrt(t.rmsprop_epsilon))
             if t.precision == "fp16":
                 optimizer = keras.mixed_precision.LossScaleOptimizer(optimizer)
