@@ -63,7 +63,7 @@ def count_macs(model, image_size):
     """
     if not isinstance(image_size, (int, np.integer)) or image_size < 1:
         raise ValueError("image_size must be a positive integer, got %r" % (image_size,))
-    probes, kernels = [], []
+    probes = []
     for layer in model.layers:
         if isinstance(layer, _MAC_LAYERS):
             probes.append((layer, layer.output))

@@ -11,7 +11,10 @@ For every (size, G, norm, resolution) it prints and writes to CSV: training imag
 achieved GFLOP/s (2 FLOPs per MAC; training counts 3x the forward MACs) and that as a
 fraction of the dense 3x3 convolution peak measured in the same run, and the ratios to
 keras.applications' EfficientNet of the same size at the same batch and resolution.
-Times are medians over ``--steps`` timed calls after ``--warmup`` untimed ones.
+Times are medians over ``--steps`` timed calls after ``--warmup`` untimed ones; all the
+models of one size and resolution (keras.applications' included) and all the convolution
+and normalization variants are timed in interleaved rounds, so that the load of this shared
+machine affects the entries of one table alike and their ratios are meaningful.
 """
 import argparse
 import csv
@@ -30,26 +33,31 @@ from efficientnet_ipu import layers as L
 CONV_SHAPE = (32, 28, 28, 240)  # the issue's reference tensor: 3x3, group size 16
 
 
-def median_time(fn, steps, warmup):
-    """Median wall time (s) of ``fn()`` over ``steps`` calls after ``warmup`` calls."""
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(steps):
-        tic = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - tic)
-    return float(np.median(times))
-
-
 def _sync(result):
     """Force the computation (eager results may be lazy on some devices)."""
     for t in tf.nest.flatten(result):
         t.numpy()
 
 
-def conv_fwd_bwd_seconds(layer, shape, steps, warmup):
-    """Median seconds of forward + backward (input and kernel gradients) of ``layer``."""
+def interleaved_medians(fns, rounds, warmup):
+    """Median wall time (s) of each zero-argument callable in ``fns`` (a dict), timed in
+    ``rounds`` interleaved rounds (one call of each per round, after ``warmup`` untimed
+    calls each), so that changes in machine load affect every entry alike."""
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
+    times = {name: [] for name in fns}
+    for _ in range(rounds):
+        for name, fn in fns.items():
+            tic = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - tic)
+    return {name: float(np.median(t)) for name, t in times.items()}
+
+
+def conv_fwd_bwd_step(layer, shape):
+    """A compiled forward + backward (input and kernel gradients) of ``layer`` on a random
+    ``shape`` input; calling the returned function runs it to completion."""
     x = tf.random.normal(shape)
     layer(x)
 
@@ -59,7 +67,7 @@ def conv_fwd_bwd_seconds(layer, shape, steps, warmup):
             tape.watch(x)
             y = tf.reduce_sum(layer(x))
         return tape.gradient(y, [x] + layer.trainable_variables)
-    return median_time(lambda: _sync(step()), steps, warmup)
+    return lambda: _sync(step())
 
 
 def conv_macs(layer, shape):
@@ -69,16 +77,9 @@ def conv_macs(layer, shape):
                                                else layer.depthwise_kernel.shape))
 
 
-def dense_conv_peak(steps=10, warmup=3, shape=CONV_SHAPE):
-    """GFLOP/s of a dense 3x3 convolution forward + backward on ``shape``: the peak that
-    achieved rates are compared with."""
-    layer = keras.layers.Conv2D(shape[-1], 3, padding="same", use_bias=False)
-    seconds = conv_fwd_bwd_seconds(layer, shape, steps, warmup)
-    return 3 * 2 * conv_macs(layer, shape) / seconds / 1e9
-
-
 def conv_table(steps, warmup, shape=CONV_SHAPE):
-    """Rows comparing grouped-convolution implementations with the dense convolution."""
+    """Rows comparing grouped-convolution implementations with the dense convolution, all
+    timed in the same interleaved rounds; the first row (dense) is the peak GFLOP/s."""
     c = shape[-1]
     cases = [
         ("dense Conv2D", keras.layers.Conv2D(c, 3, padding="same", use_bias=False)),
@@ -86,12 +87,14 @@ def conv_table(steps, warmup, shape=CONV_SHAPE):
         ("GroupConv2D G16 split", L.GroupConv2D(c, 3, group_size=16, implementation="split")),
         ("GroupConv2D G1 (depthwise)", L.GroupConv2D(c, 3, group_size=1)),
     ]
+    times = interleaved_medians({name: conv_fwd_bwd_step(layer, shape)
+                                 for name, layer in cases}, steps, warmup)
     rows, dense_rate = [], None
     for name, layer in cases:
-        seconds = conv_fwd_bwd_seconds(layer, shape, steps, warmup)
-        rate = 3 * 2 * conv_macs(layer, shape) / seconds / 1e9
+        rate = 3 * 2 * conv_macs(layer, shape) / times[name] / 1e9
         dense_rate = dense_rate or rate
-        rows.append(dict(case=name, ms=1e3 * seconds, gflops=rate, of_dense=rate / dense_rate))
+        rows.append(dict(case=name, ms=1e3 * times[name], gflops=rate,
+                         of_dense=rate / dense_rate))
     return rows
 
 
@@ -133,13 +136,9 @@ def norm_table(steps, shape=(32, 56, 56, 96)):
             return step
         steps_fn[name] = make()
         _sync(steps_fn[name]())
-    times = {name: [] for name in steps_fn}
-    for _ in range(steps):
-        for name, step in steps_fn.items():
-            tic = time.perf_counter()
-            _sync(step())
-            times[name].append(time.perf_counter() - tic)
-    return {name: 1e3 * float(np.median(t)) for name, t in times.items()}
+    times = interleaved_medians({n: (lambda f=f: _sync(f())) for n, f in steps_fn.items()},
+                                steps, 0)
+    return {name: 1e3 * t for name, t in times.items()}
 
 
 class ModelBench:
@@ -162,32 +161,37 @@ class ModelBench:
         self.optimizer.apply_gradients(zip(grads, self.model.trainable_variables))
         return loss
 
-    def train_images_per_second(self, steps, warmup):
-        return self.batch / median_time(lambda: _sync(self.train_step()), steps, warmup)
-
-    def inference_images_per_second(self, steps, warmup):
-        return self.batch / median_time(lambda: _sync(self.infer(self.images)), steps, warmup)
-
-    def latency_ms(self, steps, warmup):
-        one = self.images[:1]
-        return 1e3 * median_time(lambda: _sync(self.infer(one)), steps, warmup)
-
 
 def keras_applications_model(size, resolution, num_classes=1000):
     """keras.applications' EfficientNet (random weights) at a fixed square resolution."""
     fn = getattr(keras.applications, "EfficientNet" + size.upper())
-    return fn(weights=None, input_shape=(resolution, resolution, 3), classes=num_classes)
+    return fn(weights=None, input_shape=(resolution, resolution, 3), classes=num_classes,
+              classifier_activation=None)
 
 
-def bench_model(model, batch, resolution, args):
-    bench = ModelBench(model, batch, resolution)
-    result = {}
+def bench_models(models_by_name, batch, resolution, args):
+    """Training images/s, inference images/s and batch-1 latency (ms) of every model in
+    ``models_by_name`` (a dict), each measured in interleaved rounds across the models."""
+    benches = {name: ModelBench(m, batch, resolution) for name, m in models_by_name.items()}
+    results = {name: {} for name in benches}
     if "train" in args.modes:
-        result["train_img_s"] = bench.train_images_per_second(args.steps, args.warmup)
+        times = interleaved_medians(
+            {n: (lambda b=b: _sync(b.train_step())) for n, b in benches.items()},
+            args.steps, args.warmup)
+        for name, seconds in times.items():
+            results[name]["train_img_s"] = batch / seconds
     if "inference" in args.modes:
-        result["infer_img_s"] = bench.inference_images_per_second(args.steps, args.warmup)
-        result["latency_ms"] = bench.latency_ms(args.steps * 2, args.warmup)
-    return result
+        times = interleaved_medians(
+            {n: (lambda b=b: _sync(b.infer(b.images))) for n, b in benches.items()},
+            args.steps, args.warmup)
+        for name, seconds in times.items():
+            results[name]["infer_img_s"] = batch / seconds
+        times = interleaved_medians(
+            {n: (lambda b=b: _sync(b.infer(b.images[:1]))) for n, b in benches.items()},
+            args.steps * 2, args.warmup)
+        for name, seconds in times.items():
+            results[name]["latency_ms"] = 1e3 * seconds
+    return results
 
 
 def pipeline_images_per_second(dataset_name, split, size, batch, steps, mixup, cutmix):
@@ -295,32 +299,37 @@ def main(argv=None):
     print("\n" + " ".join("%12s" % h for h in header))
     for size in sizes:
         for resolution in resolve_resolutions(size, parse_list(args.resolutions)):
-            baseline = {}
+            # Every model at this size and resolution (and the keras.applications baseline)
+            # is timed in the same interleaved rounds, so their ratios share the load.
+            built = {}
             if not args.no_keras_baseline:
-                baseline = bench_model(keras_applications_model(size, resolution), args.batch,
-                                       resolution, args)
+                built["keras"] = keras_applications_model(size, resolution)
+            for g in group_sizes:
+                for norm in norms:
+                    built[(g, norm)] = models.EfficientNet(size, group_size=g, norm=norm)
+            results = bench_models(built, args.batch, resolution, args)
+            baseline = results.pop("keras", {})
+            if baseline:
                 print("  keras.applications EfficientNet%s at %d px: %s" % (
                     size.upper(), resolution,
                     ", ".join("%s %.2f" % kv for kv in sorted(baseline.items()))))
-            for g in group_sizes:
-                for norm in norms:
-                    model = models.EfficientNet(size, group_size=g, norm=norm)
-                    macs = analysis.count_macs(model, resolution)
-                    result = bench_model(model, args.batch, resolution, args)
-                    row = dict(size=size, G=g, E=models.default_expansion_ratio(g), norm=norm,
-                               res=resolution, batch=args.batch, macs_m=macs / 1e6, **result)
-                    if "train_img_s" in result:
-                        row["train_gflops"] = 3 * 2 * macs * result["train_img_s"] / 1e9
-                        row["of_peak"] = row["train_gflops"] / peak
-                    for mode in ("train", "infer"):
-                        key = mode + "_img_s"
-                        if key in result and key in baseline:
-                            row["vs_keras_" + mode] = result[key] / baseline[key]
-                    rows.append(row)
-                    print(" ".join("%12s" % (("%.3g" % row[h]) if isinstance(row.get(h), float)
-                                             else row.get(h, "")) for h in header))
-                    sys.stdout.flush()
-                    keras.backend.clear_session()
+            for (g, norm), result in results.items():
+                macs = analysis.count_macs(built[(g, norm)], resolution)
+                row = dict(size=size, G=g, E=models.default_expansion_ratio(g), norm=norm,
+                           res=resolution, batch=args.batch, macs_m=macs / 1e6, **result)
+                if "train_img_s" in result:
+                    row["train_gflops"] = 3 * 2 * macs * result["train_img_s"] / 1e9
+                    row["of_peak"] = row["train_gflops"] / peak
+                for mode in ("train", "infer"):
+                    key = mode + "_img_s"
+                    if key in result and key in baseline:
+                        row["vs_keras_" + mode] = result[key] / baseline[key]
+                rows.append(row)
+                print(" ".join("%12s" % (("%.3g" % row[h]) if isinstance(row.get(h), float)
+                                         else row.get(h, "")) for h in header))
+                sys.stdout.flush()
+            del built, results
+            keras.backend.clear_session()
     with open(args.csv, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=header + ("precision", "dense_peak_gflops"))
         writer.writeheader()

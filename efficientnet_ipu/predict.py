@@ -5,7 +5,6 @@
 ``--model`` is an export folder (its newest numeric version is used) or one version.
 """
 import os
-import sys
 
 from absl import app, flags
 import numpy as np

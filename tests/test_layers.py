@@ -289,3 +289,95 @@ def test_fused_norm_proxy_activation_equals_separate_layers(norm, mode):
     out = fused(x)
     for a, b in zip(tf.nest.flatten(out), tf.nest.flatten(separate)):
         np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-4, atol=1e-5)
+
+
+def test_swish_gradient_equals_tensorflow_silu():
+    """Our swish has a cheaper hand-written gradient; it must equal TensorFlow's."""
+    x = tf.constant(np.linspace(-12.0, 12.0, 4001).astype(np.float32))
+    upstream = tf.cos(x)
+    with tf.GradientTape(persistent=True) as tape:
+        tape.watch(x)
+        ours = L.proxy_norm.swish(x)
+        ref = tf.nn.silu(x)
+    np.testing.assert_array_equal(ours.numpy(), ref.numpy())
+    np.testing.assert_allclose(tape.gradient(ours, x, upstream).numpy(),
+                               tape.gradient(ref, x, upstream).numpy(), rtol=1e-5, atol=1e-6)
+
+
+def test_channel_moments_gradient_equals_autodiff():
+    rng = np.random.default_rng(20)
+    x = tf.constant(rng.normal(1.0, 2.0, size=(3, 5, 7, 6)).astype(np.float32))
+    dmean = tf.constant(rng.normal(size=(3, 6)).astype(np.float32))
+    dsquare = tf.constant(rng.normal(size=(3, 6)).astype(np.float32))
+    with tf.GradientTape(persistent=True) as tape:
+        tape.watch(x)
+        mean, square = L.norm.channel_moments(x)
+        ours = tf.reduce_sum(mean * dmean + square * dsquare)
+        ref = tf.reduce_sum(tf.reduce_mean(x, [1, 2]) * dmean
+                            + tf.reduce_mean(x * x, [1, 2]) * dsquare)
+    np.testing.assert_allclose(mean.numpy(), x.numpy().mean(axis=(1, 2)), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(tape.gradient(ours, x).numpy(), tape.gradient(ref, x).numpy(),
+                               rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("groups", [1, 4, -1])
+def test_group_norm_offset_equals_normalizing_shifted_input(groups):
+    rng = np.random.default_rng(21)
+    x = tf.constant(rng.normal(0.5, 2.0, size=(3, 6, 6, 8)).astype(np.float32))
+    offset = tf.constant(rng.normal(0.0, 1.5, size=(3, 8)).astype(np.float32))
+    norm = L.GroupNormalization(groups)
+    norm(x)
+    norm.set_weights([rng.uniform(0.5, 1.5, 8).astype(np.float32),
+                      rng.normal(size=8).astype(np.float32)])
+    np.testing.assert_allclose(norm(x, offset=offset).numpy(),
+                               norm(x - offset[:, None, None, :]).numpy(), rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("group_size,channels,implementation", [
+    (1, 32, "grouped"), (4, 40, "grouped"), (16, 48, "grouped"), (16, 48, "split"),
+    (48, 48, "grouped")])
+def test_group_conv_input_scale_equals_scaling_the_input(group_size, channels, implementation):
+    rng = np.random.default_rng(22)
+    x = tf.constant(rng.normal(size=(2, 9, 9, channels)).astype(np.float32))
+    scale = tf.constant(rng.uniform(0.2, 3.0, channels).astype(np.float32))
+    layer = L.GroupConv2D(channels, 3, group_size=group_size, implementation=implementation)
+    np.testing.assert_allclose(layer(x, input_scale=scale).numpy(), layer(x * scale).numpy(),
+                               rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("norm", ["ln_pn", "gn_pn", "in_pn"])
+@pytest.mark.parametrize("expand_ratio,group_size,strides", [(4, 16, 1), (1, 16, 1), (6, 1, 2)])
+def test_mbconv_proxy_folding_equals_separate_layers(norm, expand_ratio, group_size, strides):
+    """Under GN/LN/IN + PN the block folds the proxy means and scales into the convolutions
+    and norms around them (MBConvBlock.call_proxy_folded). Forward and gradients must equal
+    the plain composition: norm, then ProxyNormActivation, as separate layers."""
+    rng = np.random.default_rng(23)
+    filters_in = 32 if expand_ratio == 1 else 24
+    block = L.MBConvBlock(filters_in, 24 if strides == 1 else 40, 3, strides, expand_ratio,
+                          group_size, norm=norm, name="block2a")
+    x = tf.constant(rng.normal(size=(3, 10, 10, filters_in)).astype(np.float32))
+    block(x)
+    for var in block.trainable_variables:  # move every weight away from its initial value
+        var.assign(var + rng.normal(0.0, 0.3, var.shape).astype(np.float32))
+
+    def separate(v):
+        if block.expand_conv is not None:
+            act = block.expand_norm_act
+            v = act.act_layer(act.norm_layer(block.expand_conv(v)))
+        act = block.norm_act
+        v, scale = act.act_layer(act.norm_layer(block.group_conv(v)))
+        v = block.project_norm(block.project_conv(block.se(v, scale=scale)))
+        return v + x if block.residual else v
+
+    with tf.GradientTape(persistent=True) as tape:
+        tape.watch(x)
+        folded = block(x, training=True)
+        ref = separate(x)
+        loss_folded = tf.reduce_sum(tf.sin(folded))
+        loss_ref = tf.reduce_sum(tf.sin(ref))
+    np.testing.assert_allclose(folded.numpy(), ref.numpy(), rtol=1e-4, atol=1e-4)
+    variables = [x] + block.trainable_variables
+    for a, b, v in zip(tape.gradient(loss_folded, variables), tape.gradient(loss_ref, variables),
+                       ["x"] + [w.name for w in block.trainable_variables]):
+        scale = np.abs(b.numpy()).max()
+        np.testing.assert_allclose(a.numpy() / scale, b.numpy() / scale, atol=1e-4, err_msg=v)

@@ -10,7 +10,7 @@ import tensorflow as tf
 
 from efficientnet_ipu.layers.conv import GroupConv2D
 from efficientnet_ipu.layers.norm import INSTANCE, GroupNormalization
-from efficientnet_ipu.layers.proxy_norm import ProxyNormActivation, get_activation
+from efficientnet_ipu.layers.proxy_norm import Activation, ProxyNormActivation, get_activation
 
 NORM_BASES = ("bn", "gn", "ln", "in")
 NORMS = NORM_BASES + tuple(base + "_pn" for base in NORM_BASES)
@@ -75,7 +75,7 @@ class NormActivation(keras.layers.Layer):
             self.act_layer = ProxyNormActivation(activation, proxy_params=proxy_params,
                                                  mode=mode, name=prefix + "activation")
         else:
-            self.act_layer = keras.layers.Activation(activation, name=prefix + "activation")
+            self.act_layer = Activation(activation, name=prefix + "activation")
         self.fused = self.use_pn and isinstance(self.norm_layer, GroupNormalization)
 
     def build(self, input_shape):
@@ -84,17 +84,32 @@ class NormActivation(keras.layers.Layer):
             self.act_layer.build(input_shape)
         super().build(input_shape)
 
+    def proxy_parts(self, inputs):
+        """For the fused case (proxy norm after GN, LN or IN): (activated, mean, scale) with
+        activated = act(gamma * norm(inputs) + beta) ([N, H, W, C], inputs' dtype) and the
+        proxy mean and rsqrt(proxy variance + eps~) (float32 [C] each), so that the
+        proxy-normalized output is (activated - mean) * scale. MBConvBlock folds the mean
+        and the scale into the neighbouring convolutions instead of applying them.
+
+        The norm's (scale, shift) and PN's (gamma, beta) make one affine pass,
+        x * (scale gamma) + (shift gamma + beta), before the activation."""
+        if not self.fused:
+            raise ValueError("proxy_parts needs norm in gn_pn/ln_pn/in_pn, got %r"
+                             % (self.norm,))
+        dtype = inputs.dtype
+        scale, shift = self.norm_layer.scale_shift(inputs)
+        gamma = tf.cast(self.act_layer.gamma, tf.float32)
+        beta = tf.cast(self.act_layer.beta, tf.float32)
+        pre = (inputs * tf.cast(scale * gamma, dtype)[:, None, None, :]
+               + tf.cast(shift * gamma + beta, dtype)[:, None, None, :])
+        mean, variance = self.act_layer.proxy_moments()
+        return (self.act_layer.activation_fn(pre), mean,
+                tf.math.rsqrt(variance + self.act_layer.proxy_epsilon))
+
     def call(self, inputs, training=None):
         if self.fused:
-            # Fused: the norm's (scale, shift) and PN's (gamma, beta) make one affine pass,
-            # x * (scale gamma) + (shift gamma + beta), before the activation.
-            dtype = inputs.dtype
-            scale, shift = self.norm_layer.scale_shift(inputs)
-            gamma = tf.cast(self.act_layer.gamma, tf.float32)
-            beta = tf.cast(self.act_layer.beta, tf.float32)
-            pre = (inputs * tf.cast(scale * gamma, dtype)[:, None, None, :]
-                   + tf.cast(shift * gamma + beta, dtype)[:, None, None, :])
-            return self.act_layer.normalize_activated(self.act_layer.activation_fn(pre))
+            activated, _, _ = self.proxy_parts(inputs)
+            return self.act_layer.normalize_activated(activated)
         x = self.norm_layer(inputs, training=training)
         x = self.act_layer(x)
         if self.mode == "split" and not self.use_pn:
@@ -147,16 +162,24 @@ class SqueezeExcite(keras.layers.Layer):
                                            initializer="zeros", trainable=True)
         super().build(input_shape)
 
-    def call(self, inputs, scale=None):
+    def gate(self, inputs, scale=None, center=None):
+        """The [N, C] gate (times ``scale`` if given) for ``inputs`` [N, H, W, C]; with
+        ``center`` ([C]) it is the gate of inputs - center (the squeeze is shifted, no pass
+        over the inputs)."""
         dtype = inputs.dtype
         squeezed = tf.reduce_mean(inputs, axis=[1, 2])
+        if center is not None:
+            squeezed = squeezed - tf.cast(center, dtype)
         hidden = self.activation_fn(tf.matmul(squeezed, tf.cast(self.reduce_kernel, dtype))
                                     + tf.cast(self.reduce_bias, dtype))
         gate = tf.sigmoid(tf.matmul(hidden, tf.cast(self.expand_kernel, dtype))
                           + tf.cast(self.expand_bias, dtype))
         if scale is not None:
-            gate = gate * scale
-        return inputs * gate[:, None, None, :]
+            gate = gate * tf.cast(scale, dtype)
+        return gate
+
+    def call(self, inputs, scale=None):
+        return inputs * self.gate(inputs, scale)[:, None, None, :]
 
     def get_config(self):
         config = super().get_config()
@@ -243,13 +266,53 @@ class MBConvBlock(keras.layers.Layer):
         self.residual = strides == 1 and filters_in == filters_out
         self.drop_rate = drop_rate
 
+    def build(self, input_shape):
+        if self.norm_act.fused:
+            # call_proxy_folded uses these sublayers' weights without calling them.
+            shape = (None, None, None, self.config_args["filters_in"]
+                     * self.config_args["expand_ratio"])
+            for layer in (self.expand_norm_act, self.norm_act, self.se):
+                if layer is not None:
+                    layer.build(shape)
+        super().build(input_shape)
+
     def call(self, inputs, training=None):
+        if self.norm_act.fused:
+            return self.call_proxy_folded(inputs, training)
         x = inputs
         if self.expand_conv is not None:
             x = self.expand_norm_act(self.expand_conv(x), training=training)
         x, scale = self.norm_act(self.group_conv(x), training=training)
         x = self.se(x, scale=scale)
         x = self.project_norm(self.project_conv(x), training=training)
+        if self.residual:
+            x = drop_path(x, self.drop_rate, training) + inputs
+        return x
+
+    def call_proxy_folded(self, inputs, training=None):
+        """The block under GN/LN/IN + proxy norm with the proxy means and scales folded into
+        the linear layers around them; equal to the plain composition up to round-off:
+
+        - expand: (a - m1) s1 -> group conv  ==  (a - m1) -> group conv with its kernel's
+          input channels scaled by s1;
+        - group conv: (a - m2) gated by SE with scale s2 -> 1x1 project conv -> norm
+          ==  a * g -> project conv -> norm of (that - (m2 g) W), where g is the SE gate of
+          a - m2 times s2 and W the project kernel; the [N, C_out] offset (m2 g) W is folded
+          into the norm's statistics and shift.
+
+        This saves four full-size passes over the expanded activations per block."""
+        x, input_scale = inputs, None
+        if self.expand_conv is not None:
+            activated, mean, input_scale = self.expand_norm_act.proxy_parts(
+                self.expand_conv(x))
+            x = activated + tf.cast(-mean, activated.dtype)
+        activated, mean, scale = self.norm_act.proxy_parts(
+            self.group_conv(x, input_scale=input_scale))
+        gate = self.se.gate(activated, scale=scale, center=mean)        # [N, C]
+        x = self.project_conv(activated * gate[:, None, None, :])
+        project_kernel = tf.cast(self.project_conv.kernel[0, 0], tf.float32)   # [C, C_out]
+        offset = tf.matmul(tf.cast(gate, tf.float32) * mean, project_kernel)   # [N, C_out]
+        x = self.project_norm(x, offset=offset)
         if self.residual:
             x = drop_path(x, self.drop_rate, training) + inputs
         return x

@@ -138,8 +138,23 @@ class GroupConv2D(keras.layers.Layer):
                                         initializer=self.bias_initializer, trainable=True)
         super().build(input_shape)
 
-    def call(self, inputs):
-        kernel = tf.cast(self.kernel, inputs.dtype)
+    def scaled_kernel(self, input_scale):
+        """The kernel with input channel c multiplied by ``input_scale[c]`` ([C_in]), so
+        that convolving x with it equals convolving x * input_scale with the kernel.
+
+        Kernel slot [:, :, i, o] reads input channel (o // (filters / groups)) * G + i."""
+        scale = tf.reshape(tf.cast(input_scale, self.kernel.dtype),
+                           [self.groups, self.resolved_group_size])
+        scale = tf.repeat(tf.transpose(scale), self.filters // self.groups, axis=1)
+        return self.kernel * scale[None, None]                    # [k, k, G, filters]
+
+    def call(self, inputs, input_scale=None):
+        """Convolve ``inputs`` [N, H, W, C_in]. ``input_scale`` (optional, [C_in]): a
+        per-input-channel factor folded into the kernel, equal to (up to round-off)
+        convolving inputs * input_scale but without that pass over the inputs (used to
+        fold the 1/std of a proxy-normalized activation, paper 002 eq. 7)."""
+        kernel = self.kernel if input_scale is None else self.scaled_kernel(input_scale)
+        kernel = tf.cast(kernel, inputs.dtype)
         strides = [1, self.strides, self.strides, 1]
         if self.depthwise:
             kernel = tf.reshape(kernel, [self.kernel_size, self.kernel_size, self.filters, 1])

@@ -15,6 +15,27 @@ import tensorflow as tf
 INSTANCE = -1  # ``groups`` value meaning one group per channel (Instance Normalization).
 
 
+@tf.custom_gradient
+def channel_moments(x):
+    """Per-example, per-channel spatial means of x and of x^2.
+
+    Input: float32 [N, H, W, C]. Returns: (E_hw[x], E_hw[x^2]), float32 [N, C] each.
+
+    The gradient, dx = (dmean + 2 x dsquare) / (H W), is computed in two broadcasting
+    passes; automatic differentiation would first materialize both upstream gradients at
+    full size (``Tile``) and then scale, square-differentiate and add them.
+    """
+    mean = tf.reduce_mean(x, axis=[1, 2])
+    square = tf.reduce_mean(tf.square(x), axis=[1, 2])
+
+    def grad(dmean, dsquare):
+        shape = tf.shape(x)
+        inv_hw = 1.0 / tf.cast(shape[1] * shape[2], x.dtype)
+        return (x * (2.0 * inv_hw * dsquare)[:, None, None, :]
+                + (inv_hw * dmean)[:, None, None, :])
+    return (mean, square), grad
+
+
 class GroupNormalization(keras.layers.Layer):
     """Group Normalization (Wu & He, 2018) on NHWC tensors.
 
@@ -57,16 +78,19 @@ class GroupNormalization(keras.layers.Layer):
                                     trainable=True) if self.center else None
         super().build(input_shape)
 
-    def scale_shift(self, x):
+    def scale_shift(self, x, offset=None):
         """Per-example, per-channel float32 (scale, shift), each [N, C], such that the
         output is x * scale + shift (the affine gamma/beta included). ``x``: [N, H, W, C].
 
         Statistics come from per-channel spatial means (contiguous reductions in NHWC),
-        E[x^2] - E[x]^2 in float32."""
+        E[x^2] - E[x]^2 in float32. ``offset`` (optional, float32 [N, C]): normalize
+        x - offset instead of x, with the offset folded into the statistics and the shift
+        (no pass over x; used to fold a proxy-norm mean through a 1x1 convolution)."""
         channels = x.shape[-1]
-        x32 = tf.cast(x, tf.float32)
-        mean_c = tf.reduce_mean(x32, axis=[1, 2])                          # [N, C]
-        square_c = tf.reduce_mean(tf.square(x32), axis=[1, 2])             # [N, C]
+        mean_c, square_c = channel_moments(tf.cast(x, tf.float32))           # [N, C] each
+        if offset is not None:
+            square_c = square_c - offset * (2.0 * mean_c - offset)
+            mean_c = mean_c - offset
         mean_g = tf.reshape(mean_c, [-1, self.num_groups, channels // self.num_groups])
         square_g = tf.reshape(square_c, tf.shape(mean_g))
         mean = tf.reduce_mean(mean_g, axis=-1, keepdims=True)              # [N, G, 1]
@@ -78,14 +102,18 @@ class GroupNormalization(keras.layers.Layer):
         if self.gamma is not None:
             scale = scale * tf.cast(self.gamma, tf.float32)
         shift = -mean * scale
+        if offset is not None:
+            shift = shift - offset * scale
         if self.beta is not None:
             shift = shift + tf.cast(self.beta, tf.float32)
         return scale, shift
 
-    def call(self, inputs):
+    def call(self, inputs, offset=None):
+        """Normalize ``inputs`` ([N, H, W, C] or [N, C]); with ``offset`` (float32 [N, C])
+        the result equals normalizing inputs - offset[:, None, None, :]."""
         rank = len(inputs.shape)
         x = inputs if rank == 4 else inputs[:, None, None, :]
-        scale, shift = self.scale_shift(x)
+        scale, shift = self.scale_shift(x, offset)
         y = x * tf.cast(scale, x.dtype)[:, None, None, :] + tf.cast(shift, x.dtype)[:, None,
                                                                                    None, :]
         return y if rank == 4 else y[:, 0, 0, :]
