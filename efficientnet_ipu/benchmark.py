@@ -83,8 +83,10 @@ def conv_table(steps, warmup, shape=CONV_SHAPE):
     c = shape[-1]
     cases = [
         ("dense Conv2D", keras.layers.Conv2D(c, 3, padding="same", use_bias=False)),
-        ("GroupConv2D G16 grouped", L.GroupConv2D(c, 3, group_size=16)),
+        ("GroupConv2D G16 grouped", L.GroupConv2D(c, 3, group_size=16,
+                                                  implementation="grouped")),
         ("GroupConv2D G16 split", L.GroupConv2D(c, 3, group_size=16, implementation="split")),
+        ("GroupConv2D G16 auto (default)", L.GroupConv2D(c, 3, group_size=16)),
         ("GroupConv2D G1 (depthwise)", L.GroupConv2D(c, 3, group_size=1)),
     ]
     times = interleaved_medians({name: conv_fwd_bwd_step(layer, shape)
@@ -111,7 +113,6 @@ def reshape_moments_group_norm(x, groups, epsilon=1e-3):
 def norm_table(steps, shape=(32, 56, 56, 96)):
     """Forward + backward ms of normalization(+activation) variants on ``shape``, measured
     in interleaved rounds so that machine load affects them alike."""
-    x = tf.random.normal(shape)
     cases = {
         "GN4 reshape+moments (baseline)": lambda v: reshape_moments_group_norm(v, 4),
         "GN4 ours": L.GroupNormalization(4, center=False, scale=False),
@@ -119,12 +120,37 @@ def norm_table(steps, shape=(32, 56, 56, 96)):
         "LN + ProxyNormActivation": lambda v, n=L.LayerNormalization(center=False, scale=False),
         p=L.ProxyNormActivation(): p(n(v)),
         "LN+PN fused (NormActivation)": lambda v, f=L.NormActivation("ln_pn"): f(v),
+        "tf.nn.silu (TensorFlow's gradient)": tf.nn.silu,
+        "swish (ours, cheaper gradient)": L.proxy_norm.swish,
     }
+    return _fwd_bwd_table(cases, shape, steps)
+
+
+def block_table(steps, shape=(32, 56, 56, 24), group_size=16, expand_ratio=4):
+    """Forward + backward ms of one MBConv block (B0's block2b at 224 px: 24 -> 24 channels,
+    expanded E times, 3x3 group conv of group size G) with GN, and with LN+PN with and
+    without the proxy-norm folding, in interleaved rounds."""
+    def block(norm, fold=True):
+        return L.MBConvBlock(shape[-1], shape[-1], 3, 1, expand_ratio, group_size, norm=norm,
+                             fold_proxy_norm=fold, name="block2b")
+    cases = {
+        "MBConv GN": block("gn"),
+        "MBConv LN+PN folded (ours)": block("ln_pn"),
+        "MBConv LN+PN unfolded": block("ln_pn", fold=False),
+        "MBConv BN": block("bn"),
+    }
+    return _fwd_bwd_table(cases, shape, steps)
+
+
+def _fwd_bwd_table(cases, shape, steps):
+    """Median ms of forward + backward (input and weight gradients) of each callable or
+    layer in ``cases`` on a random ``shape`` input, in interleaved rounds."""
+    x = tf.random.normal(shape)
     steps_fn = {}
     for name, fn in cases.items():
         fn(x)
-        layer_vars = [v for obj in getattr(fn, "__defaults__", None) or () for v in
-                      getattr(obj, "trainable_variables", [])]
+        owners = [fn] + list(getattr(fn, "__defaults__", None) or ())
+        layer_vars = [v for obj in owners for v in getattr(obj, "trainable_variables", [])]
 
         def make(fn=fn, variables=layer_vars):
             @tf.function
@@ -169,10 +195,11 @@ def keras_applications_model(size, resolution, num_classes=1000):
               classifier_activation=None)
 
 
-def bench_models(models_by_name, batch, resolution, args):
+def bench_models(models_by_name, batch, args):
     """Training images/s, inference images/s and batch-1 latency (ms) of every model in
-    ``models_by_name`` (a dict), each measured in interleaved rounds across the models."""
-    benches = {name: ModelBench(m, batch, resolution) for name, m in models_by_name.items()}
+    ``models_by_name`` (a dict whose keys start with the resolution in pixels), each
+    measured in interleaved rounds across all the models."""
+    benches = {name: ModelBench(m, batch, name[0]) for name, m in models_by_name.items()}
     results = {name: {} for name in benches}
     if "train" in args.modes:
         times = interleaved_medians(
@@ -244,6 +271,9 @@ def main(argv=None):
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--no-keras-baseline", action="store_true")
+    parser.add_argument("--compare-unfolded", action="store_true",
+                        help="also time each GN/LN/IN+PN model without the proxy-norm "
+                             "folding (norm shown as e.g. ln_pn/unfolded)")
     parser.add_argument("--conv", action="store_true", help="only the convolution table")
     parser.add_argument("--norm-layers", action="store_true",
                         help="only the normalization table (ours vs the baseline)")
@@ -271,7 +301,12 @@ def main(argv=None):
         print("Normalization on [32, 56, 56, 96], forward + backward (median of interleaved "
               "rounds):")
         for name, ms in table.items():
-            print("  %-32s %8.2f ms  %5.2fx the baseline's speed" % (name, ms, base / ms))
+            print("  %-36s %8.2f ms  %5.2fx the baseline's speed" % (name, ms, base / ms))
+        table = block_table(args.steps * 4)
+        base = table["MBConv LN+PN unfolded"]
+        print("MBConv block on [32, 56, 56, 24], G16, E4, forward + backward:")
+        for name, ms in table.items():
+            print("  %-36s %8.2f ms  %5.2fx the unfolded LN+PN's speed" % (name, ms, base / ms))
         return 0
     if args.pipeline:
         rate = pipeline_images_per_second(args.pipeline, args.pipeline_split,
@@ -298,38 +333,48 @@ def main(argv=None):
               "vs_keras_infer")
     print("\n" + " ".join("%12s" % h for h in header))
     for size in sizes:
-        for resolution in resolve_resolutions(size, parse_list(args.resolutions)):
-            # Every model at this size and resolution (and the keras.applications baseline)
-            # is timed in the same interleaved rounds, so their ratios share the load.
-            built = {}
+        # Every model of this size at every resolution (and the keras.applications
+        # baseline) is timed in the same interleaved rounds, so that their ratios (G16 vs
+        # G1, LN+PN vs GN, half vs native resolution, ours vs keras) share the load.
+        built = {}
+        resolutions = resolve_resolutions(size, parse_list(args.resolutions))
+        for resolution in resolutions:
             if not args.no_keras_baseline:
-                built["keras"] = keras_applications_model(size, resolution)
+                built[(resolution, "keras")] = keras_applications_model(size, resolution)
             for g in group_sizes:
                 for norm in norms:
-                    built[(g, norm)] = models.EfficientNet(size, group_size=g, norm=norm)
-            results = bench_models(built, args.batch, resolution, args)
-            baseline = results.pop("keras", {})
+                    built[(resolution, g, norm)] = models.EfficientNet(
+                        size, group_size=g, norm=norm)
+                    if args.compare_unfolded and norm.endswith("_pn") and norm != "bn_pn":
+                        built[(resolution, g, norm + "/unfolded")] = models.EfficientNet(
+                            size, group_size=g, norm=norm, fold_proxy_norm=False)
+        results = bench_models(built, args.batch, args)
+        for resolution in resolutions:
+            baseline = results.get((resolution, "keras"), {})
             if baseline:
                 print("  keras.applications EfficientNet%s at %d px: %s" % (
                     size.upper(), resolution,
                     ", ".join("%s %.2f" % kv for kv in sorted(baseline.items()))))
-            for (g, norm), result in results.items():
-                macs = analysis.count_macs(built[(g, norm)], resolution)
+            for key, result in results.items():
+                if key[0] != resolution or key[1] == "keras":
+                    continue
+                _, g, norm = key
+                macs = analysis.count_macs(built[key], resolution)
                 row = dict(size=size, G=g, E=models.default_expansion_ratio(g), norm=norm,
                            res=resolution, batch=args.batch, macs_m=macs / 1e6, **result)
                 if "train_img_s" in result:
                     row["train_gflops"] = 3 * 2 * macs * result["train_img_s"] / 1e9
                     row["of_peak"] = row["train_gflops"] / peak
                 for mode in ("train", "infer"):
-                    key = mode + "_img_s"
-                    if key in result and key in baseline:
-                        row["vs_keras_" + mode] = result[key] / baseline[key]
+                    metric = mode + "_img_s"
+                    if metric in result and metric in baseline:
+                        row["vs_keras_" + mode] = result[metric] / baseline[metric]
                 rows.append(row)
                 print(" ".join("%12s" % (("%.3g" % row[h]) if isinstance(row.get(h), float)
                                          else row.get(h, "")) for h in header))
                 sys.stdout.flush()
-            del built, results
-            keras.backend.clear_session()
+        del built, results
+        keras.backend.clear_session()
     with open(args.csv, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=header + ("precision", "dense_peak_gflops"))
         writer.writeheader()

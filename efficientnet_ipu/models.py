@@ -100,7 +100,8 @@ def EfficientNet(size="b0", group_size=1, expansion_ratio=None, norm="bn", norm_
                  num_classes=1000, dropout_rate=None, drop_connect_rate=0.2,
                  activation="swish", proxy_params=True, input_shape=(None, None, 3),
                  include_preprocessing=True, mean=(0.485, 0.456, 0.406),
-                 std=(0.229, 0.224, 0.225), classifier_activation=None, name=None):
+                 std=(0.229, 0.224, 0.225), classifier_activation=None, name=None,
+                 fold_proxy_norm=True):
     """Build an EfficientNet as a functional ``keras.Model``.
 
     Args:
@@ -119,6 +120,9 @@ def EfficientNet(size="b0", group_size=1, expansion_ratio=None, norm="bn", norm_
       include_preprocessing: inputs are pixels in [0, 255] and the model standardizes them
         with ``mean``/``std`` (in [0, 1] units), as keras.applications' EfficientNet.
       classifier_activation: None for logits (float32) or "softmax" for probabilities.
+      fold_proxy_norm: under GN/LN/IN + PN, fold the proxy means and scales into the
+        convolutions and norms around them (same function, faster; see
+        ``layers.MBConvBlock.call_proxy_folded``). False runs the plain composition.
 
     Returns:
       keras.Model: [N, H, W, 3] float -> [N, num_classes] float32.
@@ -155,6 +159,7 @@ def EfficientNet(size="b0", group_size=1, expansion_ratio=None, norm="bn", norm_
     for index, (block_name, args) in enumerate(blocks):
         x = L.MBConvBlock(group_size=group_size, norm=norm, norm_groups=norm_groups,
                           activation=activation, proxy_params=proxy_params,
+                          fold_proxy_norm=fold_proxy_norm,
                           drop_rate=drop_connect_rate * index / len(blocks),
                           name=block_name, **args)(x)
     x = keras.layers.Conv2D(round_filters(1280, width), 1, padding="same", use_bias=False,

@@ -236,7 +236,7 @@ except tf.errors.InvalidArgumentError as error:
     print("TF_GRAD_FAILS", "not supported on CPU" in str(error))
 from efficientnet_ipu import layers as L
 try:
-    L.GroupConv2D(32, 3, group_size=16)(x)
+    L.GroupConv2D(32, 3, group_size=16, implementation="grouped")(x)
     print("LAYER_BUILT")
 except RuntimeError as error:
     print("LAYER_REFUSES", "TF_ENABLE_ONEDNN_OPTS=1" in str(error))
@@ -381,3 +381,55 @@ def test_mbconv_proxy_folding_equals_separate_layers(norm, expand_ratio, group_s
                        ["x"] + [w.name for w in block.trainable_variables]):
         scale = np.abs(b.numpy()).max()
         np.testing.assert_allclose(a.numpy() / scale, b.numpy() / scale, atol=1e-4, err_msg=v)
+
+
+@pytest.mark.parametrize("center,scale", [(True, True), (False, True)])
+def test_batch_norm_fused_kernel_equals_keras(center, scale):
+    """norm.BatchNormalization runs TensorFlow's fused kernel; outputs, gradients and
+    moving statistics must equal keras.layers.BatchNormalization's."""
+    from tensorflow import keras
+    rng = np.random.default_rng(24)
+    x = tf.constant(rng.normal(1.5, 2.0, size=(4, 6, 5, 8)).astype(np.float32))
+    ours = L.norm.BatchNormalization(momentum=0.9, epsilon=1e-3, center=center, scale=scale)
+    ref = keras.layers.BatchNormalization(momentum=0.9, epsilon=1e-3, center=center,
+                                          scale=scale)
+    ours(x)
+    ref(x)
+    weights = [w + rng.uniform(0.1, 0.5, w.shape).astype(np.float32)
+               for w in ref.get_weights()]
+    ref.set_weights(weights)
+    ours.set_weights(weights)
+    with tf.GradientTape(persistent=True) as tape:
+        tape.watch(x)
+        y_ours = ours(x, training=True)
+        y_ref = ref(x, training=True)
+        loss_ours = tf.reduce_sum(tf.sin(y_ours))
+        loss_ref = tf.reduce_sum(tf.sin(y_ref))
+    np.testing.assert_allclose(y_ours.numpy(), y_ref.numpy(), rtol=1e-4, atol=1e-4)
+    for a, b in zip(tape.gradient(loss_ours, [x] + ours.trainable_variables),
+                    tape.gradient(loss_ref, [x] + ref.trainable_variables)):
+        np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-4, atol=1e-4)
+    for a, b in zip(ours.get_weights(), ref.get_weights()):  # moving statistics updated alike
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    assert not np.allclose(ours.get_weights()[-1], weights[-1])
+    np.testing.assert_allclose(ours(x, training=False).numpy(), ref(x, training=False).numpy(),
+                               rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("channels,group_size,expected", [
+    (32, 16, "split"), (240, 16, "split"), (320, 16, "grouped"), (96, 8, "split"),
+    (120, 4, "grouped")])
+def test_auto_implementation_choice_and_equality(channels, group_size, expected):
+    """'auto' picks split for few, large groups on a CPU-only machine (faster there, see
+    conv.choose_implementation) and grouped otherwise; the function is the same."""
+    if any(d.device_type != "CPU" for d in tf.config.list_physical_devices()):
+        expected = "grouped"
+    x = tf.constant(np.random.default_rng(25).normal(size=(2, 8, 8, channels)).astype(np.float32))
+    auto = L.GroupConv2D(channels, 3, group_size=group_size)
+    other = L.GroupConv2D(channels, 3, group_size=group_size,
+                          implementation="grouped" if expected == "split" else "split")
+    auto(x)
+    other(x)
+    assert auto.resolved_implementation == expected
+    other.set_weights(auto.get_weights())
+    np.testing.assert_allclose(auto(x).numpy(), other(x).numpy(), rtol=1e-4, atol=1e-4)

@@ -9,7 +9,7 @@ from tensorflow import keras
 import tensorflow as tf
 
 from efficientnet_ipu.layers.conv import GroupConv2D
-from efficientnet_ipu.layers.norm import INSTANCE, GroupNormalization
+from efficientnet_ipu.layers.norm import INSTANCE, BatchNormalization, GroupNormalization
 from efficientnet_ipu.layers.proxy_norm import Activation, ProxyNormActivation, get_activation
 
 NORM_BASES = ("bn", "gn", "ln", "in")
@@ -36,13 +36,14 @@ def parse_norm(norm):
 def make_norm(norm, name, norm_groups=4, center=True, scale=True):
     """A normalization layer for ``norm`` in ``NORMS`` (the "_pn" suffix is ignored here).
 
-    BN is Keras' BatchNormalization (momentum 0.99, epsilon 1e-3, as keras.applications);
+    BN is Keras' BatchNormalization (momentum 0.99, epsilon 1e-3, as keras.applications)
+    on TensorFlow's fused kernel (``norm.BatchNormalization``);
     GN uses ``norm_groups`` groups (4 in paper 001), LN 1 group, IN one per channel.
     """
     base, _ = parse_norm(norm)
     if base == "bn":
-        return keras.layers.BatchNormalization(momentum=0.99, epsilon=EPSILON, center=center,
-                                               scale=scale, name=name)
+        return BatchNormalization(momentum=0.99, epsilon=EPSILON, center=center, scale=scale,
+                                  name=name)
     groups = {"gn": norm_groups, "ln": 1, "in": INSTANCE}[base]
     return GroupNormalization(groups=groups, epsilon=EPSILON, center=center, scale=scale,
                               name=name)
@@ -209,7 +210,9 @@ class MBConvBlock(keras.layers.Layer):
 
     With proxy norm, the expand activation is fully proxy-normalized, the group-conv
     activation is mean-subtracted and its 1/std scale is folded into the SE gate
-    (Graphcore's EfficientNet).
+    (Graphcore's EfficientNet). With GN/LN/IN + PN and ``fold_proxy_norm`` (default) the
+    remaining proxy means and scales are folded into the neighbouring linear layers
+    (``call_proxy_folded``): the same function, fewer passes over the activations.
 
     Input [N, H, W, filters_in]; output [N, ceil(H/s), ceil(W/s), filters_out].
     Sublayers carry keras.applications' names with the block's name as prefix, e.g.
@@ -222,7 +225,7 @@ class MBConvBlock(keras.layers.Layer):
 
     def __init__(self, filters_in, filters_out, kernel_size=3, strides=1, expand_ratio=6,
                  group_size=1, se_ratio=0.25, norm="bn", norm_groups=4, activation="swish",
-                 drop_rate=0.0, proxy_params=True, **kwargs):
+                 drop_rate=0.0, proxy_params=True, fold_proxy_norm=True, **kwargs):
         super().__init__(**kwargs)
         for field, value in (("filters_in", filters_in), ("filters_out", filters_out),
                              ("kernel_size", kernel_size), ("strides", strides),
@@ -238,7 +241,7 @@ class MBConvBlock(keras.layers.Layer):
             filters_in=filters_in, filters_out=filters_out, kernel_size=kernel_size,
             strides=strides, expand_ratio=expand_ratio, group_size=group_size,
             se_ratio=se_ratio, norm=norm, norm_groups=norm_groups, activation=activation,
-            drop_rate=drop_rate, proxy_params=proxy_params)
+            drop_rate=drop_rate, proxy_params=proxy_params, fold_proxy_norm=fold_proxy_norm)
         _, use_pn = parse_norm(norm)
         prefix = self.name + "_"
         filters = filters_in * expand_ratio
@@ -265,9 +268,10 @@ class MBConvBlock(keras.layers.Layer):
                                       center=not (use_pn and proxy_params), scale=True)
         self.residual = strides == 1 and filters_in == filters_out
         self.drop_rate = drop_rate
+        self.fold_proxy_norm = bool(fold_proxy_norm) and self.norm_act.fused
 
     def build(self, input_shape):
-        if self.norm_act.fused:
+        if self.fold_proxy_norm:
             # call_proxy_folded uses these sublayers' weights without calling them.
             shape = (None, None, None, self.config_args["filters_in"]
                      * self.config_args["expand_ratio"])
@@ -277,7 +281,7 @@ class MBConvBlock(keras.layers.Layer):
         super().build(input_shape)
 
     def call(self, inputs, training=None):
-        if self.norm_act.fused:
+        if self.fold_proxy_norm:
             return self.call_proxy_folded(inputs, training)
         x = inputs
         if self.expand_conv is not None:

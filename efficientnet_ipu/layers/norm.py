@@ -128,6 +128,55 @@ class GroupNormalization(keras.layers.Layer):
         return config
 
 
+_KERAS3 = str(getattr(keras, "__version__", "2")).startswith("3")
+
+
+class BatchNormalization(keras.layers.BatchNormalization):
+    """keras.layers.BatchNormalization (Ioffe & Szegedy, 2015) computed with TensorFlow's
+    fused kernel (``FusedBatchNormV3``, oneDNN on CPU) for 4-D NHWC inputs.
+
+    Keras 3 computes batch norm as separate moments, scale and shift ops; Keras 2 (tf-keras
+    and Graphcore's fork) already uses the fused kernel, so there this class is Keras' own.
+    Same weights (gamma, beta, moving_mean, moving_variance), same arguments, same result
+    up to float round-off; the moving variance is updated with the biased batch variance,
+    as Keras 3 does. Inputs of other ranks, masks, renorm or another axis use Keras' code.
+
+    Input/output: [N, H, W, C], any float dtype (statistics in float32).
+    """
+
+    def call(self, inputs, training=None, mask=None):
+        axis = self.axis if isinstance(self.axis, int) else None
+        if (not _KERAS3 or mask is not None or self.renorm or len(inputs.shape) != 4
+                or axis not in (3, -1)):
+            if mask is None:
+                return super().call(inputs, training=training)
+            return super().call(inputs, training=training, mask=mask)
+        channels = inputs.shape[-1]
+        gamma = tf.cast(self.gamma, tf.float32) if self.scale else tf.ones([channels])
+        beta = tf.cast(self.beta, tf.float32) if self.center else tf.zeros([channels])
+        x = inputs if inputs.dtype in (tf.float16, tf.bfloat16, tf.float32) else tf.cast(
+            inputs, tf.float32)
+        if training and self.trainable:
+            y, mean, variance = tf.compat.v1.nn.fused_batch_norm(
+                x, gamma, beta, epsilon=self.epsilon, is_training=True)
+            # fused_batch_norm returns the unbiased (n / (n - 1)) variance; Keras 3 keeps
+            # the biased one in its moving average.
+            shape = tf.shape(x)
+            n = tf.cast(shape[0] * shape[1] * shape[2], tf.float32)
+            variance = variance * ((n - 1.0) / tf.maximum(n, 1.0))
+            momentum = self.momentum
+            self.moving_mean.assign(tf.cast(self.moving_mean, tf.float32) * momentum
+                                    + mean * (1.0 - momentum))
+            self.moving_variance.assign(tf.cast(self.moving_variance, tf.float32) * momentum
+                                        + variance * (1.0 - momentum))
+        else:
+            y, _, _ = tf.compat.v1.nn.fused_batch_norm(
+                x, gamma, beta, mean=tf.cast(self.moving_mean, tf.float32),
+                variance=tf.cast(self.moving_variance, tf.float32), epsilon=self.epsilon,
+                is_training=False)
+        return tf.cast(y, self.compute_dtype)
+
+
 def LayerNormalization(epsilon=1e-3, center=True, scale=True, **kwargs):
     """Layer Normalization over (H, W, C) of each example: GroupNormalization(groups=1)."""
     return GroupNormalization(groups=1, epsilon=epsilon, center=center, scale=scale, **kwargs)
