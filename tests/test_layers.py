@@ -433,3 +433,16 @@ def test_auto_implementation_choice_and_equality(channels, group_size, expected)
     assert auto.resolved_implementation == expected
     other.set_weights(auto.get_weights())
     np.testing.assert_allclose(auto(x).numpy(), other(x).numpy(), rtol=1e-4, atol=1e-4)
+
+
+def test_auto_implementation_keeps_grouped_under_an_ipu_strategy(monkeypatch):
+    """IPUs run grouped convolutions natively: under an IPU strategy 'auto' must not split
+    (the Poplar SDK is not installable here, so the strategy is a stand-in of that name)."""
+    class IPUStrategyV1:
+        pass
+    monkeypatch.setattr(tf.distribute, "has_strategy", lambda: True)
+    monkeypatch.setattr(tf.distribute, "get_strategy", lambda: IPUStrategyV1())
+    assert L.conv.choose_implementation(groups=2, group_size=16) == "grouped"
+    monkeypatch.undo()
+    if all(d.device_type == "CPU" for d in tf.config.list_physical_devices()):
+        assert L.conv.choose_implementation(groups=2, group_size=16) == "split"

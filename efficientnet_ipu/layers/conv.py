@@ -21,13 +21,22 @@ def choose_implementation(groups, group_size):
     batch 32, split's speed over grouped: B0-G16 at 224 px 1.63-1.78x for the 2-6 group
     layers at 56-112 px, 1.07-1.16x for 10 groups at 28 px, 1.0-1.19x for 15 groups at
     28 px, but 0.5-0.96x for 20-48 groups at 7-14 px; G4 (20-100 groups) mixed, 0.47-1.31x.
-    Whole B0-G16-GN training: 1.11x. GPUs and IPUs run grouped convolutions natively, so
-    any non-CPU device keeps "grouped".
+    Whole B0-G16-GN training: 1.11x. GPUs, TPUs and IPUs run grouped convolutions
+    natively, so a visible non-CPU device or an IPU/TPU strategy in scope keeps "grouped".
     """
-    cpu_only = all(d.device_type == "CPU" for d in tf.config.list_physical_devices())
-    if cpu_only and group_size >= 8 and groups <= 16:
-        return "split"
-    return "grouped"
+    if not _cpu_only() or group_size < 8 or groups > 16:
+        return "grouped"
+    return "split"
+
+
+def _cpu_only():
+    """True unless a non-CPU device is visible or an IPU/TPU strategy is in scope."""
+    if any(d.device_type != "CPU" for d in tf.config.list_physical_devices()):
+        return False
+    if tf.distribute.has_strategy():
+        name = type(tf.distribute.get_strategy()).__name__
+        return "IPU" not in name and "TPU" not in name
+    return True
 
 
 def check_grouped_conv_gradient_support():
