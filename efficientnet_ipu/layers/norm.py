@@ -178,7 +178,7 @@ class BatchNormalization(keras.layers.BatchNormalization):
             scale = gamma * tf.math.rsqrt(tf.cast(self.moving_variance, tf.float32)
                                           + self.epsilon)
             shift = beta - tf.cast(self.moving_mean, tf.float32) * scale
-            y = x * tf.cast(scale, x.dtype) + tf.cast(shift, x.dtype)
+            y = tf.cast(x, tf.float32) * scale + shift   # float32, as Keras computes it
         return tf.cast(y, self.compute_dtype)
 
 
