@@ -171,7 +171,7 @@ class ModelBench:
     """Compiled train / inference steps of one model at a batch and resolution."""
 
     def __init__(self, model, batch, resolution):
-        self.model, self.batch, self.resolution = model, batch, resolution
+        self.model = model
         self.images = tf.random.uniform([batch, resolution, resolution, 3], 0, 255)
         self.labels = tf.random.uniform([batch], 0, model.outputs[0].shape[-1], tf.int32)
         self.optimizer = keras.optimizers.SGD(1e-3)

@@ -103,14 +103,13 @@ class NormActivation(keras.layers.Layer):
         beta = tf.cast(self.act_layer.beta, tf.float32)
         pre = (inputs * tf.cast(scale * gamma, dtype)[:, None, None, :]
                + tf.cast(shift * gamma + beta, dtype)[:, None, None, :])
-        mean, variance = self.act_layer.proxy_moments()
-        return (self.act_layer.activation_fn(pre), mean,
-                tf.math.rsqrt(variance + self.act_layer.proxy_epsilon))
+        mean, scale = self.act_layer.proxy_mean_scale()
+        return self.act_layer.activation_fn(pre), mean, scale
 
     def call(self, inputs, training=None):
         if self.fused:
-            activated, _, _ = self.proxy_parts(inputs)
-            return self.act_layer.normalize_activated(activated)
+            activated, mean, scale = self.proxy_parts(inputs)
+            return self.act_layer.normalize_activated(activated, (mean, scale))
         x = self.norm_layer(inputs, training=training)
         x = self.act_layer(x)
         if self.mode == "split" and not self.use_pn:

@@ -179,17 +179,23 @@ class ProxyNormActivation(keras.layers.Layer):
                                        + tf.cast(self.beta, dtype))
         return self.normalize_activated(activated)
 
-    def normalize_activated(self, activated):
-        """The proxy normalization of already activated values act(gamma y + beta), in this
-        layer's ``mode`` (used by NormActivation, which fuses the affine with the norm)."""
-        dtype = activated.dtype
+    def proxy_mean_scale(self):
+        """Proxy mean and rsqrt(proxy variance + eps~), float32 [C] each."""
         mean, variance = self.proxy_moments()
+        return mean, tf.math.rsqrt(variance + self.proxy_epsilon)
+
+    def normalize_activated(self, activated, mean_scale=None):
+        """The proxy normalization of already activated values act(gamma y + beta), in this
+        layer's ``mode`` (used by NormActivation, which fuses the affine with the norm).
+        ``mean_scale``: the ``proxy_mean_scale()`` pair if the caller already has it."""
+        dtype = activated.dtype
+        mean, scale = mean_scale if mean_scale is not None else self.proxy_mean_scale()
         # x + (-mean) rather than x - mean: the gradient of a broadcast subtraction negates
         # the whole upstream gradient before reducing it, one more pass over the tensor.
         centered = activated + tf.cast(-mean, dtype)
         if self.mode == "center":
             return centered
-        scale = tf.cast(tf.math.rsqrt(variance + self.proxy_epsilon), dtype)
+        scale = tf.cast(scale, dtype)
         if self.mode == "split":
             return centered, scale
         return centered * scale
