@@ -39,10 +39,11 @@ def _sync(result):
         t.numpy()
 
 
-def interleaved_medians(fns, rounds, warmup):
-    """Median wall time (s) of each zero-argument callable in ``fns`` (a dict), timed in
-    ``rounds`` interleaved rounds (one call of each per round, after ``warmup`` untimed
-    calls each), so that changes in machine load affect every entry alike."""
+def interleaved_times(fns, rounds, warmup):
+    """Wall times (s, one per round) of each zero-argument callable in ``fns`` (a dict),
+    timed in ``rounds`` interleaved rounds (one call of each per round, after ``warmup``
+    untimed calls each), so that changes in machine load affect every entry alike and
+    the times of one round can be compared pairwise (``paired_ratio``)."""
     for fn in fns.values():
         for _ in range(warmup):
             fn()
@@ -52,7 +53,22 @@ def interleaved_medians(fns, rounds, warmup):
             tic = time.perf_counter()
             fn()
             times[name].append(time.perf_counter() - tic)
-    return {name: float(np.median(t)) for name, t in times.items()}
+    return times
+
+
+def interleaved_medians(fns, rounds, warmup):
+    """Median wall time (s) of each callable, timed as ``interleaved_times`` does."""
+    return {name: float(np.median(t))
+            for name, t in interleaved_times(fns, rounds, warmup).items()}
+
+
+def paired_ratio(numerator, denominator):
+    """(median, 25th, 75th percentile) over rounds of numerator[i] / denominator[i], for
+    two lists of per-round times from the same ``interleaved_times`` call. A speed ratio
+    of A over B is ``paired_ratio(times_B, times_A)``. Pairing by round cancels the load
+    drift that both entries of a round share, so the spread reflects the noise left."""
+    ratios = np.asarray(numerator, np.float64) / np.asarray(denominator, np.float64)
+    return tuple(float(v) for v in np.percentile(ratios, [50, 25, 75]))
 
 
 def conv_fwd_bwd_step(layer, shape):
@@ -79,7 +95,10 @@ def conv_macs(layer, shape):
 
 def conv_table(steps, warmup, shape=CONV_SHAPE):
     """Rows comparing grouped-convolution implementations with the dense convolution, all
-    timed in the same interleaved rounds; the first row (dense) is the peak GFLOP/s."""
+    timed in the same interleaved rounds; the first row (dense) is the peak GFLOP/s.
+
+    Each row: case, ms (median), gflops (at the median), of_dense (median over rounds of
+    its GFLOP/s over dense's in the same round) and of_dense_iqr (25th, 75th percentile)."""
     c = shape[-1]
     cases = [
         ("dense Conv2D", keras.layers.Conv2D(c, 3, padding="same", use_bias=False)),
@@ -89,14 +108,18 @@ def conv_table(steps, warmup, shape=CONV_SHAPE):
         ("GroupConv2D G16 auto (default)", L.GroupConv2D(c, 3, group_size=16)),
         ("GroupConv2D G1 (depthwise)", L.GroupConv2D(c, 3, group_size=1)),
     ]
-    times = interleaved_medians({name: conv_fwd_bwd_step(layer, shape)
-                                 for name, layer in cases}, steps, warmup)
-    rows, dense_rate = [], None
+    times = interleaved_times({name: conv_fwd_bwd_step(layer, shape)
+                               for name, layer in cases}, steps, warmup)
+    dense_name, dense_layer = cases[0]
+    rows = []
     for name, layer in cases:
-        rate = 3 * 2 * conv_macs(layer, shape) / times[name] / 1e9
-        dense_rate = dense_rate or rate
-        rows.append(dict(case=name, ms=1e3 * times[name], gflops=rate,
-                         of_dense=rate / dense_rate))
+        seconds = float(np.median(times[name]))
+        # Per FLOP, this case's speed over dense's, paired by round.
+        flop_ratio = conv_macs(layer, shape) / conv_macs(dense_layer, shape)
+        of_dense = [r * flop_ratio for r in paired_ratio(times[dense_name], times[name])]
+        rows.append(dict(case=name, ms=1e3 * seconds,
+                         gflops=3 * 2 * conv_macs(layer, shape) / seconds / 1e9,
+                         of_dense=of_dense[0], of_dense_iqr=tuple(of_dense[1:])))
     return rows
 
 
@@ -198,15 +221,19 @@ def keras_applications_model(size, resolution, num_classes=1000):
 def bench_models(models_by_name, batch, args):
     """Training images/s, inference images/s and batch-1 latency (ms) of every model in
     ``models_by_name`` (a dict whose keys start with the resolution in pixels), each
-    measured in interleaved rounds across all the models."""
+    measured in interleaved rounds across all the models.
+
+    Returns (results, train_times): results[name] is a dict of those metrics (medians);
+    train_times[name] the per-round training step times (s), for ``paired_ratio``."""
     benches = {name: ModelBench(m, batch, name[0]) for name, m in models_by_name.items()}
     results = {name: {} for name in benches}
+    train_times = {}
     if "train" in args.modes:
-        times = interleaved_medians(
+        train_times = interleaved_times(
             {n: (lambda b=b: _sync(b.train_step())) for n, b in benches.items()},
             args.steps, args.warmup)
-        for name, seconds in times.items():
-            results[name]["train_img_s"] = batch / seconds
+        for name, seconds in train_times.items():
+            results[name]["train_img_s"] = batch / float(np.median(seconds))
     if "inference" in args.modes:
         times = interleaved_medians(
             {n: (lambda b=b: _sync(b.infer(b.images))) for n, b in benches.items()},
@@ -218,7 +245,63 @@ def bench_models(models_by_name, batch, args):
             args.steps * 2, args.warmup)
         for name, seconds in times.items():
             results[name]["latency_ms"] = 1e3 * seconds
-    return results
+    return results, train_times
+
+
+def target_rows(size, resolutions, train_times, conv_rows=None):
+    """The issue's speed targets from one size's interleaved training times.
+
+    Args:
+      size: "b0".."b7"; resolutions: the pixel sizes timed (native and half are matched
+        with ``models.SIZES`` / ``models.HALF_RESOLUTION``); train_times: from
+        ``bench_models``, keyed (resolution, "keras") or (resolution, G, norm);
+      conv_rows: ``conv_table`` rows (adds the GroupConv2D-vs-dense target).
+
+    Returns:
+      list of dicts: target, value (median over rounds of the paired ratio), q25, q75,
+      goal, met ("yes" when even the 25th percentile meets the goal, "no" when even the
+      75th misses it, else "within noise"). Costs are ratio - 1, to be at most the goal;
+      speeds are ratios, to be at least the goal.
+    """
+    rows = []
+
+    def add(target, stats, goal, at_most=False):
+        value, q25, q75 = stats
+        if at_most:
+            met = "yes" if q75 <= goal else "no" if q25 > goal else "within noise"
+        else:
+            met = "yes" if q25 >= goal else "no" if q75 < goal else "within noise"
+        rows.append(dict(target=target, value=value, q25=q25, q75=q75,
+                         goal=("<= " if at_most else ">= ") + "%g" % goal, met=met))
+
+    def speed(fast, slow):  # speed of ``fast`` over ``slow``
+        return paired_ratio(train_times[slow], train_times[fast])
+
+    if conv_rows:
+        for row in conv_rows[1:]:
+            if "G16" in row["case"]:
+                add("%s vs dense conv, GFLOP/s" % row["case"],
+                    (row["of_dense"],) + tuple(row["of_dense_iqr"]), 0.75)
+    for res in resolutions:
+        if (res, "keras") in train_times and (res, 1, "bn") in train_times:
+            add("G1-BN vs keras %s, %d px" % (size.upper(), res),
+                speed((res, 1, "bn"), (res, "keras")), 1.0)
+        for norm in ("bn", "gn", "ln_pn"):
+            if (res, 1, norm) in train_times and (res, 16, norm) in train_times:
+                add("G16 vs G1, %s, %d px" % (norm, res),
+                    speed((res, 16, norm), (res, 1, norm)), 1.0)
+        if (res, 16, "gn") in train_times and (res, 16, "ln_pn") in train_times:
+            cost = paired_ratio(train_times[(res, 16, "ln_pn")], train_times[(res, 16, "gn")])
+            add("LN+PN cost over GN, G16, %d px" % res, tuple(c - 1 for c in cost), 0.05,
+                at_most=True)
+    native, half = models.SIZES[size][2], models.HALF_RESOLUTION[size]
+    for key in train_times:
+        half_key = (half,) + key[1:]
+        if key[0] == native and half_key in train_times:
+            label = "keras" if key[1] == "keras" else "G%d-%s" % key[1:]
+            add("half-res speed-up, %s, %d vs %d px" % (label, half, native),
+                speed(half_key, key), 1.9)
+    return rows
 
 
 def pipeline_images_per_second(dataset_name, split, size, batch, steps, mixup, cutmix):
@@ -320,14 +403,15 @@ def main(argv=None):
     print("Convolution %s, 3x3, forward + backward:" % (CONV_SHAPE,))
     conv_rows = conv_table(args.steps * 2, args.warmup)
     for row in conv_rows:
-        print("  %-28s %8.2f ms %7.1f GFLOP/s %6.1f%% of dense" % (
-            row["case"], row["ms"], row["gflops"], 100 * row["of_dense"]))
+        print("  %-32s %8.2f ms %7.1f GFLOP/s %6.1f%% of dense (IQR %.1f-%.1f%%)" % (
+            row["case"], row["ms"], row["gflops"], 100 * row["of_dense"],
+            100 * row["of_dense_iqr"][0], 100 * row["of_dense_iqr"][1]))
     if args.conv:
         return 0
     peak = conv_rows[0]["gflops"]
     policy = {"fp32": "float32", "fp16": "mixed_float16", "bf16": "mixed_bfloat16"}
     keras.mixed_precision.set_global_policy(policy[args.precision])
-    rows = []
+    rows, targets = [], target_rows(sizes[0], [], {}, conv_rows)
     header = ("size", "G", "E", "norm", "res", "batch", "train_img_s", "infer_img_s",
               "latency_ms", "macs_m", "train_gflops", "of_peak", "vs_keras_train",
               "vs_keras_infer")
@@ -348,7 +432,8 @@ def main(argv=None):
                     if args.compare_unfolded and norm.endswith("_pn") and norm != "bn_pn":
                         built[(resolution, g, norm + "/unfolded")] = models.EfficientNet(
                             size, group_size=g, norm=norm, fold_proxy_norm=False)
-        results = bench_models(built, args.batch, args)
+        results, train_times = bench_models(built, args.batch, args)
+        targets += target_rows(size, resolutions, train_times)
         for resolution in resolutions:
             baseline = results.get((resolution, "keras"), {})
             if baseline:
@@ -381,6 +466,16 @@ def main(argv=None):
         for row in rows:
             writer.writerow(dict(row, precision=args.precision, dense_peak_gflops=peak))
     print("\nwrote %s" % args.csv)
+    print("\nTargets (median over rounds of the paired ratio, interquartile range):")
+    for t in targets:
+        print("  %-52s %7.3f  [%.3f, %.3f]  goal %-7s met: %s" % (
+            t["target"], t["value"], t["q25"], t["q75"], t["goal"], t["met"]))
+    targets_csv = os.path.splitext(args.csv)[0] + "_targets.csv"
+    with open(targets_csv, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=("target", "value", "q25", "q75", "goal", "met"))
+        writer.writeheader()
+        writer.writerows(targets)
+    print("wrote %s" % targets_csv)
     return 0
 
 

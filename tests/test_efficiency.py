@@ -25,6 +25,13 @@ def test_benchmark_writes_csv_and_plots_use_it(tmp_path):
     assert float(row["train_img_s"]) > 0 and float(row["infer_img_s"]) > 0
     assert float(row["latency_ms"]) > 0 and 0 < float(row["of_peak"]) < 10
     assert float(row["dense_peak_gflops"]) > 0
+    # Only the convolution targets apply to a single model: one per G16 implementation.
+    targets = list(csv.DictReader(open(str(tmp_path / "bench_targets.csv"))))
+    assert [t["target"].split(" vs ")[0] for t in targets] == [
+        "GroupConv2D G16 grouped", "GroupConv2D G16 split", "GroupConv2D G16 auto (default)"]
+    for t in targets:
+        assert float(t["q25"]) <= float(t["value"]) <= float(t["q75"])
+        assert t["met"] in ("yes", "no", "within noise")
     # The paper's G16-GN B0 point at 32 px training resolution, with this throughput.
     results = [r for r in csv.DictReader(open(os.path.join(REPO, "results", "accuracy.csv")))
                if r["source"] == "paper001_table2" and r["size"] == "b0" and r["G"] in ("1", "16")]
@@ -35,6 +42,35 @@ def test_benchmark_writes_csv_and_plots_use_it(tmp_path):
     import matplotlib.image
     image = matplotlib.image.imread(out)
     assert image.shape[0] > 100 and image.shape[1] > 300
+
+
+def test_paired_ratio_cancels_drift_shared_by_a_round():
+    # The load doubles in round 2 for both entries: the paired ratio stays exactly 2.
+    assert benchmark.paired_ratio([2.0, 4.0, 2.0], [1.0, 2.0, 1.0]) == (2.0, 2.0, 2.0)
+
+
+def test_target_rows_from_interleaved_times():
+    native, half = 224, 160  # models.SIZES / HALF_RESOLUTION of b0
+    times = {
+        (native, "keras"): [1.2, 1.2, 2.4, 1.2],
+        (native, 1, "bn"): [1.0, 1.0, 2.0, 1.0],      # 1.2x keras in every round
+        (native, 16, "bn"): [1.1, 0.9, 2.0, 1.0],     # about equal to G1: within noise
+        (native, 16, "gn"): [1.0, 1.0, 1.0, 1.0],
+        (native, 16, "ln_pn"): [1.1, 1.1, 1.1, 1.1],  # 10 % over GN
+        (half, 16, "gn"): [0.5, 0.5, 0.5, 0.5],       # 2x faster at half resolution
+    }
+    rows = {r["target"]: r for r in benchmark.target_rows("b0", [native, half], times)}
+    assert set(rows) == {"G1-BN vs keras B0, 224 px", "G16 vs G1, bn, 224 px",
+                         "LN+PN cost over GN, G16, 224 px",
+                         "half-res speed-up, G16-gn, 160 vs 224 px"}
+    keras_row = rows["G1-BN vs keras B0, 224 px"]
+    assert keras_row["value"] == pytest.approx(1.2) and keras_row["met"] == "yes"
+    assert rows["G16 vs G1, bn, 224 px"]["met"] == "within noise"
+    cost = rows["LN+PN cost over GN, G16, 224 px"]
+    assert cost["value"] == pytest.approx(0.1) and cost["met"] == "no"
+    assert cost["goal"] == "<= 0.05"
+    speedup = rows["half-res speed-up, G16-gn, 160 vs 224 px"]
+    assert speedup["value"] == pytest.approx(2.0) and speedup["met"] == "yes"
 
 
 def test_accuracy_csv_holds_paper_tables():
