@@ -15,6 +15,11 @@ Times are medians over ``--steps`` timed calls after ``--warmup`` untimed ones; 
 models of one size and resolution (keras.applications' included) and all the convolution
 and normalization variants are timed in interleaved rounds, so that the load of this shared
 machine affects the entries of one table alike and their ratios are meaningful.
+
+It ends with issue #4's speed targets (``target_rows``): each is the median over rounds of
+the ratio of two entries timed in the same round, with its interquartile range, judged
+"yes", "no" or "within noise" (the range straddles the goal), and written to
+``<csv>_targets.csv``.
 """
 import argparse
 import csv
