@@ -253,40 +253,47 @@ def bench_models(models_by_name, batch, args):
     return results, train_times
 
 
-def target_rows(size, resolutions, train_times, conv_rows=None):
-    """The issue's speed targets from one size's interleaved training times.
+def _target(target, stats, goal, at_most=False):
+    """One targets-table row from (median, q25, q75): met is "yes" when even the worse
+    quartile meets the goal, "no" when even the better one misses it, else "within
+    noise". Costs (``at_most``) must be at most the goal, speeds at least."""
+    value, q25, q75 = stats
+    if at_most:
+        met = "yes" if q75 <= goal else "no" if q25 > goal else "within noise"
+    else:
+        met = "yes" if q25 >= goal else "no" if q75 < goal else "within noise"
+    return dict(target=target, value=value, q25=q25, q75=q75,
+                goal=("<= " if at_most else ">= ") + "%g" % goal, met=met)
+
+
+def conv_target_rows(conv_rows):
+    """The GroupConv2D G16 target (>= 75 % of the dense conv's GFLOP/s), one row per G16
+    implementation of ``conv_table``'s rows (see ``_target`` for the row's fields)."""
+    return [_target("%s vs dense conv, GFLOP/s" % row["case"],
+                    (row["of_dense"],) + tuple(row["of_dense_iqr"]), 0.75)
+            for row in conv_rows[1:] if "G16" in row["case"]]
+
+
+def target_rows(size, resolutions, train_times):
+    """The issue's model speed targets from one size's interleaved training times.
 
     Args:
       size: "b0".."b7"; resolutions: the pixel sizes timed (native and half are matched
         with ``models.SIZES`` / ``models.HALF_RESOLUTION``); train_times: from
-        ``bench_models``, keyed (resolution, "keras") or (resolution, G, norm);
-      conv_rows: ``conv_table`` rows (adds the GroupConv2D-vs-dense target).
+        ``bench_models``, keyed (resolution, "keras") or (resolution, G, norm).
 
     Returns:
-      list of dicts: target, value (median over rounds of the paired ratio), q25, q75,
-      goal, met ("yes" when even the 25th percentile meets the goal, "no" when even the
-      75th misses it, else "within noise"). Costs are ratio - 1, to be at most the goal;
-      speeds are ratios, to be at least the goal.
+      list of dicts (``_target``): target, value (median over rounds of the paired
+      ratio), q25, q75, goal, met. Costs are ratio - 1.
     """
     rows = []
 
     def add(target, stats, goal, at_most=False):
-        value, q25, q75 = stats
-        if at_most:
-            met = "yes" if q75 <= goal else "no" if q25 > goal else "within noise"
-        else:
-            met = "yes" if q25 >= goal else "no" if q75 < goal else "within noise"
-        rows.append(dict(target=target, value=value, q25=q25, q75=q75,
-                         goal=("<= " if at_most else ">= ") + "%g" % goal, met=met))
+        rows.append(_target(target, stats, goal, at_most))
 
     def speed(fast, slow):  # speed of ``fast`` over ``slow``
         return paired_ratio(train_times[slow], train_times[fast])
 
-    if conv_rows:
-        for row in conv_rows[1:]:
-            if "G16" in row["case"]:
-                add("%s vs dense conv, GFLOP/s" % row["case"],
-                    (row["of_dense"],) + tuple(row["of_dense_iqr"]), 0.75)
     for res in resolutions:
         if (res, "keras") in train_times and (res, 1, "bn") in train_times:
             add("G1-BN vs keras %s, %d px" % (size.upper(), res),
@@ -416,7 +423,7 @@ def main(argv=None):
     peak = conv_rows[0]["gflops"]
     policy = {"fp32": "float32", "fp16": "mixed_float16", "bf16": "mixed_bfloat16"}
     keras.mixed_precision.set_global_policy(policy[args.precision])
-    rows, targets = [], target_rows(sizes[0], [], {}, conv_rows)
+    rows, targets = [], conv_target_rows(conv_rows)
     header = ("size", "G", "E", "norm", "res", "batch", "train_img_s", "infer_img_s",
               "latency_ms", "macs_m", "train_gflops", "of_peak", "vs_keras_train",
               "vs_keras_infer")
