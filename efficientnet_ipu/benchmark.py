@@ -110,6 +110,9 @@ def conv_table(steps, warmup, shape=CONV_SHAPE):
         ("GroupConv2D G16 grouped", L.GroupConv2D(c, 3, group_size=16,
                                                   implementation="grouped")),
         ("GroupConv2D G16 split", L.GroupConv2D(c, 3, group_size=16, implementation="split")),
+        ("GroupConv2D G16 avx2", L.GroupConv2D(c, 3, group_size=16, implementation="avx2")),
+        ("GroupConv2D G16 tensorflow", L.GroupConv2D(c, 3, group_size=16,
+                                                     implementation="tensorflow")),
         ("GroupConv2D G16 auto (default)", L.GroupConv2D(c, 3, group_size=16)),
         ("GroupConv2D G1 (depthwise)", L.GroupConv2D(c, 3, group_size=1)),
     ]
@@ -306,6 +309,10 @@ def target_rows(size, resolutions, train_times):
             cost = paired_ratio(train_times[(res, 16, "ln_pn")], train_times[(res, 16, "gn")])
             add("LN+PN cost over GN, G16, %d px" % res, tuple(c - 1 for c in cost), 0.05,
                 at_most=True)
+        for norm in ("bn", "gn", "ln_pn"):  # --compare-conv: our kernels vs TensorFlow's
+            if (res, 16, norm + "/tf-conv") in train_times and (res, 16, norm) in train_times:
+                add("G16 AVX2 kernels vs TF convs, %s, %d px" % (norm, res),
+                    speed((res, 16, norm), (res, 16, norm + "/tf-conv")), 1.0)
     native, half = models.SIZES[size][2], models.HALF_RESOLUTION[size]
     for key in train_times:
         half_key = (half,) + key[1:]
@@ -369,6 +376,10 @@ def main(argv=None):
     parser.add_argument("--compare-unfolded", action="store_true",
                         help="also time each GN/LN/IN+PN model without the proxy-norm "
                              "folding (norm shown as e.g. ln_pn/unfolded)")
+    parser.add_argument("--compare-conv", action="store_true",
+                        help="also time each G>1 model with conv_implementation='tensorflow' "
+                             "(TensorFlow's convolutions instead of the AVX2 kernels; norm "
+                             "shown as e.g. bn/tf-conv)")
     parser.add_argument("--conv", action="store_true", help="only the convolution table")
     parser.add_argument("--norm-layers", action="store_true",
                         help="only the normalization table (ours vs the baseline)")
@@ -444,6 +455,9 @@ def main(argv=None):
                     if args.compare_unfolded and norm.endswith("_pn") and norm != "bn_pn":
                         built[(resolution, g, norm + "/unfolded")] = models.EfficientNet(
                             size, group_size=g, norm=norm, fold_proxy_norm=False)
+                    if args.compare_conv and g > 1:
+                        built[(resolution, g, norm + "/tf-conv")] = models.EfficientNet(
+                            size, group_size=g, norm=norm, conv_implementation="tensorflow")
         results, train_times = bench_models(built, args.batch, args)
         targets += target_rows(size, resolutions, train_times)
         for resolution in resolutions:

@@ -11,6 +11,7 @@ import ml_collections
 
 from efficientnet_ipu import models
 from efficientnet_ipu.layers import NORMS
+from efficientnet_ipu.layers.conv import IMPLEMENTATIONS
 
 STRATEGIES = ("auto", "default", "mirrored", "multi_worker", "tpu", "ipu")
 PRECISIONS = ("fp32", "fp16", "bf16")
@@ -24,7 +25,10 @@ def base_config():
     c = ml_collections.ConfigDict()
     c.seed = 0
     c.model = dict(size="b0", group_size=16, expansion_ratio=0, norm="ln_pn", norm_groups=4,
-                   dropout_rate=-1.0, drop_connect_rate=0.2, activation="swish")
+                   dropout_rate=-1.0, drop_connect_rate=0.2, activation="swish",
+                   # GroupConv2D implementation (layers.conv.IMPLEMENTATIONS); "auto" uses
+                   # the AVX2 kernels for G16 on CPU where they build
+                   conv_implementation="auto")
     c.dataset = dict(name="imagenet2012", data_dir="", manual_dir="", train_split="train",
                      eval_split="validation", num_classes=0,
                      train_examples=0)  # > 0: train on only the first N examples
@@ -87,6 +91,9 @@ def validate(config):
         fail("model.norm", "one of %s" % list(NORMS), m.norm)
     if not _positive_int(m.group_size):
         fail("model.group_size", "a positive integer", m.group_size)
+    if m.conv_implementation not in IMPLEMENTATIONS:
+        fail("model.conv_implementation", "one of %s" % list(IMPLEMENTATIONS),
+             m.conv_implementation)
     if m.expansion_ratio == 0:
         try:
             models.default_expansion_ratio(m.group_size)
@@ -127,4 +134,5 @@ def model_kwargs(config, num_classes):
                 expansion_ratio=m.expansion_ratio or None, norm=m.norm,
                 norm_groups=m.norm_groups, num_classes=num_classes,
                 dropout_rate=None if m.dropout_rate < 0 else m.dropout_rate,
-                drop_connect_rate=m.drop_connect_rate, activation=m.activation)
+                drop_connect_rate=m.drop_connect_rate, activation=m.activation,
+                conv_implementation=m.conv_implementation)

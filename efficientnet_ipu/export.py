@@ -6,7 +6,9 @@ images of one request share a size), outputs ``probabilities`` float32 [N, class
 evaluation) and normalization happen inside. Class names are written to
 ``assets/labels.txt`` (one per line, in class-index order). Written with Keras'
 ``ExportArchive`` (Keras 3 and tf-keras >= 2.13), whose SavedModels also load in TF1-style
-sessions (``saved_model_cli run``, TensorFlow Serving).
+sessions (``saved_model_cli run``, TensorFlow Serving). The graph holds only TensorFlow's own
+ops: it is traced under ``group_conv16.portable_kernels()``, so GroupConv2D layers running
+on this project's AVX2 kernels trace as ``tf.nn.conv2d`` on the same kernel.
 """
 import os
 
@@ -14,6 +16,7 @@ from tensorflow import keras
 import tensorflow as tf
 
 from efficientnet_ipu import data
+from efficientnet_ipu.layers import group_conv16
 
 
 def serving_fn(model, image_size):
@@ -48,12 +51,13 @@ def export_saved_model(model, root, version, image_size, class_names):
     if len(names) != num_classes:
         raise ValueError("class_names has %d names for %d classes" % (len(names), num_classes))
     path = os.path.join(root, str(int(version)))
-    archive = keras.export.ExportArchive()
-    archive.track(model)
-    archive.add_endpoint(
-        "serving_default", serving_fn(model, image_size),
-        input_signature=[tf.TensorSpec([None, None, None, 3], tf.uint8, name="images")])
-    archive.write_out(path)
+    with group_conv16.portable_kernels():
+        archive = keras.export.ExportArchive()
+        archive.track(model)
+        archive.add_endpoint(
+            "serving_default", serving_fn(model, image_size),
+            input_signature=[tf.TensorSpec([None, None, None, 3], tf.uint8, name="images")])
+        archive.write_out(path)
     os.makedirs(os.path.join(path, "assets"), exist_ok=True)
     with open(os.path.join(path, "assets", "labels.txt"), "w") as f:
         f.write("\n".join(names) + "\n")

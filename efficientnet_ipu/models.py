@@ -101,7 +101,7 @@ def EfficientNet(size="b0", group_size=1, expansion_ratio=None, norm="bn", norm_
                  activation="swish", proxy_params=True, input_shape=(None, None, 3),
                  include_preprocessing=True, mean=(0.485, 0.456, 0.406),
                  std=(0.229, 0.224, 0.225), classifier_activation=None, name=None,
-                 fold_proxy_norm=True):
+                 fold_proxy_norm=True, conv_implementation="auto"):
     """Build an EfficientNet as a functional ``keras.Model``.
 
     Args:
@@ -123,6 +123,10 @@ def EfficientNet(size="b0", group_size=1, expansion_ratio=None, norm="bn", norm_
       fold_proxy_norm: under GN/LN/IN + PN, fold the proxy means and scales into the
         convolutions and norms around them (same function, faster; see
         ``layers.MBConvBlock.call_proxy_folded``). False runs the plain composition.
+      conv_implementation: the blocks' ``GroupConv2D`` implementation, one of
+        ``layers.conv.IMPLEMENTATIONS`` ("auto": this project's AVX2 kernels for G16 on
+        CPU where they build, else TensorFlow's convolutions; "tensorflow": TensorFlow's
+        only). The same function and weights whichever is used.
 
     Returns:
       keras.Model: [N, H, W, 3] float -> [N, num_classes] float32.
@@ -132,6 +136,9 @@ def EfficientNet(size="b0", group_size=1, expansion_ratio=None, norm="bn", norm_
     """
     check_size(size)
     L.parse_norm(norm)
+    if conv_implementation not in L.conv.IMPLEMENTATIONS:
+        raise ValueError("conv_implementation must be one of %s, got %r"
+                         % (L.conv.IMPLEMENTATIONS, conv_implementation))
     if expansion_ratio is None:
         expansion_ratio = default_expansion_ratio(group_size)
     if not isinstance(num_classes, int) or num_classes < 1:
@@ -160,6 +167,7 @@ def EfficientNet(size="b0", group_size=1, expansion_ratio=None, norm="bn", norm_
         x = L.MBConvBlock(group_size=group_size, norm=norm, norm_groups=norm_groups,
                           activation=activation, proxy_params=proxy_params,
                           fold_proxy_norm=fold_proxy_norm,
+                          conv_implementation=conv_implementation,
                           drop_rate=drop_connect_rate * index / len(blocks),
                           name=block_name, **args)(x)
     x = keras.layers.Conv2D(round_filters(1280, width), 1, padding="same", use_bias=False,

@@ -28,7 +28,8 @@ def test_benchmark_writes_csv_and_plots_use_it(tmp_path):
     # Only the convolution targets apply to a single model: one per G16 implementation.
     targets = list(csv.DictReader(open(str(tmp_path / "bench_targets.csv"))))
     assert [t["target"].split(" vs ")[0] for t in targets] == [
-        "GroupConv2D G16 grouped", "GroupConv2D G16 split", "GroupConv2D G16 auto (default)"]
+        "GroupConv2D G16 grouped", "GroupConv2D G16 split", "GroupConv2D G16 avx2",
+        "GroupConv2D G16 tensorflow", "GroupConv2D G16 auto (default)"]
     for t in targets:
         assert float(t["q25"]) <= float(t["value"]) <= float(t["q75"])
         assert t["met"] in ("yes", "no", "within noise")
@@ -58,11 +59,13 @@ def test_target_rows_from_interleaved_times():
         (native, 16, "gn"): [1.0, 1.0, 1.0, 1.0],
         (native, 16, "ln_pn"): [1.1, 1.1, 1.1, 1.1],  # 10 % over GN
         (half, 16, "gn"): [0.5, 0.5, 0.5, 0.5],       # 2x faster at half resolution
+        (native, 16, "gn/tf-conv"): [1.3, 1.3, 1.3, 1.3],  # --compare-conv: 1.3x slower
     }
     rows = {r["target"]: r for r in benchmark.target_rows("b0", [native, half], times)}
     assert set(rows) == {"G1-BN vs keras B0, 224 px", "G16 vs G1, bn, 224 px",
                          "LN+PN cost over GN, G16, 224 px",
-                         "half-res speed-up, G16-gn, 160 vs 224 px"}
+                         "half-res speed-up, G16-gn, 160 vs 224 px",
+                         "G16 AVX2 kernels vs TF convs, gn, 224 px"}
     keras_row = rows["G1-BN vs keras B0, 224 px"]
     assert keras_row["value"] == pytest.approx(1.2) and keras_row["met"] == "yes"
     assert rows["G16 vs G1, bn, 224 px"]["met"] == "within noise"
@@ -71,6 +74,8 @@ def test_target_rows_from_interleaved_times():
     assert cost["goal"] == "<= 0.05"
     speedup = rows["half-res speed-up, G16-gn, 160 vs 224 px"]
     assert speedup["value"] == pytest.approx(2.0) and speedup["met"] == "yes"
+    kernels = rows["G16 AVX2 kernels vs TF convs, gn, 224 px"]
+    assert kernels["value"] == pytest.approx(1.3) and kernels["met"] == "yes"
 
 
 def test_accuracy_csv_holds_paper_tables():

@@ -420,14 +420,17 @@ def test_batch_norm_fused_kernel_equals_keras(center, scale):
     (32, 16, "split"), (240, 16, "split"), (320, 16, "grouped"), (96, 8, "split"),
     (120, 4, "grouped")])
 def test_auto_implementation_choice_and_equality(channels, group_size, expected):
-    """'auto' picks split for few, large groups on a CPU-only machine (faster there, see
-    conv.choose_implementation) and grouped otherwise; the function is the same."""
+    """'auto' picks, on a CPU-only machine, the AVX2 kernels for 16-channel groups where
+    they can be built, split for few, large groups and grouped otherwise (the faster ones
+    there, see conv.choose_implementation); the function is the same."""
     if any(d.device_type != "CPU" for d in tf.config.list_physical_devices()):
         expected = "grouped"
+    elif group_size == 16 and L.group_conv16.available():
+        expected = "avx2"
     x = tf.constant(np.random.default_rng(25).normal(size=(2, 8, 8, channels)).astype(np.float32))
     auto = L.GroupConv2D(channels, 3, group_size=group_size)
     other = L.GroupConv2D(channels, 3, group_size=group_size,
-                          implementation="grouped" if expected == "split" else "split")
+                          implementation="split" if expected == "grouped" else "grouped")
     auto(x)
     other(x)
     assert auto.resolved_implementation == expected

@@ -112,6 +112,7 @@ def test_killed_run_resumes_from_last_checkpoint(tmp_path):
     ("--config.image_size.train=0", "config.image_size.train must be a positive integer"),
     ("--config.dataset.name=no_such_dataset_xyz", "not a known dataset"),
     ("--config.model.norm=batchnorm", "config.model.norm must be one of"),
+    ("--config.model.conv_implementation=fast", "config.model.conv_implementation must be one"),
 ])
 def test_bad_input_fails_before_training(tmp_path, override, message):
     workdir = str(tmp_path / "run")

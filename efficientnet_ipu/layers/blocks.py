@@ -224,7 +224,8 @@ class MBConvBlock(keras.layers.Layer):
 
     def __init__(self, filters_in, filters_out, kernel_size=3, strides=1, expand_ratio=6,
                  group_size=1, se_ratio=0.25, norm="bn", norm_groups=4, activation="swish",
-                 drop_rate=0.0, proxy_params=True, fold_proxy_norm=True, **kwargs):
+                 drop_rate=0.0, proxy_params=True, fold_proxy_norm=True,
+                 conv_implementation="auto", **kwargs):
         super().__init__(**kwargs)
         for field, value in (("filters_in", filters_in), ("filters_out", filters_out),
                              ("kernel_size", kernel_size), ("strides", strides),
@@ -240,7 +241,8 @@ class MBConvBlock(keras.layers.Layer):
             filters_in=filters_in, filters_out=filters_out, kernel_size=kernel_size,
             strides=strides, expand_ratio=expand_ratio, group_size=group_size,
             se_ratio=se_ratio, norm=norm, norm_groups=norm_groups, activation=activation,
-            drop_rate=drop_rate, proxy_params=proxy_params, fold_proxy_norm=fold_proxy_norm)
+            drop_rate=drop_rate, proxy_params=proxy_params, fold_proxy_norm=fold_proxy_norm,
+            conv_implementation=conv_implementation)
         _, use_pn = parse_norm(norm)
         prefix = self.name + "_"
         filters = filters_in * expand_ratio
@@ -254,7 +256,7 @@ class MBConvBlock(keras.layers.Layer):
                 prefix=prefix + "expand_", name=prefix + "expand_norm_act")
         self.group_conv = GroupConv2D(
             filters, kernel_size, strides=strides, group_size=group_size,
-            name=prefix + ("dwconv" if group_size == 1 else "gconv"))
+            implementation=conv_implementation, name=prefix + ("dwconv" if group_size == 1 else "gconv"))
         self.norm_act = NormActivation(norm, norm_groups, activation, "split", proxy_params,
                                        prefix=prefix, name=prefix + "norm_act")
         self.se = SqueezeExcite(max(1, int(filters_in * se_ratio)), activation,

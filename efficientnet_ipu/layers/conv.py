@@ -3,19 +3,38 @@
 Keras 3's ``Conv2D(groups=...)`` wraps grouped convolutions in an XLA function whose
 backward pass is about 115x slower on CPU, and the Keras 2.6 fork in the Poplar SDK has
 no grouped Conv2D at all, so this layer calls ``tf.nn.conv2d`` on a grouped kernel
-(``tf.nn.depthwise_conv2d`` when the group size is 1).
+(``tf.nn.depthwise_conv2d`` when the group size is 1), or, for 16-channel groups on an
+AVX2 CPU, this project's own kernels (``group_conv16``).
 """
+from absl import logging
 from tensorflow import keras
 import tensorflow as tf
 
+from efficientnet_ipu.layers import group_conv16
 
-IMPLEMENTATIONS = ("auto", "grouped", "split")
+IMPLEMENTATIONS = ("auto", "grouped", "split", "avx2", "tensorflow")
 
 
-def choose_implementation(groups, group_size):
-    """The implementation ``"auto"`` picks for a group convolution: "split" on a machine
-    with only CPUs when the group size is at least 8 and there are at most 16 groups, else
-    "grouped".
+def avx2_applies(group_size, filters_per_group, dtype):
+    """True if the "avx2" kernels compute this convolution: 16 input and 16 output channels
+    per group, float32."""
+    return group_size == 16 and filters_per_group == 16 and tf.as_dtype(dtype) == tf.float32
+
+
+def choose_implementation(groups, group_size, filters_per_group=None, dtype="float32",
+                          allow_avx2=True):
+    """The implementation ``"auto"`` picks for a group convolution (``"tensorflow"``: the
+    same with ``allow_avx2=False``).
+
+    On a machine with only CPUs: "avx2" (``group_conv16``) for float32 convolutions with 16
+    input and 16 output channels per group when the CPU has AVX2 and FMA and a C++
+    compiler is present (without a compiler a warning says so and the choice below is
+    made); else "split" when the group size is at least 8 and there are at most 16 groups;
+    else "grouped". With a GPU, TPU or IPU: "grouped".
+
+    "avx2", measured against "grouped" on this project's 2-core CPU (TensorFlow 2.21,
+    oneDNN), forward + backward, batch 32: see ``python -m efficientnet_ipu.benchmark
+    --conv`` and the README's figures.
 
     Measured on this project's 2-core CPU (TensorFlow 2.21, oneDNN), forward + backward,
     batch 32, split's speed over grouped: B0-G16 at 224 px 1.63-1.78x for the 2-6 group
@@ -24,9 +43,27 @@ def choose_implementation(groups, group_size):
     Whole B0-G16-GN training: 1.11x. GPUs, TPUs and IPUs run grouped convolutions
     natively, so a visible non-CPU device or an IPU/TPU strategy in scope keeps "grouped".
     """
-    if not _cpu_only() or group_size < 8 or groups > 16:
+    if not _cpu_only():
+        return "grouped"
+    if allow_avx2 and avx2_applies(group_size, filters_per_group, dtype):
+        if group_conv16.available():
+            return "avx2"
+        _warn_once("GroupConv2D: this CPU or machine cannot build the AVX2 group-convolution "
+                   "kernels (AVX2+FMA: %s, C++ compiler: %s), so implementation='auto' uses "
+                   "TensorFlow's convolutions, which are slower here"
+                   % (group_conv16.cpu_supported(), group_conv16.compiler()))
+    if group_size < 8 or groups > 16:
         return "grouped"
     return "split"
+
+
+_warned = set()
+
+
+def _warn_once(message):
+    if message not in _warned:
+        _warned.add(message)
+        logging.warning(message)
 
 
 def _cpu_only():
@@ -107,13 +144,18 @@ class GroupConv2D(keras.layers.Layer):
     ``implementation``: "grouped" (one ``tf.nn.conv2d`` on the grouped kernel; on CPU it
     needs TensorFlow's oneDNN kernels, see ``check_grouped_conv_gradient_support``),
     "split" (one convolution per group, concatenated; runs anywhere, and on CPU it is the
-    faster one for few, large groups) or "auto" (default: ``choose_implementation``).
-    All three compute the same function with the same kernel.
+    faster one for few, large groups), "avx2" (``group_conv16``: this project's CPU kernels
+    for 16 input and 16 output channels per group, float32, compiled on first use),
+    "auto" (default: ``choose_implementation``) or "tensorflow" (auto's choice among
+    "grouped" and "split" only: TensorFlow's own ops). All compute the same function with the
+    same kernel. Under ``group_conv16.portable_kernels()`` (SavedModel export) "avx2"
+    traces as "grouped".
 
     Raises:
       ValueError: bad ``filters``/``kernel_size``/``strides``/``group_size``/``padding``/
         ``implementation``, or (at build time) ``filters`` not divisible by the groups.
-      RuntimeError: (at build time) "grouped" on a CPU whose oneDNN kernels are off.
+      RuntimeError: (at build time) "grouped" on a CPU whose oneDNN kernels are off;
+        "avx2" where its kernels cannot be built (see ``group_conv16.load``).
     """
 
     def __init__(self, filters, kernel_size, strides=1, group_size=16, padding="same",
@@ -155,9 +197,21 @@ class GroupConv2D(keras.layers.Layer):
                 % (self.filters, self.groups, self.resolved_group_size))
         self.depthwise = self.resolved_group_size == 1 and self.filters == channels
         self.resolved_implementation = self.implementation
-        if self.implementation == "auto":
-            self.resolved_implementation = choose_implementation(self.groups,
-                                                                 self.resolved_group_size)
+        filters_per_group = self.filters // self.groups
+        if self.implementation in ("auto", "tensorflow"):
+            self.resolved_implementation = choose_implementation(
+                self.groups, self.resolved_group_size, filters_per_group, self.compute_dtype,
+                allow_avx2=self.implementation == "auto")
+        if self.resolved_implementation == "avx2":
+            if not avx2_applies(self.resolved_group_size, filters_per_group,
+                                self.compute_dtype):
+                raise ValueError(
+                    "GroupConv2D implementation='avx2' needs group_size 16 (got %d after "
+                    "rounding), 16 filters per group (got %d) and float32 compute (got %s); "
+                    "use 'grouped', 'split' or 'auto'" % (self.resolved_group_size,
+                                                          filters_per_group,
+                                                          self.compute_dtype))
+            group_conv16.load()  # compile now: a failure shows before any training
         if (self.groups > 1 and not self.depthwise
                 and self.resolved_implementation == "grouped"):
             check_grouped_conv_gradient_support()
@@ -193,6 +247,8 @@ class GroupConv2D(keras.layers.Layer):
         if self.depthwise:
             kernel = tf.reshape(kernel, [self.kernel_size, self.kernel_size, self.filters, 1])
             outputs = tf.nn.depthwise_conv2d(inputs, kernel, strides, self.padding)
+        elif self.resolved_implementation == "avx2" and not group_conv16.portable():
+            outputs = group_conv16.group_conv16(inputs, kernel, self.strides, self.padding)
         elif self.resolved_implementation == "split" and self.groups > 1:
             outputs = tf.concat([
                 tf.nn.conv2d(x, k, strides, self.padding)

@@ -1,0 +1,475 @@
+// Group convolution with 16 input and 16 output channels per group (paper 001's G16),
+// NHWC, float32, on x86-64 CPUs with AVX2 and FMA: forward, gradient with respect to the
+// input and gradient with respect to the kernel, as three TensorFlow ops.
+//
+// Why: on AVX2 CPUs oneDNN runs 16-channel groups at 40-60 % of its dense-convolution
+// FLOP rate (issue #4). Here each group is a 16x16 matrix per kernel tap, so a block of R
+// output pixels x 16 output channels fits in 2R of the 16 AVX2 registers and every
+// broadcast input value feeds two fused multiply-adds.
+//
+// Layouts (as tf.nn.conv2d): input [N, H, W, C], filter [k, k, 16, C] (filter[:, :, i, o]
+// reads input channel (o / 16) * 16 + i), output [N, OH, OW, C]. Padding "SAME" or "VALID"
+// with TensorFlow's rule (SAME: pad_before = pad_total / 2), square stride s >= 1.
+// Loaded by efficientnet_ipu/layers/group_conv16.py, which compiles this file.
+
+#include <immintrin.h>
+
+#include <algorithm>
+#include <cstring>
+#include <vector>
+
+#include "tensorflow/core/framework/op.h"
+#include "tensorflow/core/framework/op_kernel.h"
+#include "tensorflow/core/framework/shape_inference.h"
+#include "tensorflow/core/framework/tensor_shape.h"
+#include "tensorflow/core/platform/threadpool.h"
+
+using tensorflow::DEVICE_CPU;
+using tensorflow::OpKernel;
+using tensorflow::OpKernelConstruction;
+using tensorflow::OpKernelContext;
+using tensorflow::Tensor;
+using tensorflow::TensorShape;
+using tensorflow::errors::InvalidArgument;
+using tensorflow::shape_inference::DimensionHandle;
+using tensorflow::shape_inference::InferenceContext;
+using tensorflow::shape_inference::ShapeHandle;
+
+namespace {
+
+constexpr int kG = 16;  // channels per group
+constexpr int kMaxR = 6;  // output pixels per register block: 12 accumulators
+
+// Output size and padding before the first element, as TensorFlow computes them.
+void OutputSize(int in, int k, int s, bool same, int* out, int* pad_before) {
+  if (same) {
+    *out = (in + s - 1) / s;
+    int total = std::max((*out - 1) * s + k - in, 0);
+    *pad_before = total / 2;
+  } else {
+    *out = (in - k + s) / s;
+    *pad_before = 0;
+  }
+}
+
+// acc[r] (16 floats) = sum over taps t and channels i of src(t, r)[i] * w[t][i][0:16],
+// where src(t, r) = base + offs[t] + r * rs; stores acc[r] at dst + r * dstride.
+template <int R>
+inline void Block(const float* base, const int* offs, const float* const* w, int ntaps,
+                  int rs, float* dst, int dstride) {
+  __m256 a0[R], a1[R];
+#pragma GCC unroll 8
+  for (int r = 0; r < R; ++r) a0[r] = a1[r] = _mm256_setzero_ps();
+  for (int t = 0; t < ntaps; ++t) {
+    const float* s = base + offs[t];
+    const float* wt = w[t];
+#pragma GCC unroll 2
+    for (int i = 0; i < kG; ++i) {
+      const __m256 w0 = _mm256_loadu_ps(wt + kG * i);
+      const __m256 w1 = _mm256_loadu_ps(wt + kG * i + 8);
+#pragma GCC unroll 8
+      for (int r = 0; r < R; ++r) {
+        const __m256 b = _mm256_broadcast_ss(s + r * rs + i);
+        a0[r] = _mm256_fmadd_ps(b, w0, a0[r]);
+        a1[r] = _mm256_fmadd_ps(b, w1, a1[r]);
+      }
+    }
+  }
+#pragma GCC unroll 8
+  for (int r = 0; r < R; ++r) {
+    _mm256_storeu_ps(dst + r * dstride, a0[r]);
+    _mm256_storeu_ps(dst + r * dstride + 8, a1[r]);
+  }
+}
+
+void BlockAny(int r, const float* base, const int* offs, const float* const* w, int ntaps,
+              int rs, float* dst, int dstride) {
+  switch (r) {
+    case 6: Block<6>(base, offs, w, ntaps, rs, dst, dstride); break;
+    case 5: Block<5>(base, offs, w, ntaps, rs, dst, dstride); break;
+    case 4: Block<4>(base, offs, w, ntaps, rs, dst, dstride); break;
+    case 3: Block<3>(base, offs, w, ntaps, rs, dst, dstride); break;
+    case 2: Block<2>(base, offs, w, ntaps, rs, dst, dstride); break;
+    default: Block<1>(base, offs, w, ntaps, rs, dst, dstride); break;
+  }
+}
+
+// Copies channels [g*16, g*16+16) of image plane src ([rows, cols, C]) into a zeroed
+// [rows, cols + pad_l + pad_r, 16] buffer, columns shifted right by pad_l.
+void CopyPlane(const float* src, int rows, int cols, int C, int g, int pad_l, int width,
+               float* dst) {
+  for (int y = 0; y < rows; ++y) {
+    const float* s = src + (static_cast<int64_t>(y) * cols) * C + g * kG;
+    float* row = dst + static_cast<int64_t>(y) * width * kG;
+    std::memset(row, 0, sizeof(float) * pad_l * kG);
+    std::memset(row + (pad_l + cols) * kG, 0, sizeof(float) * (width - pad_l - cols) * kG);
+    float* d = row + pad_l * kG;
+    for (int x = 0; x < cols; ++x) {
+      _mm256_storeu_ps(d + x * kG, _mm256_loadu_ps(s + x * C));
+      _mm256_storeu_ps(d + x * kG + 8, _mm256_loadu_ps(s + x * C + 8));
+    }
+  }
+}
+
+struct Geometry {
+  int N, H, W, C, k, s, OH, OW, pt, pl, groups;
+};
+
+absl::Status MakeGeometry(const TensorShape& in, const TensorShape& filter, int stride,
+                                bool same, Geometry* g) {
+  if (in.dims() != 4) return InvalidArgument("input must be [N, H, W, C], got ", in.DebugString());
+  if (filter.dims() != 4 || filter.dim_size(0) != filter.dim_size(1) ||
+      filter.dim_size(2) != kG || filter.dim_size(3) != in.dim_size(3) ||
+      in.dim_size(3) % kG != 0)
+    return InvalidArgument("filter must be [k, k, 16, C] with C = input channels, a multiple "
+                           "of 16; got input ", in.DebugString(), " filter ",
+                           filter.DebugString());
+  if (stride < 1) return InvalidArgument("stride must be >= 1, got ", stride);
+  g->N = in.dim_size(0);
+  g->H = in.dim_size(1);
+  g->W = in.dim_size(2);
+  g->C = in.dim_size(3);
+  g->k = filter.dim_size(0);
+  g->s = stride;
+  g->groups = g->C / kG;
+  OutputSize(g->H, g->k, stride, same, &g->OH, &g->pt);
+  OutputSize(g->W, g->k, stride, same, &g->OW, &g->pl);
+  if (g->OH < 1 || g->OW < 1)
+    return InvalidArgument("input ", in.DebugString(), " is smaller than the ", g->k, "x",
+                           g->k, " kernel with VALID padding");
+  return absl::OkStatus();
+}
+
+void CheckCpu(OpKernelConstruction* ctx) {
+  OP_REQUIRES(ctx, __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"),
+              tensorflow::errors::FailedPrecondition(
+                  "the efficientnet_ipu group-convolution kernels need a CPU with AVX2 and "
+                  "FMA; use GroupConv2D implementation='grouped' or 'split'"));
+}
+
+// Packs filter [k, k, 16, C] as [groups][k*k][16][16]; transpose=false gives w[i][o]
+// (forward), transpose=true gives w[o][i] (gradient with respect to the input).
+std::vector<float> PackFilter(const float* f, const Geometry& g, bool transpose) {
+  const int taps = g.k * g.k;
+  std::vector<float> p(static_cast<size_t>(g.groups) * taps * kG * kG);
+  for (int gr = 0; gr < g.groups; ++gr)
+    for (int t = 0; t < taps; ++t)
+      for (int i = 0; i < kG; ++i)
+        for (int o = 0; o < kG; ++o) {
+          const float v = f[(static_cast<int64_t>(t) * kG + i) * g.C + gr * kG + o];
+          const int64_t base = (static_cast<int64_t>(gr) * taps + t) * kG * kG;
+          p[base + (transpose ? o * kG + i : i * kG + o)] = v;
+        }
+  return p;
+}
+
+void ParallelFor(OpKernelContext* ctx, int64_t units, int64_t cost,
+                 const std::function<void(int64_t, int64_t)>& fn) {
+  ctx->device()->tensorflow_cpu_worker_threads()->workers->ParallelFor(units, cost, fn);
+}
+
+class GroupConv16Op : public OpKernel {
+ public:
+  explicit GroupConv16Op(OpKernelConstruction* ctx) : OpKernel(ctx) {
+    CheckCpu(ctx);
+    std::string padding;
+    OP_REQUIRES_OK(ctx, ctx->GetAttr("stride", &stride_));
+    OP_REQUIRES_OK(ctx, ctx->GetAttr("padding", &padding));
+    same_ = padding == "SAME";
+  }
+
+  void Compute(OpKernelContext* ctx) override {
+    const Tensor& x = ctx->input(0);
+    const Tensor& f = ctx->input(1);
+    Geometry g;
+    OP_REQUIRES_OK(ctx, MakeGeometry(x.shape(), f.shape(), stride_, same_, &g));
+    Tensor* y = nullptr;
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(0, TensorShape({g.N, g.OH, g.OW, g.C}), &y));
+    if (y->NumElements() == 0) return;
+    const std::vector<float> wp = PackFilter(f.flat<float>().data(), g, false);
+    const float* xd = x.flat<float>().data();
+    float* yd = y->flat<float>().data();
+    // Scratch plane: all input rows, columns padded so that every tap of every output
+    // column reads inside it (zeros outside the image).
+    const int width = std::max((g.OW - 1) * g.s + g.k, g.W + g.pl);
+    const int64_t cost = static_cast<int64_t>(g.OH) * g.OW * g.k * g.k * kG * kG;
+    ParallelFor(ctx, static_cast<int64_t>(g.N) * g.groups, cost, [&](int64_t b, int64_t e) {
+      std::vector<float> plane(static_cast<size_t>(g.H) * width * kG);
+      std::vector<int> offs(g.k * g.k);
+      std::vector<const float*> ws(g.k * g.k);
+      for (int64_t u = b; u < e; ++u) {
+        const int n = u / g.groups, gr = u % g.groups;
+        CopyPlane(xd + static_cast<int64_t>(n) * g.H * g.W * g.C, g.H, g.W, g.C, gr, g.pl,
+                  width, plane.data());
+        const float* wg = wp.data() + static_cast<size_t>(gr) * g.k * g.k * kG * kG;
+        for (int oh = 0; oh < g.OH; ++oh) {
+          int nt = 0;
+          for (int kh = 0; kh < g.k; ++kh) {
+            const int ih = oh * g.s + kh - g.pt;
+            if (ih < 0 || ih >= g.H) continue;
+            for (int kw = 0; kw < g.k; ++kw) {
+              offs[nt] = (ih * width + kw) * kG;  // column of output 0, tap kw
+              ws[nt] = wg + (kh * g.k + kw) * kG * kG;
+              ++nt;
+            }
+          }
+          float* yrow = yd + ((static_cast<int64_t>(n) * g.OH + oh) * g.OW) * g.C + gr * kG;
+          for (int ow = 0; ow < g.OW; ow += kMaxR) {
+            const int r = std::min(kMaxR, g.OW - ow);
+            BlockAny(r, plane.data() + ow * g.s * kG, offs.data(), ws.data(), nt, g.s * kG,
+                     yrow + static_cast<int64_t>(ow) * g.C, g.C);
+          }
+        }
+      }
+    });
+  }
+
+ private:
+  int stride_;
+  bool same_;
+};
+
+class GroupConv16BackpropInputOp : public OpKernel {
+ public:
+  explicit GroupConv16BackpropInputOp(OpKernelConstruction* ctx) : OpKernel(ctx) {
+    CheckCpu(ctx);
+    std::string padding;
+    OP_REQUIRES_OK(ctx, ctx->GetAttr("stride", &stride_));
+    OP_REQUIRES_OK(ctx, ctx->GetAttr("padding", &padding));
+    same_ = padding == "SAME";
+  }
+
+  void Compute(OpKernelContext* ctx) override {
+    const Tensor& sizes = ctx->input(0);
+    const Tensor& f = ctx->input(1);
+    const Tensor& dy = ctx->input(2);
+    OP_REQUIRES(ctx, sizes.NumElements() == 4,
+                InvalidArgument("input_sizes must have 4 elements"));
+    TensorShape in_shape;
+    OP_REQUIRES_OK(ctx, tensorflow::TensorShapeUtils::MakeShape(sizes.vec<int32_t>().data(), 4, &in_shape));
+    Geometry g;
+    OP_REQUIRES_OK(ctx, MakeGeometry(in_shape, f.shape(), stride_, same_, &g));
+    OP_REQUIRES(ctx, dy.shape() == TensorShape({g.N, g.OH, g.OW, g.C}),
+                InvalidArgument("out_backprop ", dy.shape().DebugString(), " does not match"
+                                " the output of input ", in_shape.DebugString()));
+    Tensor* dx = nullptr;
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(0, in_shape, &dx));
+    if (dx->NumElements() == 0) return;
+    const std::vector<float> wp = PackFilter(f.flat<float>().data(), g, true);
+    const float* dyd = dy.flat<float>().data();
+    float* dxd = dx->flat<float>().data();
+    // dx[ih, iw] = sum over taps (kh, kw) with ih + pt - kh = s * oh and iw + pl - kw =
+    // s * ow of W[kh, kw]^T dy[oh, ow]. Columns with the same remainder px = iw mod s
+    // read consecutive dy columns, so they form the register blocks.
+    const int pad = g.k + 1;
+    const int width = g.OW + 2 * pad + kMaxR;
+    const int64_t cost = static_cast<int64_t>(g.H) * g.W * g.k * g.k * kG * kG / (g.s * g.s);
+    ParallelFor(ctx, static_cast<int64_t>(g.N) * g.groups, cost, [&](int64_t b, int64_t e) {
+      std::vector<float> plane(static_cast<size_t>(g.OH) * width * kG);
+      std::vector<int> offs(g.k * g.k);
+      std::vector<const float*> ws(g.k * g.k);
+      for (int64_t u = b; u < e; ++u) {
+        const int n = u / g.groups, gr = u % g.groups;
+        CopyPlane(dyd + static_cast<int64_t>(n) * g.OH * g.OW * g.C, g.OH, g.OW, g.C, gr,
+                  pad, width, plane.data());
+        const float* wg = wp.data() + static_cast<size_t>(gr) * g.k * g.k * kG * kG;
+        for (int ih = 0; ih < g.H; ++ih) {
+          float* xrow = dxd + ((static_cast<int64_t>(n) * g.H + ih) * g.W) * g.C + gr * kG;
+          for (int px = 0; px < g.s && px < g.W; ++px) {
+            int nt = 0;
+            for (int kh = 0; kh < g.k; ++kh) {
+              const int num_h = ih + g.pt - kh;
+              if (num_h < 0 || num_h % g.s) continue;
+              const int oh = num_h / g.s;
+              if (oh >= g.OH) continue;
+              for (int kw = 0; kw < g.k; ++kw) {
+                const int num_w = px + g.pl - kw;
+                // floor division; only exact multiples of s contribute
+                if (((num_w % g.s) + g.s) % g.s) continue;
+                const int ow0 = (num_w - (((num_w % g.s) + g.s) % g.s)) / g.s;
+                offs[nt] = (oh * width + pad + ow0) * kG;
+                ws[nt] = wg + (kh * g.k + kw) * kG * kG;
+                ++nt;
+              }
+            }
+            const int cols = (g.W - px + g.s - 1) / g.s;  // iw = px + s * j, j < cols
+            for (int j = 0; j < cols; j += kMaxR) {
+              const int r = std::min(kMaxR, cols - j);
+              BlockAny(r, plane.data() + j * kG, offs.data(), ws.data(), nt, kG,
+                       xrow + static_cast<int64_t>(px + g.s * j) * g.C, g.s * g.C);
+            }
+          }
+        }
+      }
+    });
+  }
+
+ private:
+  int stride_;
+  bool same_;
+};
+
+// dW[t][i][0:16] += sum over output pixels of x(t, pixel)[i] * dy(pixel)[0:16] for
+// i in [i0, i0 + IB); x(t, pixel q) = x + q * xs, dy pixel q = dy + q * 16.
+template <int IB>
+inline void WeightBlock(const float* x, int xs, const float* dy, int count, float* dw) {
+  __m256 a0[IB], a1[IB];
+#pragma GCC unroll 8
+  for (int i = 0; i < IB; ++i) a0[i] = a1[i] = _mm256_setzero_ps();
+  for (int q = 0; q < count; ++q) {
+    const __m256 d0 = _mm256_loadu_ps(dy + q * kG);
+    const __m256 d1 = _mm256_loadu_ps(dy + q * kG + 8);
+#pragma GCC unroll 8
+    for (int i = 0; i < IB; ++i) {
+      const __m256 b = _mm256_broadcast_ss(x + q * xs + i);
+      a0[i] = _mm256_fmadd_ps(b, d0, a0[i]);
+      a1[i] = _mm256_fmadd_ps(b, d1, a1[i]);
+    }
+  }
+#pragma GCC unroll 8
+  for (int i = 0; i < IB; ++i) {
+    _mm256_storeu_ps(dw + i * kG, _mm256_add_ps(_mm256_loadu_ps(dw + i * kG), a0[i]));
+    _mm256_storeu_ps(dw + i * kG + 8, _mm256_add_ps(_mm256_loadu_ps(dw + i * kG + 8), a1[i]));
+  }
+}
+
+class GroupConv16BackpropFilterOp : public OpKernel {
+ public:
+  explicit GroupConv16BackpropFilterOp(OpKernelConstruction* ctx) : OpKernel(ctx) {
+    CheckCpu(ctx);
+    std::string padding;
+    OP_REQUIRES_OK(ctx, ctx->GetAttr("stride", &stride_));
+    OP_REQUIRES_OK(ctx, ctx->GetAttr("padding", &padding));
+    same_ = padding == "SAME";
+  }
+
+  void Compute(OpKernelContext* ctx) override {
+    const Tensor& x = ctx->input(0);
+    const Tensor& sizes = ctx->input(1);
+    const Tensor& dy = ctx->input(2);
+    OP_REQUIRES(ctx, sizes.NumElements() == 4,
+                InvalidArgument("filter_sizes must have 4 elements"));
+    TensorShape f_shape;
+    OP_REQUIRES_OK(ctx, tensorflow::TensorShapeUtils::MakeShape(sizes.vec<int32_t>().data(), 4, &f_shape));
+    Geometry g;
+    OP_REQUIRES_OK(ctx, MakeGeometry(x.shape(), f_shape, stride_, same_, &g));
+    OP_REQUIRES(ctx, dy.shape() == TensorShape({g.N, g.OH, g.OW, g.C}),
+                InvalidArgument("out_backprop ", dy.shape().DebugString(), " does not match"
+                                " the output of input ", x.shape().DebugString()));
+    Tensor* df = nullptr;
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(0, f_shape, &df));
+    const int taps = g.k * g.k;
+    std::vector<float> packed(static_cast<size_t>(g.groups) * taps * kG * kG, 0.0f);
+    const float* xd = x.flat<float>().data();
+    const float* dyd = dy.flat<float>().data();
+    const int width = std::max((g.OW - 1) * g.s + g.k, g.W + g.pl);
+    constexpr int kRows = 4;  // output rows per pass over the taps (cache blocking)
+    const int64_t cost = static_cast<int64_t>(g.N) * g.OH * g.OW * taps * kG * kG;
+    // One unit per group: each owns its slice of the packed gradient, so no reduction.
+    ParallelFor(ctx, g.groups, cost, [&](int64_t b, int64_t e) {
+      std::vector<float> plane(static_cast<size_t>(g.H) * width * kG);
+      std::vector<float> dplane(static_cast<size_t>(g.OH) * g.OW * kG);
+      for (int64_t gr = b; gr < e; ++gr) {
+        float* dwg = packed.data() + static_cast<size_t>(gr) * taps * kG * kG;
+        for (int n = 0; n < g.N; ++n) {
+          CopyPlane(xd + static_cast<int64_t>(n) * g.H * g.W * g.C, g.H, g.W, g.C, gr, g.pl,
+                    width, plane.data());
+          CopyPlane(dyd + static_cast<int64_t>(n) * g.OH * g.OW * g.C, g.OH, g.OW, g.C, gr, 0,
+                    g.OW, dplane.data());
+          for (int oh0 = 0; oh0 < g.OH; oh0 += kRows) {
+            const int oh1 = std::min(g.OH, oh0 + kRows);
+            for (int kh = 0; kh < g.k; ++kh) {
+              for (int kw = 0; kw < g.k; ++kw) {
+                float* dwt = dwg + (kh * g.k + kw) * kG * kG;
+                for (int oh = oh0; oh < oh1; ++oh) {
+                  const int ih = oh * g.s + kh - g.pt;
+                  if (ih < 0 || ih >= g.H) continue;
+                  const float* xr = plane.data() + (ih * width + kw) * kG;
+                  const float* dr = dplane.data() + static_cast<int64_t>(oh) * g.OW * kG;
+                  WeightBlock<6>(xr, g.s * kG, dr, g.OW, dwt);
+                  WeightBlock<6>(xr + 6, g.s * kG, dr, g.OW, dwt + 6 * kG);
+                  WeightBlock<4>(xr + 12, g.s * kG, dr, g.OW, dwt + 12 * kG);
+                }
+              }
+            }
+          }
+        }
+      }
+    });
+    float* dfd = df->flat<float>().data();
+    for (int gr = 0; gr < g.groups; ++gr)
+      for (int t = 0; t < taps; ++t)
+        for (int i = 0; i < kG; ++i)
+          std::memcpy(dfd + (static_cast<int64_t>(t) * kG + i) * g.C + gr * kG,
+                      packed.data() + ((static_cast<size_t>(gr) * taps + t) * kG + i) * kG,
+                      sizeof(float) * kG);
+  }
+
+ private:
+  int stride_;
+  bool same_;
+};
+
+absl::Status ForwardShape(InferenceContext* c) {
+  ShapeHandle in, f;
+  TF_RETURN_IF_ERROR(c->WithRank(c->input(0), 4, &in));
+  TF_RETURN_IF_ERROR(c->WithRank(c->input(1), 4, &f));
+  int stride;
+  std::string padding;
+  TF_RETURN_IF_ERROR(c->GetAttr("stride", &stride));
+  TF_RETURN_IF_ERROR(c->GetAttr("padding", &padding));
+  DimensionHandle k = c->Dim(f, 0);
+  auto out = [&](DimensionHandle d) -> DimensionHandle {
+    if (!c->ValueKnown(d) || !c->ValueKnown(k)) return c->UnknownDim();
+    int o, p;
+    OutputSize(c->Value(d), c->Value(k), stride, padding == "SAME", &o, &p);
+    return c->MakeDim(o);
+  };
+  c->set_output(0, c->MakeShape({c->Dim(in, 0), out(c->Dim(in, 1)), out(c->Dim(in, 2)),
+                                 c->Dim(in, 3)}));
+  return absl::OkStatus();
+}
+
+absl::Status ShapeFromInput(InferenceContext* c, int index) {
+  ShapeHandle s;
+  TF_RETURN_IF_ERROR(c->MakeShapeFromShapeTensor(index, &s));
+  TF_RETURN_IF_ERROR(c->WithRank(s, 4, &s));
+  c->set_output(0, s);
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+REGISTER_OP("EfficientnetIpuGroupConv16")
+    .Input("input: float")
+    .Input("filter: float")
+    .Output("output: float")
+    .Attr("stride: int >= 1")
+    .Attr("padding: {'SAME', 'VALID'}")
+    .SetShapeFn(ForwardShape);
+
+REGISTER_OP("EfficientnetIpuGroupConv16BackpropInput")
+    .Input("input_sizes: int32")
+    .Input("filter: float")
+    .Input("out_backprop: float")
+    .Output("output: float")
+    .Attr("stride: int >= 1")
+    .Attr("padding: {'SAME', 'VALID'}")
+    .SetShapeFn([](InferenceContext* c) { return ShapeFromInput(c, 0); });
+
+REGISTER_OP("EfficientnetIpuGroupConv16BackpropFilter")
+    .Input("input: float")
+    .Input("filter_sizes: int32")
+    .Input("out_backprop: float")
+    .Output("output: float")
+    .Attr("stride: int >= 1")
+    .Attr("padding: {'SAME', 'VALID'}")
+    .SetShapeFn([](InferenceContext* c) { return ShapeFromInput(c, 1); });
+
+REGISTER_KERNEL_BUILDER(Name("EfficientnetIpuGroupConv16").Device(DEVICE_CPU), GroupConv16Op);
+REGISTER_KERNEL_BUILDER(
+    Name("EfficientnetIpuGroupConv16BackpropInput").Device(DEVICE_CPU).HostMemory("input_sizes"),
+    GroupConv16BackpropInputOp);
+REGISTER_KERNEL_BUILDER(
+    Name("EfficientnetIpuGroupConv16BackpropFilter").Device(DEVICE_CPU).HostMemory("filter_sizes"),
+    GroupConv16BackpropFilterOp);

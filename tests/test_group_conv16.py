@@ -1,0 +1,166 @@
+"""The AVX2 group-convolution kernels (layers/group_conv16.py, csrc/group_conv16.cc): equal to
+TensorFlow's convolutions in value and gradient, chosen by GroupConv2D where they apply, and
+kept out of exported SavedModels."""
+import os
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from tensorflow import keras
+
+from efficientnet_ipu import export, models
+from efficientnet_ipu import layers as L
+from efficientnet_ipu.layers import group_conv16
+
+needs_kernels = pytest.mark.skipif(
+    not group_conv16.available(),
+    reason="needs an x86-64 CPU with AVX2+FMA and a C++ compiler (g++ or $CXX)")
+
+
+def split_conv(x, kernel, stride, padding):
+    """Reference: one tf.nn.conv2d per 16-channel group, concatenated."""
+    groups = x.shape[-1] // 16
+    return tf.concat([tf.nn.conv2d(a, k, stride, padding) for a, k in
+                      zip(tf.split(x, groups, -1), tf.split(kernel, groups, -1))], -1)
+
+
+@needs_kernels
+@pytest.mark.parametrize("shape,k,stride,padding", [
+    ((2, 9, 11, 32), 3, 1, "SAME"),      # odd sizes, column tail of 5 = 11 - 6
+    ((2, 9, 11, 32), 3, 2, "SAME"),
+    ((3, 8, 8, 48), 5, 2, "SAME"),       # even size, stride 2: padding 1 before, 2 after
+    ((1, 7, 7, 64), 5, 1, "SAME"),       # B0's 7 px stage: most taps at a border
+    ((2, 10, 7, 32), 3, 1, "VALID"),
+    ((2, 11, 10, 32), 5, 2, "VALID"),
+    ((1, 14, 13, 16), 3, 3, "SAME"),     # one group, stride 3
+    ((2, 1, 1, 32), 3, 1, "SAME"),       # only the centre tap
+    ((2, 2, 3, 32), 5, 2, "SAME"),
+])
+def test_kernels_equal_tensorflow_convolution_and_its_gradients(shape, k, stride, padding):
+    rng = np.random.default_rng(sum(shape) + k + stride)
+    x = tf.constant(rng.normal(size=shape).astype(np.float32))
+    kernel = tf.constant(rng.normal(size=(k, k, 16, shape[-1])).astype(np.float32))
+    with tf.GradientTape(persistent=True) as tape:
+        tape.watch([x, kernel])
+        ours = group_conv16.group_conv16(x, kernel, stride, padding)
+        ref = split_conv(x, kernel, stride, padding)
+        weights = tf.constant(rng.normal(size=ref.shape).astype(np.float32))
+        loss_ours = tf.reduce_sum(ours * weights)
+        loss_ref = tf.reduce_sum(ref * weights)
+    assert ours.shape == ref.shape
+    scale = float(tf.reduce_max(tf.abs(ref)))
+    np.testing.assert_allclose(ours.numpy(), ref.numpy(), rtol=0, atol=1e-5 * scale)
+    for a, b in zip(tape.gradient(loss_ours, [x, kernel]), tape.gradient(loss_ref, [x, kernel])):
+        np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=0,
+                                   atol=1e-5 * float(tf.reduce_max(tf.abs(b))))
+
+
+@needs_kernels
+def test_kernels_reject_shapes_they_do_not_compute():
+    x = tf.zeros([1, 8, 8, 24])
+    with pytest.raises(tf.errors.InvalidArgumentError, match="multiple of 16"):
+        group_conv16.group_conv16(x, tf.zeros([3, 3, 16, 24]), 1, "SAME")
+    with pytest.raises(tf.errors.InvalidArgumentError, match=r"\[k, k, 16, C\]"):
+        group_conv16.group_conv16(tf.zeros([1, 8, 8, 32]), tf.zeros([3, 3, 8, 32]), 1, "SAME")
+
+
+@needs_kernels
+@pytest.mark.parametrize("strides,with_scale", [(1, False), (2, True)])
+def test_group_conv2d_avx2_equals_split_in_a_tf_function(strides, with_scale):
+    """The layer path (kernel cast, folded input scale, graph mode) against 'split'."""
+    rng = np.random.default_rng(7)
+    x = tf.constant(rng.normal(size=(4, 12, 12, 64)).astype(np.float32))
+    scale = tf.constant(rng.uniform(0.5, 2.0, size=64).astype(np.float32)) if with_scale else None
+    avx2 = L.GroupConv2D(64, 3, strides=strides, group_size=16, implementation="avx2")
+    split = L.GroupConv2D(64, 3, strides=strides, group_size=16, implementation="split")
+    avx2(x)
+    split(x)
+    split.set_weights(avx2.get_weights())
+
+    @tf.function
+    def grads(layer):
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            y = layer(x, input_scale=scale)
+            loss = tf.reduce_sum(tf.sin(y))
+        return [y] + tape.gradient(loss, [x, layer.kernel])
+    graph = grads.get_concrete_function(avx2).graph
+    assert any(op.type == "EfficientnetIpuGroupConv16" for op in graph.get_operations())
+    for a, b in zip(grads(avx2), grads(split)):
+        np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-4, atol=1e-4)
+
+
+def test_avx2_implementation_rejects_layers_it_does_not_compute():
+    with pytest.raises(ValueError, match="group_size 16"):
+        L.GroupConv2D(48, 3, group_size=8, implementation="avx2")(tf.zeros([1, 4, 4, 48]))
+    with pytest.raises(ValueError, match="16 filters per group"):
+        L.GroupConv2D(64, 3, group_size=16, implementation="avx2")(tf.zeros([1, 4, 4, 32]))
+    with pytest.raises(ValueError, match="float32 compute"):
+        L.GroupConv2D(32, 3, group_size=16, implementation="avx2",
+                      dtype="mixed_float16")(tf.zeros([1, 4, 4, 32], tf.float16))
+
+
+def test_auto_chooses_avx2_only_where_it_applies(monkeypatch):
+    cpu_only = all(d.device_type == "CPU" for d in tf.config.list_physical_devices())
+    choose = L.conv.choose_implementation
+    expected = "avx2" if cpu_only and group_conv16.available() else None
+    if expected:
+        assert choose(15, 16, 16, "float32") == "avx2"
+        assert choose(48, 16, 16, "float32") == "avx2"
+    assert choose(15, 16, 16, "float16") != "avx2"     # mixed precision
+    assert choose(15, 16, 32, "float32") != "avx2"     # channel multiplier 2
+    assert choose(6, 8, 8, "float32") != "avx2"
+    # Without a compiler 'auto' keeps TensorFlow's convolutions (with a warning).
+    monkeypatch.setenv("CXX", "/nonexistent/c++")
+    assert not group_conv16.available()
+    assert choose(15, 16, 16, "float32") in ("split", "grouped")
+
+
+@needs_kernels
+def test_missing_compiler_is_a_clear_error_for_explicit_avx2(monkeypatch, tmp_path):
+    monkeypatch.setattr(group_conv16, "_library", None)
+    monkeypatch.setenv("CXX", "/nonexistent/c++")
+    with pytest.raises(RuntimeError, match="g\\+\\+"):
+        L.GroupConv2D(32, 3, group_size=16, implementation="avx2")(tf.zeros([1, 4, 4, 32]))
+
+
+@needs_kernels
+def test_export_traces_tensorflow_ops_and_serves_the_same_function(tmp_path):
+    inputs = keras.Input((16, 16, 3))
+    x = keras.layers.Conv2D(32, 1)(inputs)
+    x = L.GroupConv2D(32, 3, group_size=16)(x)
+    outputs = keras.layers.Dense(5)(keras.layers.GlobalAveragePooling2D()(x))
+    model = keras.Model(inputs, outputs)
+    assert model.layers[2].resolved_implementation == "avx2"
+    path = export.export_saved_model(model, str(tmp_path), 1, 16, [])
+    with open(os.path.join(path, "saved_model.pb"), "rb") as f:
+        graph = f.read()
+    assert b"EfficientnetIpuGroupConv16" not in graph
+    assert b"Conv2D" in graph
+    images = tf.constant(np.random.default_rng(3).integers(0, 256, (2, 16, 16, 3)), tf.uint8)
+    served = tf.saved_model.load(path).signatures["serving_default"](images=images)
+    pixels = export.data.resize_and_center_crop(images, 16)
+    expected = tf.nn.softmax(model(pixels, training=False))
+    np.testing.assert_allclose(served["probabilities"].numpy(), expected.numpy(), atol=1e-5)
+    # The layer still runs on the kernels after the export.
+    assert not group_conv16.portable()
+
+
+def test_model_builder_selects_the_conv_implementation_same_function():
+    with pytest.raises(ValueError, match="conv_implementation must be one of"):
+        models.EfficientNet("b0", group_size=16, conv_implementation="fast")
+    portable = models.EfficientNet("b0", group_size=16, norm="gn", num_classes=10,
+                                   conv_implementation="tensorflow")
+    auto = models.EfficientNet("b0", group_size=16, norm="gn", num_classes=10)
+    auto.set_weights(portable.get_weights())
+
+    def implementations(model):
+        return {layer.resolved_implementation for layer in models.iter_layers(model)
+                if isinstance(layer, L.GroupConv2D)}
+    assert implementations(portable) <= {"split", "grouped"}
+    cpu_only = all(d.device_type == "CPU" for d in tf.config.list_physical_devices())
+    if cpu_only and group_conv16.available():
+        assert implementations(auto) == {"avx2"}  # every B0-G16 group conv has 16 per group
+    x = tf.constant(np.random.default_rng(4).uniform(0, 255, (2, 64, 64, 3)), tf.float32)
+    np.testing.assert_allclose(auto(x, training=False).numpy(),
+                               portable(x, training=False).numpy(), rtol=1e-3, atol=1e-3)
