@@ -94,11 +94,11 @@ void BlockAny(int r, const float* base, const int* offs, const float* const* w, 
   }
 }
 
-// Copies channels [g*16, g*16+16) of image plane src ([rows, cols, C]) into a zeroed
-// [rows, cols + pad_l + pad_r, 16] buffer, columns shifted right by pad_l.
-void CopyPlane(const float* src, int rows, int cols, int C, int g, int pad_l, int width,
-               float* dst) {
-  for (int y = 0; y < rows; ++y) {
+// Copies rows [y0, y1) of channels [g*16, g*16+16) of image plane src ([rows, cols, C])
+// into a [rows, width, 16] buffer, columns shifted right by pad_l and zeros around them.
+void CopyRows(const float* src, int y0, int y1, int cols, int C, int g, int pad_l, int width,
+              float* dst) {
+  for (int y = y0; y < y1; ++y) {
     const float* s = src + (static_cast<int64_t>(y) * cols) * C + g * kG;
     float* row = dst + static_cast<int64_t>(y) * width * kG;
     std::memset(row, 0, sizeof(float) * pad_l * kG);
@@ -110,6 +110,24 @@ void CopyPlane(const float* src, int rows, int cols, int C, int g, int pad_l, in
     }
   }
 }
+
+// One image's group plane, copied row by row as the rows are first needed, so that they
+// are still in cache when the register blocks read them.
+struct LazyPlane {
+  const float* src;
+  int rows, cols, C, g, pad_l, width;
+  float* dst;
+  int done;
+  LazyPlane(const float* src, int rows, int cols, int C, int g, int pad_l, int width,
+            float* dst)
+      : src(src), rows(rows), cols(cols), C(C), g(g), pad_l(pad_l), width(width), dst(dst),
+        done(0) {}
+  void CopyUpTo(int row_end) {  // rows [0, row_end) are in dst afterwards
+    row_end = std::min(row_end, rows);
+    if (row_end > done) CopyRows(src, done, row_end, cols, C, g, pad_l, width, dst);
+    done = std::max(done, row_end);
+  }
+};
 
 struct Geometry {
   int N, H, W, C, k, s, OH, OW, pt, pl, groups;
@@ -199,10 +217,11 @@ class GroupConv16Op : public OpKernel {
       std::vector<const float*> ws(g.k * g.k);
       for (int64_t u = b; u < e; ++u) {
         const int n = u / g.groups, gr = u % g.groups;
-        CopyPlane(xd + static_cast<int64_t>(n) * g.H * g.W * g.C, g.H, g.W, g.C, gr, g.pl,
-                  width, plane.data());
+        LazyPlane in(xd + static_cast<int64_t>(n) * g.H * g.W * g.C, g.H, g.W, g.C, gr, g.pl,
+                     width, plane.data());
         const float* wg = wp.data() + static_cast<size_t>(gr) * g.k * g.k * kG * kG;
         for (int oh = 0; oh < g.OH; ++oh) {
+          in.CopyUpTo(oh * g.s - g.pt + g.k);
           int nt = 0;
           for (int kh = 0; kh < g.k; ++kh) {
             const int ih = oh * g.s + kh - g.pt;
@@ -270,10 +289,11 @@ class GroupConv16BackpropInputOp : public OpKernel {
       std::vector<const float*> ws(g.k * g.k);
       for (int64_t u = b; u < e; ++u) {
         const int n = u / g.groups, gr = u % g.groups;
-        CopyPlane(dyd + static_cast<int64_t>(n) * g.OH * g.OW * g.C, g.OH, g.OW, g.C, gr,
-                  pad, width, plane.data());
+        LazyPlane out(dyd + static_cast<int64_t>(n) * g.OH * g.OW * g.C, g.OH, g.OW, g.C, gr,
+                      pad, width, plane.data());
         const float* wg = wp.data() + static_cast<size_t>(gr) * g.k * g.k * kG * kG;
         for (int ih = 0; ih < g.H; ++ih) {
+          out.CopyUpTo((ih + g.pt) / g.s + 1);
           float* xrow = dxd + ((static_cast<int64_t>(n) * g.H + ih) * g.W) * g.C + gr * kG;
           for (int px = 0; px < g.s && px < g.W; ++px) {
             int nt = 0;
@@ -372,12 +392,14 @@ class GroupConv16BackpropFilterOp : public OpKernel {
       for (int64_t gr = b; gr < e; ++gr) {
         float* dwg = packed.data() + static_cast<size_t>(gr) * taps * kG * kG;
         for (int n = 0; n < g.N; ++n) {
-          CopyPlane(xd + static_cast<int64_t>(n) * g.H * g.W * g.C, g.H, g.W, g.C, gr, g.pl,
-                    width, plane.data());
-          CopyPlane(dyd + static_cast<int64_t>(n) * g.OH * g.OW * g.C, g.OH, g.OW, g.C, gr, 0,
-                    g.OW, dplane.data());
+          LazyPlane in(xd + static_cast<int64_t>(n) * g.H * g.W * g.C, g.H, g.W, g.C, gr,
+                       g.pl, width, plane.data());
+          LazyPlane out(dyd + static_cast<int64_t>(n) * g.OH * g.OW * g.C, g.OH, g.OW, g.C,
+                        gr, 0, g.OW, dplane.data());
           for (int oh0 = 0; oh0 < g.OH; oh0 += kRows) {
             const int oh1 = std::min(g.OH, oh0 + kRows);
+            in.CopyUpTo((oh1 - 1) * g.s - g.pt + g.k);
+            out.CopyUpTo(oh1);
             for (int kh = 0; kh < g.k; ++kh) {
               for (int kw = 0; kw < g.k; ++kw) {
                 float* dwt = dwg + (kh * g.k + kw) * kG * kG;
