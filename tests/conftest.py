@@ -22,6 +22,15 @@ def shared_path(*parts):
     return path
 
 
+def reference_group_conv(x, kernel, strides, groups, padding="SAME"):
+    """Group convolution as ``groups`` separate dense ``tf.nn.conv2d`` calls, concatenated:
+    the reference every GroupConv2D implementation is tested against."""
+    import tensorflow as tf
+    xs = tf.split(x, groups, axis=-1)
+    ks = tf.split(kernel, groups, axis=-1)
+    return tf.concat([tf.nn.conv2d(a, k, strides, padding) for a, k in zip(xs, ks)], -1)
+
+
 def load_jpegs(paths, size):
     """Decode JPEGs (grayscale -> RGB) and resize to size x size: float32 [N, size, size, 3]
     in [0, 255]."""

@@ -8,6 +8,7 @@ import pytest
 import tensorflow as tf
 from tensorflow import keras
 
+from conftest import reference_group_conv
 from efficientnet_ipu import export, models
 from efficientnet_ipu import layers as L
 from efficientnet_ipu.layers import group_conv16
@@ -15,13 +16,6 @@ from efficientnet_ipu.layers import group_conv16
 needs_kernels = pytest.mark.skipif(
     not group_conv16.available(),
     reason="needs an x86-64 CPU with AVX2+FMA and a C++ compiler (g++ or $CXX)")
-
-
-def split_conv(x, kernel, stride, padding):
-    """Reference: one tf.nn.conv2d per 16-channel group, concatenated."""
-    groups = x.shape[-1] // 16
-    return tf.concat([tf.nn.conv2d(a, k, stride, padding) for a, k in
-                      zip(tf.split(x, groups, -1), tf.split(kernel, groups, -1))], -1)
 
 
 @needs_kernels
@@ -43,7 +37,7 @@ def test_kernels_equal_tensorflow_convolution_and_its_gradients(shape, k, stride
     with tf.GradientTape(persistent=True) as tape:
         tape.watch([x, kernel])
         ours = group_conv16.group_conv16(x, kernel, stride, padding)
-        ref = split_conv(x, kernel, stride, padding)
+        ref = reference_group_conv(x, kernel, stride, shape[-1] // 16, padding)
         weights = tf.constant(rng.normal(size=ref.shape).astype(np.float32))
         loss_ours = tf.reduce_sum(ours * weights)
         loss_ref = tf.reduce_sum(ref * weights)

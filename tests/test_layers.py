@@ -6,14 +6,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from conftest import reference_group_conv
 from efficientnet_ipu import layers as L
-
-
-def reference_group_conv(x, kernel, strides, groups):
-    """Group convolution as ``groups`` separate dense convolutions, concatenated."""
-    xs = tf.split(x, groups, axis=-1)
-    ks = tf.split(kernel, groups, axis=-1)
-    return tf.concat([tf.nn.conv2d(a, k, strides, "SAME") for a, k in zip(xs, ks)], -1)
 
 
 @pytest.mark.parametrize("group_size,channels,strides", [

@@ -186,15 +186,25 @@ void ParallelFor(OpKernelContext* ctx, int64_t units, int64_t cost,
   ctx->device()->tensorflow_cpu_worker_threads()->workers->ParallelFor(units, cost, fn);
 }
 
-class GroupConv16Op : public OpKernel {
+// The attributes all three ops share: stride and padding, and the CPU check.
+class GroupConv16Base : public OpKernel {
  public:
-  explicit GroupConv16Op(OpKernelConstruction* ctx) : OpKernel(ctx) {
+  explicit GroupConv16Base(OpKernelConstruction* ctx) : OpKernel(ctx) {
     CheckCpu(ctx);
     std::string padding;
     OP_REQUIRES_OK(ctx, ctx->GetAttr("stride", &stride_));
     OP_REQUIRES_OK(ctx, ctx->GetAttr("padding", &padding));
     same_ = padding == "SAME";
   }
+
+ protected:
+  int stride_;
+  bool same_;
+};
+
+class GroupConv16Op : public GroupConv16Base {
+ public:
+  using GroupConv16Base::GroupConv16Base;
 
   void Compute(OpKernelContext* ctx) override {
     const Tensor& x = ctx->input(0);
@@ -243,20 +253,11 @@ class GroupConv16Op : public OpKernel {
     });
   }
 
- private:
-  int stride_;
-  bool same_;
 };
 
-class GroupConv16BackpropInputOp : public OpKernel {
+class GroupConv16BackpropInputOp : public GroupConv16Base {
  public:
-  explicit GroupConv16BackpropInputOp(OpKernelConstruction* ctx) : OpKernel(ctx) {
-    CheckCpu(ctx);
-    std::string padding;
-    OP_REQUIRES_OK(ctx, ctx->GetAttr("stride", &stride_));
-    OP_REQUIRES_OK(ctx, ctx->GetAttr("padding", &padding));
-    same_ = padding == "SAME";
-  }
+  using GroupConv16Base::GroupConv16Base;
 
   void Compute(OpKernelContext* ctx) override {
     const Tensor& sizes = ctx->input(0);
@@ -324,9 +325,6 @@ class GroupConv16BackpropInputOp : public OpKernel {
     });
   }
 
- private:
-  int stride_;
-  bool same_;
 };
 
 // dW[t][i][0:16] += sum over output pixels of x(t, pixel)[i] * dy(pixel)[0:16] for
@@ -353,15 +351,9 @@ inline void WeightBlock(const float* x, int xs, const float* dy, int count, floa
   }
 }
 
-class GroupConv16BackpropFilterOp : public OpKernel {
+class GroupConv16BackpropFilterOp : public GroupConv16Base {
  public:
-  explicit GroupConv16BackpropFilterOp(OpKernelConstruction* ctx) : OpKernel(ctx) {
-    CheckCpu(ctx);
-    std::string padding;
-    OP_REQUIRES_OK(ctx, ctx->GetAttr("stride", &stride_));
-    OP_REQUIRES_OK(ctx, ctx->GetAttr("padding", &padding));
-    same_ = padding == "SAME";
-  }
+  using GroupConv16Base::GroupConv16Base;
 
   void Compute(OpKernelContext* ctx) override {
     const Tensor& x = ctx->input(0);
@@ -427,9 +419,6 @@ class GroupConv16BackpropFilterOp : public OpKernel {
                       sizeof(float) * kG);
   }
 
- private:
-  int stride_;
-  bool same_;
 };
 
 absl::Status ForwardShape(InferenceContext* c) {

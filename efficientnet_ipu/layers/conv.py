@@ -32,9 +32,12 @@ def choose_implementation(groups, group_size, filters_per_group=None, dtype="flo
     made); else "split" when the group size is at least 8 and there are at most 16 groups;
     else "grouped". With a GPU, TPU or IPU: "grouped".
 
-    "avx2", measured against "grouped" on this project's 2-core CPU (TensorFlow 2.21,
-    oneDNN), forward + backward, batch 32: see ``python -m efficientnet_ipu.benchmark
-    --conv`` and the README's figures.
+    "avx2" on this project's 2-core AVX2 CPU (TensorFlow 2.21, oneDNN), forward +
+    backward, batch 32: on [32, 28, 28, 240] 3x3 G16, 97 % of the dense convolution's
+    GFLOP/s against 69 % ("grouped") and 75 % ("split") (``python -m
+    efficientnet_ipu.benchmark --conv``); on B0-G16's group convolutions at 224 px,
+    1.18-1.73x the previous choice per layer, 1.34x summed; whole B0-G16 training
+    1.12-1.16x (``--compare-conv``).
 
     Measured on this project's 2-core CPU (TensorFlow 2.21, oneDNN), forward + backward,
     batch 32, split's speed over grouped: B0-G16 at 224 px 1.63-1.78x for the 2-6 group
