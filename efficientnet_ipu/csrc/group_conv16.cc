@@ -8,7 +8,10 @@
 // broadcast input value feeds two fused multiply-adds.
 //
 // Layouts (as tf.nn.conv2d): input [N, H, W, C], filter [k, k, 16, C] (filter[:, :, i, o]
-// reads input channel (o / 16) * 16 + i), output [N, OH, OW, C]. Padding "SAME" or "VALID"
+// reads input channel (o / 16) * 16 + i), output [N, OH, OW, C]. The forward op and the
+// kernel gradient take input_offset [C]: they convolve input + input_offset (zero padding
+// stays zero), so that a per-channel shift before the convolution (the proxy-norm mean of
+// paper 002 eq. 7) costs no pass of its own. Padding "SAME" or "VALID"
 // with TensorFlow's rule (SAME: pad_before = pad_total / 2), square stride s >= 1.
 // Loaded by efficientnet_ipu/layers/group_conv16.py, which compiles this file.
 
@@ -96,8 +99,12 @@ void BlockAny(int r, const float* base, const int* offs, const float* const* w, 
 
 // Copies rows [y0, y1) of channels [g*16, g*16+16) of image plane src ([rows, cols, C])
 // into a [rows, width, 16] buffer, columns shifted right by pad_l and zeros around them.
+// offset (16 floats, or null) is added to the copied values, not to the zeros: the input
+// of conv(x + offset) with zero padding.
 void CopyRows(const float* src, int y0, int y1, int cols, int C, int g, int pad_l, int width,
-              float* dst) {
+              const float* offset, float* dst) {
+  const __m256 o0 = offset ? _mm256_loadu_ps(offset) : _mm256_setzero_ps();
+  const __m256 o1 = offset ? _mm256_loadu_ps(offset + 8) : _mm256_setzero_ps();
   for (int y = y0; y < y1; ++y) {
     const float* s = src + (static_cast<int64_t>(y) * cols) * C + g * kG;
     float* row = dst + static_cast<int64_t>(y) * width * kG;
@@ -105,8 +112,8 @@ void CopyRows(const float* src, int y0, int y1, int cols, int C, int g, int pad_
     std::memset(row + (pad_l + cols) * kG, 0, sizeof(float) * (width - pad_l - cols) * kG);
     float* d = row + pad_l * kG;
     for (int x = 0; x < cols; ++x) {
-      _mm256_storeu_ps(d + x * kG, _mm256_loadu_ps(s + x * C));
-      _mm256_storeu_ps(d + x * kG + 8, _mm256_loadu_ps(s + x * C + 8));
+      _mm256_storeu_ps(d + x * kG, _mm256_add_ps(_mm256_loadu_ps(s + x * C), o0));
+      _mm256_storeu_ps(d + x * kG + 8, _mm256_add_ps(_mm256_loadu_ps(s + x * C + 8), o1));
     }
   }
 }
@@ -116,15 +123,16 @@ void CopyRows(const float* src, int y0, int y1, int cols, int C, int g, int pad_
 struct LazyPlane {
   const float* src;
   int rows, cols, C, g, pad_l, width;
+  const float* offset;
   float* dst;
   int done;
   LazyPlane(const float* src, int rows, int cols, int C, int g, int pad_l, int width,
-            float* dst)
-      : src(src), rows(rows), cols(cols), C(C), g(g), pad_l(pad_l), width(width), dst(dst),
-        done(0) {}
+            const float* offset, float* dst)
+      : src(src), rows(rows), cols(cols), C(C), g(g), pad_l(pad_l), width(width),
+        offset(offset), dst(dst), done(0) {}
   void CopyUpTo(int row_end) {  // rows [0, row_end) are in dst afterwards
     row_end = std::min(row_end, rows);
-    if (row_end > done) CopyRows(src, done, row_end, cols, C, g, pad_l, width, dst);
+    if (row_end > done) CopyRows(src, done, row_end, cols, C, g, pad_l, width, offset, dst);
     done = std::max(done, row_end);
   }
 };
@@ -155,6 +163,13 @@ absl::Status MakeGeometry(const TensorShape& in, const TensorShape& filter, int 
   if (g->OH < 1 || g->OW < 1)
     return InvalidArgument("input ", in.DebugString(), " is smaller than the ", g->k, "x",
                            g->k, " kernel with VALID padding");
+  return absl::OkStatus();
+}
+
+absl::Status CheckOffset(const Tensor& offset, const Geometry& g) {
+  if (offset.dims() != 1 || offset.dim_size(0) != g.C)
+    return InvalidArgument("input_offset must be [C] = [", g.C, "], got ",
+                           offset.shape().DebugString());
   return absl::OkStatus();
 }
 
@@ -209,8 +224,11 @@ class GroupConv16Op : public GroupConv16Base {
   void Compute(OpKernelContext* ctx) override {
     const Tensor& x = ctx->input(0);
     const Tensor& f = ctx->input(1);
+    const Tensor& offset = ctx->input(2);
     Geometry g;
     OP_REQUIRES_OK(ctx, MakeGeometry(x.shape(), f.shape(), stride_, same_, &g));
+    OP_REQUIRES_OK(ctx, CheckOffset(offset, g));
+    const float* od = offset.flat<float>().data();
     Tensor* y = nullptr;
     OP_REQUIRES_OK(ctx, ctx->allocate_output(0, TensorShape({g.N, g.OH, g.OW, g.C}), &y));
     if (y->NumElements() == 0) return;
@@ -228,7 +246,7 @@ class GroupConv16Op : public GroupConv16Base {
       for (int64_t u = b; u < e; ++u) {
         const int n = u / g.groups, gr = u % g.groups;
         LazyPlane in(xd + static_cast<int64_t>(n) * g.H * g.W * g.C, g.H, g.W, g.C, gr, g.pl,
-                     width, plane.data());
+                     width, od + gr * kG, plane.data());
         const float* wg = wp.data() + static_cast<size_t>(gr) * g.k * g.k * kG * kG;
         for (int oh = 0; oh < g.OH; ++oh) {
           in.CopyUpTo(oh * g.s - g.pt + g.k);
@@ -291,7 +309,7 @@ class GroupConv16BackpropInputOp : public GroupConv16Base {
       for (int64_t u = b; u < e; ++u) {
         const int n = u / g.groups, gr = u % g.groups;
         LazyPlane out(dyd + static_cast<int64_t>(n) * g.OH * g.OW * g.C, g.OH, g.OW, g.C, gr,
-                      pad, width, plane.data());
+                      pad, width, nullptr, plane.data());
         const float* wg = wp.data() + static_cast<size_t>(gr) * g.k * g.k * kG * kG;
         for (int ih = 0; ih < g.H; ++ih) {
           out.CopyUpTo((ih + g.pt) / g.s + 1);
@@ -359,6 +377,7 @@ class GroupConv16BackpropFilterOp : public GroupConv16Base {
     const Tensor& x = ctx->input(0);
     const Tensor& sizes = ctx->input(1);
     const Tensor& dy = ctx->input(2);
+    const Tensor& offset = ctx->input(3);
     OP_REQUIRES(ctx, sizes.NumElements() == 4,
                 InvalidArgument("filter_sizes must have 4 elements"));
     TensorShape f_shape;
@@ -368,6 +387,8 @@ class GroupConv16BackpropFilterOp : public GroupConv16Base {
     OP_REQUIRES(ctx, dy.shape() == TensorShape({g.N, g.OH, g.OW, g.C}),
                 InvalidArgument("out_backprop ", dy.shape().DebugString(), " does not match"
                                 " the output of input ", x.shape().DebugString()));
+    OP_REQUIRES_OK(ctx, CheckOffset(offset, g));
+    const float* od = offset.flat<float>().data();
     Tensor* df = nullptr;
     OP_REQUIRES_OK(ctx, ctx->allocate_output(0, f_shape, &df));
     const int taps = g.k * g.k;
@@ -385,9 +406,9 @@ class GroupConv16BackpropFilterOp : public GroupConv16Base {
         float* dwg = packed.data() + static_cast<size_t>(gr) * taps * kG * kG;
         for (int n = 0; n < g.N; ++n) {
           LazyPlane in(xd + static_cast<int64_t>(n) * g.H * g.W * g.C, g.H, g.W, g.C, gr,
-                       g.pl, width, plane.data());
+                       g.pl, width, od + gr * kG, plane.data());
           LazyPlane out(dyd + static_cast<int64_t>(n) * g.OH * g.OW * g.C, g.OH, g.OW, g.C,
-                        gr, 0, g.OW, dplane.data());
+                        gr, 0, g.OW, nullptr, dplane.data());
           for (int oh0 = 0; oh0 < g.OH; oh0 += kRows) {
             const int oh1 = std::min(g.OH, oh0 + kRows);
             in.CopyUpTo((oh1 - 1) * g.s - g.pt + g.k);
@@ -454,6 +475,7 @@ absl::Status ShapeFromInput(InferenceContext* c, int index) {
 REGISTER_OP("EfficientnetIpuGroupConv16")
     .Input("input: float")
     .Input("filter: float")
+    .Input("input_offset: float")
     .Output("output: float")
     .Attr("stride: int >= 1")
     .Attr("padding: {'SAME', 'VALID'}")
@@ -472,6 +494,7 @@ REGISTER_OP("EfficientnetIpuGroupConv16BackpropFilter")
     .Input("input: float")
     .Input("filter_sizes: int32")
     .Input("out_backprop: float")
+    .Input("input_offset: float")
     .Output("output: float")
     .Attr("stride: int >= 1")
     .Attr("padding: {'SAME', 'VALID'}")

@@ -256,7 +256,8 @@ class MBConvBlock(keras.layers.Layer):
                 prefix=prefix + "expand_", name=prefix + "expand_norm_act")
         self.group_conv = GroupConv2D(
             filters, kernel_size, strides=strides, group_size=group_size,
-            implementation=conv_implementation, name=prefix + ("dwconv" if group_size == 1 else "gconv"))
+            implementation=conv_implementation,
+            name=prefix + ("dwconv" if group_size == 1 else "gconv"))
         self.norm_act = NormActivation(norm, norm_groups, activation, "split", proxy_params,
                                        prefix=prefix, name=prefix + "norm_act")
         self.se = SqueezeExcite(max(1, int(filters_in * se_ratio)), activation,
@@ -305,14 +306,15 @@ class MBConvBlock(keras.layers.Layer):
           a - m2 times s2 and W the project kernel; the [N, C_out] offset (m2 g) W is folded
           into the norm's statistics and shift.
 
-        This saves four full-size passes over the expanded activations per block."""
-        x, input_scale = inputs, None
+        This saves four full-size passes over the expanded activations per block, five when
+        the group conv runs on the AVX2 kernels (they add the expand mean -m1 as they copy
+        their input)."""
+        x, input_scale, input_offset = inputs, None, None
         if self.expand_conv is not None:
-            activated, mean, input_scale = self.expand_norm_act.proxy_parts(
-                self.expand_conv(x))
-            x = activated + tf.cast(-mean, activated.dtype)
+            x, mean, input_scale = self.expand_norm_act.proxy_parts(self.expand_conv(x))
+            input_offset = -mean
         activated, mean, scale = self.norm_act.proxy_parts(
-            self.group_conv(x, input_scale=input_scale))
+            self.group_conv(x, input_scale=input_scale, input_offset=input_offset))
         gate = self.se.gate(activated, scale=scale, center=mean)        # [N, C]
         x = self.project_conv(activated * gate[:, None, None, :])
         project_kernel = tf.cast(self.project_conv.kernel[0, 0], tf.float32)   # [C, C_out]

@@ -239,19 +239,28 @@ class GroupConv2D(keras.layers.Layer):
         scale = tf.repeat(tf.transpose(scale), self.filters // self.groups, axis=1)
         return self.kernel * scale[None, None]                    # [k, k, G, filters]
 
-    def call(self, inputs, input_scale=None):
-        """Convolve ``inputs`` [N, H, W, C_in]. ``input_scale`` (optional, [C_in]): a
-        per-input-channel factor folded into the kernel, equal to (up to round-off)
-        convolving inputs * input_scale but without that pass over the inputs (used to
-        fold the 1/std of a proxy-normalized activation, paper 002 eq. 7)."""
+    def call(self, inputs, input_scale=None, input_offset=None):
+        """Convolve ``(inputs + input_offset) * input_scale``, ``inputs`` [N, H, W, C_in].
+
+        ``input_scale`` (optional, [C_in]): a per-input-channel factor folded into the
+        kernel, equal to (up to round-off) scaling the inputs but without that pass over
+        them. ``input_offset`` (optional, [C_in]): a per-input-channel shift (the zero
+        padding is not shifted); "avx2" adds it while its kernels copy the input, the other
+        implementations add it first. Both serve the proxy-normalized activation before
+        the group conv (paper 002 eq. 7: subtract the proxy mean, divide by its std)."""
         kernel = self.kernel if input_scale is None else self.scaled_kernel(input_scale)
         kernel = tf.cast(kernel, inputs.dtype)
         strides = [1, self.strides, self.strides, 1]
+        use_avx2 = self.resolved_implementation == "avx2" and not group_conv16.portable()
+        if input_offset is not None and not use_avx2:
+            inputs = inputs + tf.cast(input_offset, inputs.dtype)
         if self.depthwise:
             kernel = tf.reshape(kernel, [self.kernel_size, self.kernel_size, self.filters, 1])
             outputs = tf.nn.depthwise_conv2d(inputs, kernel, strides, self.padding)
-        elif self.resolved_implementation == "avx2" and not group_conv16.portable():
-            outputs = group_conv16.group_conv16(inputs, kernel, self.strides, self.padding)
+        elif use_avx2:
+            outputs = group_conv16.group_conv16(
+                inputs, kernel, self.strides, self.padding,
+                None if input_offset is None else tf.cast(input_offset, inputs.dtype))
         elif self.resolved_implementation == "split" and self.groups > 1:
             outputs = tf.concat([
                 tf.nn.conv2d(x, k, strides, self.padding)

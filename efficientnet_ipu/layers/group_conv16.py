@@ -122,24 +122,30 @@ def load():
 
 
 def _gradient(op, grad):
-    """Gradients of EfficientnetIpuGroupConv16 with respect to its input and kernel."""
-    x, kernel = op.inputs
+    """Gradients of EfficientnetIpuGroupConv16 with respect to its input, kernel and input
+    offset (the input gradient summed over N, H, W; in a tf.function it is computed only
+    where something needs it)."""
+    x, kernel, offset = op.inputs
     stride, padding = op.get_attr("stride"), op.get_attr("padding")
-    return (_library.efficientnet_ipu_group_conv16_backprop_input(
-                tf.shape(x), kernel, grad, stride=stride, padding=padding),
-            _library.efficientnet_ipu_group_conv16_backprop_filter(
-                x, tf.shape(kernel), grad, stride=stride, padding=padding))
+    dx = _library.efficientnet_ipu_group_conv16_backprop_input(
+        tf.shape(x), kernel, grad, stride=stride, padding=padding)
+    dkernel = _library.efficientnet_ipu_group_conv16_backprop_filter(
+        x, tf.shape(kernel), grad, offset, stride=stride, padding=padding)
+    return dx, dkernel, tf.reduce_sum(dx, axis=[0, 1, 2])
 
 
-def group_conv16(inputs, kernel, stride, padding):
-    """``tf.nn.conv2d(inputs, kernel, stride, padding)`` for 16-channel groups, on the AVX2
-    kernels (compiled on first use, see ``load``).
+def group_conv16(inputs, kernel, stride, padding, input_offset=None):
+    """``tf.nn.conv2d(inputs + input_offset, kernel, stride, padding)`` for 16-channel
+    groups, on the AVX2 kernels (compiled on first use, see ``load``). The offset is added
+    while the kernels copy their input, so it costs no pass over ``inputs``.
 
     Args:
       inputs: float32 [N, H, W, C], C a multiple of 16.
       kernel: float32 [k, k, 16, C]; kernel[:, :, i, o] reads input channel
         (o // 16) * 16 + i (``tf.nn.conv2d``'s grouped layout with C / 16 groups).
       stride: int >= 1 (both spatial dimensions); padding: "SAME" or "VALID".
+      input_offset: float32 [C] or None (zeros); added to the inputs, not to the zero
+        padding.
 
     Returns:
       float32 [N, OH, OW, C], OH and OW as ``tf.nn.conv2d`` gives them.
@@ -147,8 +153,11 @@ def group_conv16(inputs, kernel, stride, padding):
     Raises:
       RuntimeError: see ``load``. tf.errors.InvalidArgumentError: shapes as above violated.
     """
-    return load().efficientnet_ipu_group_conv16(inputs, kernel, stride=int(stride),
-                                                padding=padding)
+    library = load()
+    if input_offset is None:
+        input_offset = tf.zeros(tf.shape(inputs)[-1:], inputs.dtype)
+    return library.efficientnet_ipu_group_conv16(inputs, kernel, input_offset,
+                                                 stride=int(stride), padding=padding)
 
 
 @contextlib.contextmanager
