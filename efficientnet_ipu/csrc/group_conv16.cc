@@ -139,11 +139,15 @@ struct LazyPlane {
 
 struct Geometry {
   int N, H, W, C, k, s, OH, OW, pt, pl, groups;
+  // Columns of an input plane padded so that every tap of every output column reads
+  // inside it (zeros outside the image).
+  int PaddedWidth() const { return std::max((OW - 1) * s + k, W + pl); }
 };
 
 absl::Status MakeGeometry(const TensorShape& in, const TensorShape& filter, int stride,
-                                bool same, Geometry* g) {
-  if (in.dims() != 4) return InvalidArgument("input must be [N, H, W, C], got ", in.DebugString());
+                          bool same, Geometry* g) {
+  if (in.dims() != 4)
+    return InvalidArgument("input must be [N, H, W, C], got ", in.DebugString());
   if (filter.dims() != 4 || filter.dim_size(0) != filter.dim_size(1) ||
       filter.dim_size(2) != kG || filter.dim_size(3) != in.dim_size(3) ||
       in.dim_size(3) % kG != 0)
@@ -164,6 +168,12 @@ absl::Status MakeGeometry(const TensorShape& in, const TensorShape& filter, int 
     return InvalidArgument("input ", in.DebugString(), " is smaller than the ", g->k, "x",
                            g->k, " kernel with VALID padding");
   return absl::OkStatus();
+}
+
+// The 4-element int32 shape tensor ``sizes`` (input ``name`` of a gradient op) as a shape.
+absl::Status ShapeFromSizes(const Tensor& sizes, const char* name, TensorShape* shape) {
+  if (sizes.NumElements() != 4) return InvalidArgument(name, " must have 4 elements");
+  return tensorflow::TensorShapeUtils::MakeShape(sizes.vec<int32_t>().data(), 4, shape);
 }
 
 absl::Status CheckOffset(const Tensor& offset, const Geometry& g) {
@@ -235,9 +245,7 @@ class GroupConv16Op : public GroupConv16Base {
     const std::vector<float> wp = PackFilter(f.flat<float>().data(), g, false);
     const float* xd = x.flat<float>().data();
     float* yd = y->flat<float>().data();
-    // Scratch plane: all input rows, columns padded so that every tap of every output
-    // column reads inside it (zeros outside the image).
-    const int width = std::max((g.OW - 1) * g.s + g.k, g.W + g.pl);
+    const int width = g.PaddedWidth();  // scratch plane: all input rows, padded columns
     const int64_t cost = static_cast<int64_t>(g.OH) * g.OW * g.k * g.k * kG * kG;
     ParallelFor(ctx, static_cast<int64_t>(g.N) * g.groups, cost, [&](int64_t b, int64_t e) {
       std::vector<float> plane(static_cast<size_t>(g.H) * width * kG);
@@ -270,7 +278,6 @@ class GroupConv16Op : public GroupConv16Base {
       }
     });
   }
-
 };
 
 class GroupConv16BackpropInputOp : public GroupConv16Base {
@@ -281,10 +288,8 @@ class GroupConv16BackpropInputOp : public GroupConv16Base {
     const Tensor& sizes = ctx->input(0);
     const Tensor& f = ctx->input(1);
     const Tensor& dy = ctx->input(2);
-    OP_REQUIRES(ctx, sizes.NumElements() == 4,
-                InvalidArgument("input_sizes must have 4 elements"));
     TensorShape in_shape;
-    OP_REQUIRES_OK(ctx, tensorflow::TensorShapeUtils::MakeShape(sizes.vec<int32_t>().data(), 4, &in_shape));
+    OP_REQUIRES_OK(ctx, ShapeFromSizes(sizes, "input_sizes", &in_shape));
     Geometry g;
     OP_REQUIRES_OK(ctx, MakeGeometry(in_shape, f.shape(), stride_, same_, &g));
     OP_REQUIRES(ctx, dy.shape() == TensorShape({g.N, g.OH, g.OW, g.C}),
@@ -322,10 +327,9 @@ class GroupConv16BackpropInputOp : public GroupConv16Base {
               const int oh = num_h / g.s;
               if (oh >= g.OH) continue;
               for (int kw = 0; kw < g.k; ++kw) {
-                const int num_w = px + g.pl - kw;
-                // floor division; only exact multiples of s contribute
-                if (((num_w % g.s) + g.s) % g.s) continue;
-                const int ow0 = (num_w - (((num_w % g.s) + g.s) % g.s)) / g.s;
+                const int num_w = px + g.pl - kw;  // may be negative
+                if (num_w % g.s) continue;  // only exact multiples of s contribute
+                const int ow0 = num_w / g.s;    // exact, so truncation is right
                 offs[nt] = (oh * width + pad + ow0) * kG;
                 ws[nt] = wg + (kh * g.k + kw) * kG * kG;
                 ++nt;
@@ -342,7 +346,6 @@ class GroupConv16BackpropInputOp : public GroupConv16Base {
       }
     });
   }
-
 };
 
 // dW[t][i][0:16] += sum over output pixels of x(t, pixel)[i] * dy(pixel)[0:16] for
@@ -378,10 +381,8 @@ class GroupConv16BackpropFilterOp : public GroupConv16Base {
     const Tensor& sizes = ctx->input(1);
     const Tensor& dy = ctx->input(2);
     const Tensor& offset = ctx->input(3);
-    OP_REQUIRES(ctx, sizes.NumElements() == 4,
-                InvalidArgument("filter_sizes must have 4 elements"));
     TensorShape f_shape;
-    OP_REQUIRES_OK(ctx, tensorflow::TensorShapeUtils::MakeShape(sizes.vec<int32_t>().data(), 4, &f_shape));
+    OP_REQUIRES_OK(ctx, ShapeFromSizes(sizes, "filter_sizes", &f_shape));
     Geometry g;
     OP_REQUIRES_OK(ctx, MakeGeometry(x.shape(), f_shape, stride_, same_, &g));
     OP_REQUIRES(ctx, dy.shape() == TensorShape({g.N, g.OH, g.OW, g.C}),
@@ -395,7 +396,7 @@ class GroupConv16BackpropFilterOp : public GroupConv16Base {
     std::vector<float> packed(static_cast<size_t>(g.groups) * taps * kG * kG, 0.0f);
     const float* xd = x.flat<float>().data();
     const float* dyd = dy.flat<float>().data();
-    const int width = std::max((g.OW - 1) * g.s + g.k, g.W + g.pl);
+    const int width = g.PaddedWidth();
     constexpr int kRows = 4;  // output rows per pass over the taps (cache blocking)
     const int64_t cost = static_cast<int64_t>(g.N) * g.OH * g.OW * taps * kG * kG;
     // One unit per group: each owns its slice of the packed gradient, so no reduction.
@@ -439,7 +440,6 @@ class GroupConv16BackpropFilterOp : public GroupConv16Base {
                       packed.data() + ((static_cast<size_t>(gr) * taps + t) * kG + i) * kG,
                       sizeof(float) * kG);
   }
-
 };
 
 absl::Status ForwardShape(InferenceContext* c) {
