@@ -313,6 +313,11 @@ def target_rows(size, resolutions, train_times):
             if (res, 16, norm + "/tf-conv") in train_times and (res, 16, norm) in train_times:
                 add("G16 AVX2 kernels vs TF convs, %s, %d px" % (norm, res),
                     speed((res, 16, norm), (res, 16, norm + "/tf-conv")), 1.0)
+        for g in (1, 16):  # --compare-proxy: the fused proxy statistics vs TensorFlow ops
+            for norm in ("gn_pn", "ln_pn"):
+                if (res, g, norm + "/tf-proxy") in train_times and (res, g, norm) in train_times:
+                    add("fused proxy stats vs TF ops, G%d %s, %d px" % (g, norm, res),
+                        speed((res, g, norm), (res, g, norm + "/tf-proxy")), 1.0)
     native, half = models.SIZES[size][2], models.HALF_RESOLUTION[size]
     for key in train_times:
         half_key = (half,) + key[1:]
@@ -380,6 +385,10 @@ def main(argv=None):
                         help="also time each G16 model with conv_implementation='tensorflow' "
                              "(TensorFlow's convolutions instead of the AVX2 kernels; norm "
                              "shown as e.g. bn/tf-conv)")
+    parser.add_argument("--compare-proxy", action="store_true",
+                        help="also time each proxy-norm model with proxy_implementation="
+                             "'tensorflow' (the proxy statistics as TensorFlow ops instead of "
+                             "the fused CPU op; norm shown as e.g. ln_pn/tf-proxy)")
     parser.add_argument("--conv", action="store_true", help="only the convolution table")
     parser.add_argument("--norm-layers", action="store_true",
                         help="only the normalization table (ours vs the baseline)")
@@ -458,6 +467,9 @@ def main(argv=None):
                     if args.compare_conv and g == 16:  # the group size the kernels serve
                         built[(resolution, g, norm + "/tf-conv")] = models.EfficientNet(
                             size, group_size=g, norm=norm, conv_implementation="tensorflow")
+                    if args.compare_proxy and norm.endswith("_pn"):
+                        built[(resolution, g, norm + "/tf-proxy")] = models.EfficientNet(
+                            size, group_size=g, norm=norm, proxy_implementation="tensorflow")
         results, train_times = bench_models(built, args.batch, args)
         targets += target_rows(size, resolutions, train_times)
         for resolution in resolutions:

@@ -7,8 +7,9 @@ evaluation) and normalization happen inside. Class names are written to
 ``assets/labels.txt`` (one per line, in class-index order). Written with Keras'
 ``ExportArchive`` (Keras 3 and tf-keras >= 2.13), whose SavedModels also load in TF1-style
 sessions (``saved_model_cli run``, TensorFlow Serving). The graph holds only TensorFlow's own
-ops: it is traced under ``group_conv16.portable_kernels()``, so GroupConv2D layers running
-on this project's AVX2 kernels trace as ``tf.nn.conv2d`` on the same kernel.
+ops: it is traced under ``kernels.portable_kernels()``, so layers that run on this project's
+CPU kernels trace with TensorFlow ops instead: GroupConv2D as ``tf.nn.conv2d`` on the same
+kernel, ProxyNormActivation's statistics as their TensorFlow composition.
 """
 import os
 
@@ -16,7 +17,7 @@ from tensorflow import keras
 import tensorflow as tf
 
 from efficientnet_ipu import data
-from efficientnet_ipu.layers import group_conv16
+from efficientnet_ipu.layers import kernels
 
 
 def serving_fn(model, image_size):
@@ -51,7 +52,7 @@ def export_saved_model(model, root, version, image_size, class_names):
     if len(names) != num_classes:
         raise ValueError("class_names has %d names for %d classes" % (len(names), num_classes))
     path = os.path.join(root, str(int(version)))
-    with group_conv16.portable_kernels():
+    with kernels.portable_kernels():
         archive = keras.export.ExportArchive()
         archive.track(model)
         archive.add_endpoint(

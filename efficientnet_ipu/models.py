@@ -101,7 +101,8 @@ def EfficientNet(size="b0", group_size=1, expansion_ratio=None, norm="bn", norm_
                  activation="swish", proxy_params=True, input_shape=(None, None, 3),
                  include_preprocessing=True, mean=(0.485, 0.456, 0.406),
                  std=(0.229, 0.224, 0.225), classifier_activation=None, name=None,
-                 fold_proxy_norm=True, conv_implementation="auto"):
+                 fold_proxy_norm=True, conv_implementation="auto",
+                 proxy_implementation="auto"):
     """Build an EfficientNet as a functional ``keras.Model``.
 
     Args:
@@ -127,6 +128,9 @@ def EfficientNet(size="b0", group_size=1, expansion_ratio=None, norm="bn", norm_
         ``layers.conv.IMPLEMENTATIONS`` ("auto": this project's AVX2 kernels for G16 on
         CPU where they build, else TensorFlow's convolutions; "tensorflow": TensorFlow's
         only). The same function and weights whichever is used.
+      proxy_implementation: how proxy-norm statistics are computed, one of
+        ``layers.proxy_norm.IMPLEMENTATIONS`` ("auto": this project's fused CPU op on CPU
+        where it builds, else TensorFlow ops; "fused"; "tensorflow"). Same function.
 
     Returns:
       keras.Model: [N, H, W, 3] float -> [N, num_classes] float32.
@@ -139,6 +143,9 @@ def EfficientNet(size="b0", group_size=1, expansion_ratio=None, norm="bn", norm_
     if conv_implementation not in L.conv.IMPLEMENTATIONS:
         raise ValueError("conv_implementation must be one of %s, got %r"
                          % (L.conv.IMPLEMENTATIONS, conv_implementation))
+    if proxy_implementation not in L.proxy_norm.IMPLEMENTATIONS:
+        raise ValueError("proxy_implementation must be one of %s, got %r"
+                         % (L.proxy_norm.IMPLEMENTATIONS, proxy_implementation))
     if expansion_ratio is None:
         expansion_ratio = default_expansion_ratio(group_size)
     if not isinstance(num_classes, int) or num_classes < 1:
@@ -161,20 +168,23 @@ def EfficientNet(size="b0", group_size=1, expansion_ratio=None, norm="bn", norm_
                             use_bias=False, kernel_initializer=L.blocks.CONV_INITIALIZER,
                             name="stem_conv")(x)
     x = L.NormActivation(norm, norm_groups, activation, "normalize", proxy_params,
-                         prefix="stem_", name="stem_norm_act")(x)
+                         prefix="stem_", name="stem_norm_act",
+                         proxy_implementation=proxy_implementation)(x)
     blocks = block_args(size, expansion_ratio)
     for index, (block_name, args) in enumerate(blocks):
         x = L.MBConvBlock(group_size=group_size, norm=norm, norm_groups=norm_groups,
                           activation=activation, proxy_params=proxy_params,
                           fold_proxy_norm=fold_proxy_norm,
                           conv_implementation=conv_implementation,
+                          proxy_implementation=proxy_implementation,
                           drop_rate=drop_connect_rate * index / len(blocks),
                           name=block_name, **args)(x)
     x = keras.layers.Conv2D(round_filters(1280, width), 1, padding="same", use_bias=False,
                             kernel_initializer=L.blocks.CONV_INITIALIZER, name="top_conv")(x)
     # Before global pooling PN subtracts the proxy mean but drops the scale.
     x = L.NormActivation(norm, norm_groups, activation, "center", proxy_params,
-                         prefix="top_", name="top_norm_act")(x)
+                         prefix="top_", name="top_norm_act",
+                         proxy_implementation=proxy_implementation)(x)
     x = keras.layers.GlobalAveragePooling2D(name="avg_pool")(x)
     if dropout_rate > 0:
         x = keras.layers.Dropout(dropout_rate, name="top_dropout")(x)

@@ -60,12 +60,14 @@ def test_target_rows_from_interleaved_times():
         (native, 16, "ln_pn"): [1.1, 1.1, 1.1, 1.1],  # 10 % over GN
         (half, 16, "gn"): [0.5, 0.5, 0.5, 0.5],       # 2x faster at half resolution
         (native, 16, "gn/tf-conv"): [1.3, 1.3, 1.3, 1.3],  # --compare-conv: 1.3x slower
+        (native, 16, "ln_pn/tf-proxy"): [1.21, 1.21, 1.21, 1.21],  # --compare-proxy
     }
     rows = {r["target"]: r for r in benchmark.target_rows("b0", [native, half], times)}
     assert set(rows) == {"G1-BN vs keras B0, 224 px", "G16 vs G1, bn, 224 px",
                          "LN+PN cost over GN, G16, 224 px",
                          "half-res speed-up, G16-gn, 160 vs 224 px",
-                         "G16 AVX2 kernels vs TF convs, gn, 224 px"}
+                         "G16 AVX2 kernels vs TF convs, gn, 224 px",
+                         "fused proxy stats vs TF ops, G16 ln_pn, 224 px"}
     keras_row = rows["G1-BN vs keras B0, 224 px"]
     assert keras_row["value"] == pytest.approx(1.2) and keras_row["met"] == "yes"
     assert rows["G16 vs G1, bn, 224 px"]["met"] == "within noise"
@@ -76,6 +78,8 @@ def test_target_rows_from_interleaved_times():
     assert speedup["value"] == pytest.approx(2.0) and speedup["met"] == "yes"
     kernels = rows["G16 AVX2 kernels vs TF convs, gn, 224 px"]
     assert kernels["value"] == pytest.approx(1.3) and kernels["met"] == "yes"
+    fused = rows["fused proxy stats vs TF ops, G16 ln_pn, 224 px"]
+    assert fused["value"] == pytest.approx(1.1) and fused["met"] == "yes"
 
 
 def test_accuracy_csv_holds_paper_tables():

@@ -11,10 +11,10 @@ from tensorflow import keras
 from conftest import reference_group_conv
 from efficientnet_ipu import export, models
 from efficientnet_ipu import layers as L
-from efficientnet_ipu.layers import group_conv16
+from efficientnet_ipu.layers import group_conv16, kernels
 
 needs_kernels = pytest.mark.skipif(
-    not group_conv16.available(),
+    not kernels.available(),
     reason="needs an x86-64 CPU with AVX2+FMA and a C++ compiler (g++ or $CXX)")
 
 
@@ -102,7 +102,7 @@ def test_avx2_implementation_rejects_layers_it_does_not_compute():
 def test_auto_chooses_avx2_only_where_it_applies(monkeypatch):
     cpu_only = all(d.device_type == "CPU" for d in tf.config.list_physical_devices())
     choose = L.conv.choose_implementation
-    expected = "avx2" if cpu_only and group_conv16.available() else None
+    expected = "avx2" if cpu_only and kernels.available() else None
     if expected:
         assert choose(15, 16, 16, "float32") == "avx2"
         assert choose(48, 16, 16, "float32") == "avx2"
@@ -111,13 +111,13 @@ def test_auto_chooses_avx2_only_where_it_applies(monkeypatch):
     assert choose(6, 8, 8, "float32") != "avx2"
     # Without a compiler 'auto' keeps TensorFlow's convolutions (with a warning).
     monkeypatch.setenv("CXX", "/nonexistent/c++")
-    assert not group_conv16.available()
+    assert not kernels.available()
     assert choose(15, 16, 16, "float32") in ("split", "grouped")
 
 
 @needs_kernels
 def test_missing_compiler_is_a_clear_error_for_explicit_avx2(monkeypatch, tmp_path):
-    monkeypatch.setattr(group_conv16, "_library", None)
+    monkeypatch.setattr(kernels, "_library", None)
     monkeypatch.setenv("CXX", "/nonexistent/c++")
     with pytest.raises(RuntimeError, match="g\\+\\+"):
         L.GroupConv2D(32, 3, group_size=16, implementation="avx2")(tf.zeros([1, 4, 4, 32]))
@@ -142,7 +142,7 @@ def test_export_traces_tensorflow_ops_and_serves_the_same_function(tmp_path):
     expected = tf.nn.softmax(model(pixels, training=False))
     np.testing.assert_allclose(served["probabilities"].numpy(), expected.numpy(), atol=1e-5)
     # The layer still runs on the kernels after the export.
-    assert not group_conv16.portable()
+    assert not kernels.portable()
 
 
 def test_model_builder_selects_the_conv_implementation_same_function():
@@ -158,7 +158,7 @@ def test_model_builder_selects_the_conv_implementation_same_function():
                 if isinstance(layer, L.GroupConv2D)}
     assert implementations(portable) <= {"split", "grouped"}
     cpu_only = all(d.device_type == "CPU" for d in tf.config.list_physical_devices())
-    if cpu_only and group_conv16.available():
+    if cpu_only and kernels.available():
         assert implementations(auto) == {"avx2"}  # every B0-G16 group conv has 16 per group
     x = tf.constant(np.random.default_rng(4).uniform(0, 255, (2, 64, 64, 3)), tf.float32)
     np.testing.assert_allclose(auto(x, training=False).numpy(),

@@ -419,7 +419,7 @@ def test_auto_implementation_choice_and_equality(channels, group_size, expected)
     there, see conv.choose_implementation); the function is the same."""
     if any(d.device_type != "CPU" for d in tf.config.list_physical_devices()):
         expected = "grouped"
-    elif group_size == 16 and L.group_conv16.available():
+    elif group_size == 16 and L.kernels.available():
         expected = "avx2"
     x = tf.constant(np.random.default_rng(25).normal(size=(2, 8, 8, channels)).astype(np.float32))
     auto = L.GroupConv2D(channels, 3, group_size=group_size)

@@ -10,6 +10,7 @@ import tensorflow as tf
 
 from efficientnet_ipu.layers.conv import GroupConv2D
 from efficientnet_ipu.layers.norm import INSTANCE, BatchNormalization, GroupNormalization
+from efficientnet_ipu.layers import proxy_norm
 from efficientnet_ipu.layers.proxy_norm import Activation, ProxyNormActivation, get_activation
 
 NORM_BASES = ("bn", "gn", "ln", "in")
@@ -54,19 +55,27 @@ class NormActivation(keras.layers.Layer):
 
     Without proxy norm: norm (with its own affine) -> activation.
     With proxy norm: norm (no affine) -> ProxyNormActivation (owns the affine), in the
-    given PN ``mode`` (see ProxyNormActivation). Sublayers are named ``<prefix>bn`` and
-    ``<prefix>activation`` as keras.applications names them.
+    given PN ``mode`` (see ProxyNormActivation), its statistics computed by
+    ``proxy_implementation`` (``proxy_norm.IMPLEMENTATIONS``). Sublayers are named
+    ``<prefix>bn`` and ``<prefix>activation`` as keras.applications names them.
 
     Input [N, H, W, C]; output the same shape (a tuple with a [C] scale in mode "split";
     without proxy norm the "split" scale is None).
+
+    Raises: ValueError for an unknown norm, activation, mode or proxy_implementation.
     """
 
     def __init__(self, norm="bn", norm_groups=4, activation="swish", mode="normalize",
-                 proxy_params=True, prefix="", bn_name="bn", **kwargs):
+                 proxy_params=True, prefix="", bn_name="bn", proxy_implementation="auto",
+                 **kwargs):
         super().__init__(**kwargs)
         self.norm, self.norm_groups, self.activation = norm, norm_groups, activation
         self.mode, self.proxy_params, self.prefix, self.bn_name = (
             mode, proxy_params, prefix, bn_name)
+        if proxy_implementation not in proxy_norm.IMPLEMENTATIONS:
+            raise ValueError("proxy_implementation must be one of %s, got %r"
+                             % (proxy_norm.IMPLEMENTATIONS, proxy_implementation))
+        self.proxy_implementation = proxy_implementation
         _, self.use_pn = parse_norm(norm)
         get_activation(activation)
         affine = not self.use_pn
@@ -74,7 +83,8 @@ class NormActivation(keras.layers.Layer):
                                     scale=affine)
         if self.use_pn:
             self.act_layer = ProxyNormActivation(activation, proxy_params=proxy_params,
-                                                 mode=mode, name=prefix + "activation")
+                                                 mode=mode, name=prefix + "activation",
+                                                 implementation=proxy_implementation)
         else:
             self.act_layer = Activation(activation, name=prefix + "activation")
         self.fused = self.use_pn and isinstance(self.norm_layer, GroupNormalization)
@@ -121,7 +131,8 @@ class NormActivation(keras.layers.Layer):
         config.update(dict(norm=self.norm, norm_groups=self.norm_groups,
                            activation=self.activation, mode=self.mode,
                            proxy_params=self.proxy_params, prefix=self.prefix,
-                           bn_name=self.bn_name))
+                           bn_name=self.bn_name,
+                           proxy_implementation=self.proxy_implementation))
         return config
 
 
@@ -213,6 +224,10 @@ class MBConvBlock(keras.layers.Layer):
     remaining proxy means and scales are folded into the neighbouring linear layers
     (``call_proxy_folded``): the same function, fewer passes over the activations.
 
+    ``conv_implementation`` selects the GroupConv2D implementation
+    (``conv.IMPLEMENTATIONS``), ``proxy_implementation`` how the proxy statistics are
+    computed (``proxy_norm.IMPLEMENTATIONS``); neither changes the function.
+
     Input [N, H, W, filters_in]; output [N, ceil(H/s), ceil(W/s), filters_out].
     Sublayers carry keras.applications' names with the block's name as prefix, e.g.
     ``block2a_expand_conv``, ``block2a_dwconv`` (``block2a_gconv`` when group_size > 1),
@@ -225,7 +240,7 @@ class MBConvBlock(keras.layers.Layer):
     def __init__(self, filters_in, filters_out, kernel_size=3, strides=1, expand_ratio=6,
                  group_size=1, se_ratio=0.25, norm="bn", norm_groups=4, activation="swish",
                  drop_rate=0.0, proxy_params=True, fold_proxy_norm=True,
-                 conv_implementation="auto", **kwargs):
+                 conv_implementation="auto", proxy_implementation="auto", **kwargs):
         super().__init__(**kwargs)
         for field, value in (("filters_in", filters_in), ("filters_out", filters_out),
                              ("kernel_size", kernel_size), ("strides", strides),
@@ -242,7 +257,8 @@ class MBConvBlock(keras.layers.Layer):
             strides=strides, expand_ratio=expand_ratio, group_size=group_size,
             se_ratio=se_ratio, norm=norm, norm_groups=norm_groups, activation=activation,
             drop_rate=drop_rate, proxy_params=proxy_params, fold_proxy_norm=fold_proxy_norm,
-            conv_implementation=conv_implementation)
+            conv_implementation=conv_implementation,
+            proxy_implementation=proxy_implementation)
         _, use_pn = parse_norm(norm)
         prefix = self.name + "_"
         filters = filters_in * expand_ratio
@@ -253,13 +269,15 @@ class MBConvBlock(keras.layers.Layer):
                 kernel_initializer=CONV_INITIALIZER, name=prefix + "expand_conv")
             self.expand_norm_act = NormActivation(
                 norm, norm_groups, activation, "normalize", proxy_params,
-                prefix=prefix + "expand_", name=prefix + "expand_norm_act")
+                prefix=prefix + "expand_", name=prefix + "expand_norm_act",
+                proxy_implementation=proxy_implementation)
         self.group_conv = GroupConv2D(
             filters, kernel_size, strides=strides, group_size=group_size,
             implementation=conv_implementation,
             name=prefix + ("dwconv" if group_size == 1 else "gconv"))
         self.norm_act = NormActivation(norm, norm_groups, activation, "split", proxy_params,
-                                       prefix=prefix, name=prefix + "norm_act")
+                                       prefix=prefix, name=prefix + "norm_act",
+                                       proxy_implementation=proxy_implementation)
         self.se = SqueezeExcite(max(1, int(filters_in * se_ratio)), activation,
                                 name=prefix + "se")
         self.project_conv = keras.layers.Conv2D(

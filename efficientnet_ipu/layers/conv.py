@@ -10,7 +10,7 @@ from absl import logging
 from tensorflow import keras
 import tensorflow as tf
 
-from efficientnet_ipu.layers import group_conv16
+from efficientnet_ipu.layers import group_conv16, kernels
 
 IMPLEMENTATIONS = ("auto", "grouped", "split", "avx2", "tensorflow")
 
@@ -46,15 +46,15 @@ def choose_implementation(groups, group_size, filters_per_group=None, dtype="flo
     Whole B0-G16-GN training: 1.11x. GPUs, TPUs and IPUs run grouped convolutions
     natively, so a visible non-CPU device or an IPU/TPU strategy in scope keeps "grouped".
     """
-    if not _cpu_only():
+    if not kernels.cpu_only():
         return "grouped"
     if allow_avx2 and avx2_applies(group_size, filters_per_group, dtype):
-        if group_conv16.available():
+        if kernels.available():
             return "avx2"
         _warn_once("GroupConv2D: this CPU or machine cannot build the AVX2 group-convolution "
                    "kernels (AVX2+FMA: %s, C++ compiler: %s), so implementation='auto' uses "
                    "TensorFlow's convolutions, which are slower here"
-                   % (group_conv16.cpu_supported(), group_conv16.compiler()))
+                   % (kernels.cpu_supported(), kernels.compiler()))
     if group_size < 8 or groups > 16:
         return "grouped"
     return "split"
@@ -67,16 +67,6 @@ def _warn_once(message):
     if message not in _warned:
         _warned.add(message)
         logging.warning(message)
-
-
-def _cpu_only():
-    """True unless a non-CPU device is visible or an IPU/TPU strategy is in scope."""
-    if any(d.device_type != "CPU" for d in tf.config.list_physical_devices()):
-        return False
-    if tf.distribute.has_strategy():
-        name = type(tf.distribute.get_strategy()).__name__
-        return "IPU" not in name and "TPU" not in name
-    return True
 
 
 def check_grouped_conv_gradient_support():
@@ -151,14 +141,14 @@ class GroupConv2D(keras.layers.Layer):
     for 16 input and 16 output channels per group, float32, compiled on first use),
     "auto" (default: ``choose_implementation``) or "tensorflow" (auto's choice among
     "grouped" and "split" only: TensorFlow's own ops). All compute the same function with the
-    same kernel. Under ``group_conv16.portable_kernels()`` (SavedModel export) "avx2"
+    same kernel. Under ``kernels.portable_kernels()`` (SavedModel export) "avx2"
     traces as "grouped".
 
     Raises:
       ValueError: bad ``filters``/``kernel_size``/``strides``/``group_size``/``padding``/
         ``implementation``, or (at build time) ``filters`` not divisible by the groups.
       RuntimeError: (at build time) "grouped" on a CPU whose oneDNN kernels are off;
-        "avx2" where its kernels cannot be built (see ``group_conv16.load``).
+        "avx2" where its kernels cannot be built (see ``kernels.load``).
     """
 
     def __init__(self, filters, kernel_size, strides=1, group_size=16, padding="same",
@@ -214,7 +204,8 @@ class GroupConv2D(keras.layers.Layer):
                     "use 'grouped', 'split' or 'auto'" % (self.resolved_group_size,
                                                           filters_per_group,
                                                           self.compute_dtype))
-            group_conv16.load()  # compile now: a failure shows before any training
+            kernels.load("GroupConv2D implementation='avx2'",
+                         "implementation='grouped' or 'split'")  # compile now: a failure shows before any training
         if (self.groups > 1 and not self.depthwise
                 and self.resolved_implementation == "grouped"):
             check_grouped_conv_gradient_support()
@@ -251,7 +242,7 @@ class GroupConv2D(keras.layers.Layer):
         kernel = self.kernel if input_scale is None else self.scaled_kernel(input_scale)
         kernel = tf.cast(kernel, inputs.dtype)
         strides = [1, self.strides, self.strides, 1]
-        use_avx2 = self.resolved_implementation == "avx2" and not group_conv16.portable()
+        use_avx2 = self.resolved_implementation == "avx2" and not kernels.portable()
         if input_offset is not None and not use_avx2:
             inputs = inputs + tf.cast(input_offset, inputs.dtype)
         if self.depthwise:

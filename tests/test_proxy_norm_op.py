@@ -1,0 +1,171 @@
+"""The fused proxy-statistics op (layers/proxy_norm.py, csrc/proxy_norm.cc): equal to the
+TensorFlow composition in value and gradient, chosen by ProxyNormActivation where it
+applies, validated, and kept out of exported SavedModels."""
+import os
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from tensorflow import keras
+
+from efficientnet_ipu import config as config_lib
+from efficientnet_ipu import export, models
+from efficientnet_ipu import layers as L
+from efficientnet_ipu.layers import kernels, proxy_norm
+
+needs_kernels = pytest.mark.skipif(
+    not kernels.available(),
+    reason="needs an x86-64 CPU with AVX2+FMA and a C++ compiler (g++ or $CXX)")
+CPU_ONLY = all(d.device_type == "CPU" for d in tf.config.list_physical_devices())
+
+
+def perturbed_layer(activation, num_samples, channels, seed, **kwargs):
+    """A built ProxyNormActivation whose four parameters are moved away from their
+    initial values (so every term of the gradient is exercised)."""
+    rng = np.random.default_rng(seed)
+    layer = L.ProxyNormActivation(activation, num_proxy_samples=num_samples, **kwargs)
+    layer.build((None, 4, 4, channels))
+    for weight, spread in zip(layer.weights, (0.5, 1.0, 0.3, 0.3)):
+        weight.assign(weight.numpy() + spread * rng.normal(size=channels).astype(np.float32))
+    return layer
+
+
+@needs_kernels
+@pytest.mark.parametrize("activation", ["swish", "relu", "gelu", "linear"])
+@pytest.mark.parametrize("num_samples", [200, 13])   # 13: not a multiple of 8 (masked tail)
+def test_fused_statistics_equal_tensorflow_and_gradients(activation, num_samples):
+    layer = perturbed_layer(activation, num_samples, 37, seed=num_samples,
+                            implementation="tensorflow")
+    rng = np.random.default_rng(1)
+    weigh_mean, weigh_scale = (tf.constant(rng.normal(size=37).astype(np.float32))
+                               for _ in range(2))
+
+    def run(fused):
+        with tf.GradientTape() as tape:
+            if fused:
+                mean, scale = proxy_norm.fused_proxy_mean_scale(
+                    layer.gamma, layer.beta, layer.proxy_gamma, layer.proxy_beta,
+                    tf.constant(layer.quantiles), activation, layer.proxy_epsilon)
+            else:
+                mean, scale = layer.proxy_mean_scale()
+            loss = tf.reduce_sum(mean * weigh_mean) + tf.reduce_sum(scale * weigh_scale)
+        return [mean, scale] + tape.gradient(loss, layer.weights)
+
+    names = ["mean", "scale", "d gamma", "d beta", "d proxy_gamma", "d proxy_beta"]
+    for name, ours, reference in zip(names, run(True), run(False)):
+        reference = reference.numpy()
+        assert np.abs(reference).max() > 1e-3, name   # the check is not vacuous
+        np.testing.assert_allclose(ours.numpy(), reference, rtol=2e-5,
+                                   atol=2e-5 * np.abs(reference).max(), err_msg=name)
+
+
+@needs_kernels
+@pytest.mark.parametrize("mode,proxy_params", [("normalize", True), ("split", False),
+                                               ("center", True)])
+def test_layer_in_graph_mode_same_function_either_implementation(mode, proxy_params):
+    fused = perturbed_layer("swish", 200, 24, seed=5, mode=mode, proxy_params=proxy_params,
+                            implementation="fused")
+    plain = L.ProxyNormActivation("swish", mode=mode, proxy_params=proxy_params,
+                                  implementation="tensorflow")
+    plain.build((None, 4, 4, 24))
+    plain.set_weights(fused.get_weights())
+    assert fused.resolved_implementation == "fused"
+    x = tf.constant(np.random.default_rng(6).normal(size=(3, 4, 4, 24)).astype(np.float32))
+
+    @tf.function
+    def step(layer):
+        with tf.GradientTape() as tape:
+            out = layer(x)
+            out = out[0] * out[1] if mode == "split" else out
+            loss = tf.reduce_sum(out * tf.sin(x))
+        return out, tape.gradient(loss, layer.trainable_weights)
+
+    out_fused, grads_fused = step(fused)
+    out_plain, grads_plain = step(plain)
+    np.testing.assert_allclose(out_fused.numpy(), out_plain.numpy(), rtol=1e-5, atol=1e-5)
+    assert len(grads_fused) == (4 if proxy_params else 2)
+    for ours, reference in zip(grads_fused, grads_plain):
+        np.testing.assert_allclose(ours.numpy(), reference.numpy(), rtol=1e-4, atol=1e-4)
+
+
+@needs_kernels
+def test_fused_op_rejects_bad_shapes_and_activations():
+    c = tf.ones([8])
+    with pytest.raises(tf.errors.InvalidArgumentError, match="vector of 8 channels"):
+        proxy_norm.fused_proxy_mean_scale(c, c, c, tf.ones([7]), tf.ones([20]), "swish", 0.03)
+    with pytest.raises(tf.errors.InvalidArgumentError, match="at least 2"):
+        proxy_norm.fused_proxy_mean_scale(c, c, c, c, tf.ones([1]), "swish", 0.03)
+    with pytest.raises(ValueError, match="fused proxy statistics compute"):
+        proxy_norm.fused_proxy_mean_scale(c, c, c, c, tf.ones([20]), "tanh", 0.03)
+
+
+def test_auto_choice_bad_values_and_missing_compiler(monkeypatch):
+    with pytest.raises(ValueError, match="implementation must be one of"):
+        L.ProxyNormActivation(implementation="fast")
+    with pytest.raises(ValueError, match="proxy_implementation must be one of"):
+        L.NormActivation("gn", proxy_implementation="fast")
+    with pytest.raises(ValueError, match="proxy_implementation must be one of"):
+        models.EfficientNet("b0", norm="ln_pn", proxy_implementation="fast")
+    config = config_lib.base_config()
+    config.model.proxy_implementation = "fast"
+    with pytest.raises(ValueError, match="config.model.proxy_implementation must be one of"):
+        config_lib.validate(config)
+    expected = "fused" if CPU_ONLY and kernels.available() else "tensorflow"
+    assert proxy_norm.choose_implementation() == expected
+    # Without a compiler "auto" keeps TensorFlow ops (with a warning), and an explicit
+    # "fused" is a clear error when the layer is built, before any training.
+    monkeypatch.setattr(kernels, "_library", None)
+    monkeypatch.setenv("CXX", "/nonexistent/c++")
+    assert proxy_norm.choose_implementation() == "tensorflow"
+    layer = L.ProxyNormActivation()
+    layer.build((None, 2, 2, 8))
+    assert layer.resolved_implementation == "tensorflow"
+    if kernels.cpu_supported():
+        with pytest.raises(RuntimeError, match="ProxyNormActivation implementation='fused'"):
+            L.ProxyNormActivation(implementation="fused").build((None, 2, 2, 8))
+
+
+@needs_kernels
+def test_model_same_function_export_portable(tmp_path):
+    """B0-G4-LN+PN (TensorFlow's convolutions, so only the proxy op is ours) with the fused
+    statistics equals the TensorFlow composition in output and gradients; its SavedModel
+    holds no custom op and serves the same probabilities."""
+    kwargs = dict(group_size=4, norm="ln_pn", num_classes=10, dropout_rate=0.0,
+                  drop_connect_rate=0.0)   # deterministic training step
+    fused = models.EfficientNet("b0", **kwargs)
+    plain = models.EfficientNet("b0", proxy_implementation="tensorflow", **kwargs)
+    plain.set_weights(fused.get_weights())
+
+    def implementations(model):
+        return {layer.resolved_implementation for layer in models.iter_layers(model)
+                if isinstance(layer, L.ProxyNormActivation)}
+    assert implementations(plain) == {"tensorflow"}
+    if CPU_ONLY:
+        assert implementations(fused) == {"fused"}
+    x = tf.constant(np.random.default_rng(8).uniform(0, 255, (2, 48, 48, 3)), tf.float32)
+    labels = tf.constant([3, 7])
+
+    def loss_and_grads(model):
+        with tf.GradientTape() as tape:
+            loss = tf.reduce_mean(keras.losses.sparse_categorical_crossentropy(
+                labels, model(x, training=True), from_logits=True))
+        return loss, tape.gradient(loss, model.trainable_weights)
+
+    loss_fused, grads_fused = loss_and_grads(fused)
+    loss_plain, grads_plain = loss_and_grads(plain)
+    np.testing.assert_allclose(loss_fused.numpy(), loss_plain.numpy(), rtol=1e-4)
+    proxy_grads = 0
+    for weight, ours, reference in zip(fused.trainable_weights, grads_fused, grads_plain):
+        scale = np.abs(reference.numpy()).max() + 1e-6
+        np.testing.assert_allclose(ours.numpy(), reference.numpy(), rtol=1e-3,
+                                   atol=1e-3 * scale, err_msg=weight.path)
+        proxy_grads += "proxy_gamma" in weight.path
+    assert proxy_grads == 33   # stem, block1a (no expand), 15 blocks x 2, top: all checked
+    path = export.export_saved_model(fused, str(tmp_path), 1, 48, [])
+    with open(os.path.join(path, "saved_model.pb"), "rb") as f:
+        assert b"EfficientnetIpu" not in f.read()
+    images = tf.constant(np.random.default_rng(9).integers(0, 256, (2, 48, 48, 3)), tf.uint8)
+    served = tf.saved_model.load(path).signatures["serving_default"](images=images)
+    expected = tf.nn.softmax(fused(export.data.resize_and_center_crop(images, 48),
+                                   training=False))
+    np.testing.assert_allclose(served["probabilities"].numpy(), expected.numpy(), atol=1e-5)
