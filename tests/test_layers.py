@@ -327,16 +327,25 @@ def test_group_norm_offset_equals_normalizing_shifted_input(groups):
                                norm(x - offset[:, None, None, :]).numpy(), rtol=1e-4, atol=1e-4)
 
 
-@pytest.mark.parametrize("group_size,channels,implementation", [
-    (1, 32, "grouped"), (4, 40, "grouped"), (16, 48, "grouped"), (16, 48, "split"),
-    (48, 48, "grouped")])
-def test_group_conv_input_scale_equals_scaling_the_input(group_size, channels, implementation):
+@pytest.mark.parametrize("group_size,channels,filters,implementation", [
+    (1, 32, 32, "grouped"), (4, 40, 40, "grouped"), (16, 48, 48, "grouped"),
+    (16, 48, 48, "split"), (48, 48, 48, "grouped"),
+    (8, 32, 96, "grouped")])   # 12 filters per group: a channel multiplier of 1.5
+def test_group_conv_input_scale_equals_scaling_the_input(group_size, channels, filters,
+                                                         implementation):
     rng = np.random.default_rng(22)
     x = tf.constant(rng.normal(size=(2, 9, 9, channels)).astype(np.float32))
     scale = tf.constant(rng.uniform(0.2, 3.0, channels).astype(np.float32))
-    layer = L.GroupConv2D(channels, 3, group_size=group_size, implementation=implementation)
+    layer = L.GroupConv2D(filters, 3, group_size=group_size, implementation=implementation)
     np.testing.assert_allclose(layer(x, input_scale=scale).numpy(), layer(x * scale).numpy(),
                                rtol=1e-4, atol=1e-4)
+    # The gradient with respect to the scale, too (MBConv folding trains through it).
+    with tf.GradientTape(persistent=True) as tape:
+        tape.watch(scale)
+        folded = tf.reduce_sum(tf.sin(layer(x, input_scale=scale)))
+        scaled = tf.reduce_sum(tf.sin(layer(x * scale)))
+    np.testing.assert_allclose(tape.gradient(folded, scale).numpy(),
+                               tape.gradient(scaled, scale).numpy(), rtol=1e-3, atol=1e-3)
 
 
 @pytest.mark.parametrize("norm", ["ln_pn", "gn_pn", "in_pn"])
