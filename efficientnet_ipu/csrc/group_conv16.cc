@@ -13,7 +13,7 @@
 // stays zero), so that a per-channel shift before the convolution (the proxy-norm mean of
 // paper 002 eq. 7) costs no pass of its own. Padding "SAME" or "VALID"
 // with TensorFlow's rule (SAME: pad_before = pad_total / 2), square stride s >= 1.
-// Loaded by efficientnet_ipu/layers/group_conv16.py, which compiles this file.
+// Compiled and loaded by efficientnet_ipu/layers/kernels.py.
 
 #include <immintrin.h>
 
