@@ -6,7 +6,6 @@ no grouped Conv2D at all, so this layer calls ``tf.nn.conv2d`` on a grouped kern
 (``tf.nn.depthwise_conv2d`` when the group size is 1), or, for 16-channel groups on an
 AVX2 CPU, this project's own kernels (``group_conv16``).
 """
-from absl import logging
 from tensorflow import keras
 import tensorflow as tf
 
@@ -51,22 +50,14 @@ def choose_implementation(groups, group_size, filters_per_group=None, dtype="flo
     if allow_avx2 and avx2_applies(group_size, filters_per_group, dtype):
         if kernels.available():
             return "avx2"
-        _warn_once("GroupConv2D: this CPU or machine cannot build the AVX2 group-convolution "
-                   "kernels (AVX2+FMA: %s, C++ compiler: %s), so implementation='auto' uses "
-                   "TensorFlow's convolutions, which are slower here"
-                   % (kernels.cpu_supported(), kernels.compiler()))
+        kernels.warn_once(
+            "GroupConv2D: this CPU or machine cannot build the AVX2 group-convolution "
+            "kernels (AVX2+FMA: %s, C++ compiler: %s), so implementation='auto' uses "
+            "TensorFlow's convolutions, which are slower here"
+            % (kernels.cpu_supported(), kernels.compiler()))
     if group_size < 8 or groups > 16:
         return "grouped"
     return "split"
-
-
-_warned = set()
-
-
-def _warn_once(message):
-    if message not in _warned:
-        _warned.add(message)
-        logging.warning(message)
 
 
 def check_grouped_conv_gradient_support():
@@ -204,8 +195,9 @@ class GroupConv2D(keras.layers.Layer):
                     "use 'grouped', 'split' or 'auto'" % (self.resolved_group_size,
                                                           filters_per_group,
                                                           self.compute_dtype))
+            # Compile now, so that a failure shows before any training.
             kernels.load("GroupConv2D implementation='avx2'",
-                         "implementation='grouped' or 'split'")  # compile now: a failure shows before any training
+                         "implementation='grouped' or 'split'")
         if (self.groups > 1 and not self.depthwise
                 and self.resolved_implementation == "grouped"):
             check_grouped_conv_gradient_support()

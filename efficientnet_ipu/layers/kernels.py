@@ -26,6 +26,7 @@ import subprocess
 import tempfile
 import threading
 
+from absl import logging
 import tensorflow as tf
 
 CSRC = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "csrc")
@@ -35,6 +36,7 @@ FLAGS = ["-std=c++17", "-O3", "-mavx2", "-mfma", "-fPIC", "-shared", "-w"]
 _lock = threading.Lock()
 _library = None
 _portable = threading.local()
+_warned = set()
 
 
 def cpu_supported():
@@ -148,3 +150,11 @@ def cpu_only():
         name = type(tf.distribute.get_strategy()).__name__
         return "IPU" not in name and "TPU" not in name
     return True
+
+
+def warn_once(message):
+    """Log ``message`` as a warning the first time it is given in this process (for
+    "auto" implementations that cannot use these kernels)."""
+    if message not in _warned:
+        _warned.add(message)
+        logging.warning(message)

@@ -20,7 +20,6 @@ parameters in [-0.2, 0.2] the worst errors are 1.3e-3 (mean) and 3.5e-3 (varianc
 """
 from statistics import NormalDist
 
-from absl import logging
 from tensorflow import keras
 import numpy as np
 import tensorflow as tf
@@ -126,20 +125,11 @@ def choose_implementation():
         return "tensorflow"
     if kernels.available():
         return "fused"
-    _warn_once("ProxyNormActivation: this CPU or machine cannot build the fused proxy-"
-               "statistics op (AVX2+FMA: %s, C++ compiler: %s), so implementation='auto' uses "
-               "TensorFlow ops, which are slower here"
-               % (kernels.cpu_supported(), kernels.compiler()))
+    kernels.warn_once(
+        "ProxyNormActivation: this CPU or machine cannot build the fused proxy-statistics "
+        "op (AVX2+FMA: %s, C++ compiler: %s), so implementation='auto' uses TensorFlow ops, "
+        "which are slower here" % (kernels.cpu_supported(), kernels.compiler()))
     return "tensorflow"
-
-
-_warned = set()
-
-
-def _warn_once(message):
-    if message not in _warned:
-        _warned.add(message)
-        logging.warning(message)
 
 
 def fused_proxy_mean_scale(gamma, beta, proxy_gamma, proxy_beta, quantiles, activation,
