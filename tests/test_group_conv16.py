@@ -27,6 +27,7 @@ needs_kernels = pytest.mark.skipif(
     ((2, 10, 7, 32), 3, 1, "VALID"),
     ((2, 11, 10, 32), 5, 2, "VALID"),
     ((1, 14, 13, 16), 3, 3, "SAME"),     # one group, stride 3
+    ((1, 18, 17, 16), 5, 1, "SAME"),     # kernel gradient: five passes of 4 output rows
     ((2, 1, 1, 32), 3, 1, "SAME"),       # only the centre tap
     ((2, 2, 3, 32), 5, 2, "SAME"),
 ])

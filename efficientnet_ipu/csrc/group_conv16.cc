@@ -348,21 +348,28 @@ class GroupConv16BackpropInputOp : public GroupConv16Base {
   }
 };
 
-// dW[t][i][0:16] += sum over output pixels of x(t, pixel)[i] * dy(pixel)[0:16] for
-// i in [i0, i0 + IB); x(t, pixel q) = x + q * xs, dy pixel q = dy + q * 16.
+// dW[t][i][0:16] += sum over rows y < rows and pixels q < count of x(y, q)[i] * dy(y, q)[0:16]
+// for i in [i0, i0 + IB); x(y, q) = x + y * xrs + q * xs, dy(y, q) = dy + y * drs + q * 16.
+// Summing several rows per call keeps the accumulators in registers for longer, which
+// matters for the small images of the late stages (5x5 or 7x7 pixels).
 template <int IB>
-inline void WeightBlock(const float* x, int xs, const float* dy, int count, float* dw) {
+inline void WeightBlock(const float* x, int xs, int64_t xrs, const float* dy, int64_t drs,
+                        int rows, int count, float* dw) {
   __m256 a0[IB], a1[IB];
 #pragma GCC unroll 8
   for (int i = 0; i < IB; ++i) a0[i] = a1[i] = _mm256_setzero_ps();
-  for (int q = 0; q < count; ++q) {
-    const __m256 d0 = _mm256_loadu_ps(dy + q * kG);
-    const __m256 d1 = _mm256_loadu_ps(dy + q * kG + 8);
+  for (int y = 0; y < rows; ++y) {
+    const float* xy = x + y * xrs;
+    const float* dyy = dy + y * drs;
+    for (int q = 0; q < count; ++q) {
+      const __m256 d0 = _mm256_loadu_ps(dyy + q * kG);
+      const __m256 d1 = _mm256_loadu_ps(dyy + q * kG + 8);
 #pragma GCC unroll 8
-    for (int i = 0; i < IB; ++i) {
-      const __m256 b = _mm256_broadcast_ss(x + q * xs + i);
-      a0[i] = _mm256_fmadd_ps(b, d0, a0[i]);
-      a1[i] = _mm256_fmadd_ps(b, d1, a1[i]);
+      for (int i = 0; i < IB; ++i) {
+        const __m256 b = _mm256_broadcast_ss(xy + q * xs + i);
+        a0[i] = _mm256_fmadd_ps(b, d0, a0[i]);
+        a1[i] = _mm256_fmadd_ps(b, d1, a1[i]);
+      }
     }
   }
 #pragma GCC unroll 8
@@ -397,7 +404,9 @@ class GroupConv16BackpropFilterOp : public GroupConv16Base {
     const float* xd = x.flat<float>().data();
     const float* dyd = dy.flat<float>().data();
     const int width = g.PaddedWidth();
-    constexpr int kRows = 4;  // output rows per pass over the taps (cache blocking)
+    // Output rows per pass over the taps: cache blocking, and at least ~64 output pixels
+    // per pass so that small images sum many pixels per accumulator load and store.
+    const int rows_per_pass = std::max(4, (64 + g.OW - 1) / g.OW);
     const int64_t cost = static_cast<int64_t>(g.N) * g.OH * g.OW * taps * kG * kG;
     // One unit per group: each owns its slice of the packed gradient, so no reduction.
     ParallelFor(ctx, g.groups, cost, [&](int64_t b, int64_t e) {
@@ -410,22 +419,26 @@ class GroupConv16BackpropFilterOp : public GroupConv16Base {
                        g.pl, width, od + gr * kG, plane.data());
           LazyPlane out(dyd + static_cast<int64_t>(n) * g.OH * g.OW * g.C, g.OH, g.OW, g.C,
                         gr, 0, g.OW, nullptr, dplane.data());
-          for (int oh0 = 0; oh0 < g.OH; oh0 += kRows) {
-            const int oh1 = std::min(g.OH, oh0 + kRows);
+          for (int oh0 = 0; oh0 < g.OH; oh0 += rows_per_pass) {
+            const int oh1 = std::min(g.OH, oh0 + rows_per_pass);
             in.CopyUpTo((oh1 - 1) * g.s - g.pt + g.k);
             out.CopyUpTo(oh1);
             for (int kh = 0; kh < g.k; ++kh) {
+              // Output rows oh in [lo, hi) read input row ih = oh * s + kh - pt in [0, H).
+              int lo = oh0, hi = oh1;
+              while (lo < hi && lo * g.s + kh - g.pt < 0) ++lo;
+              while (hi > lo && (hi - 1) * g.s + kh - g.pt >= g.H) --hi;
+              if (lo == hi) continue;
+              const int64_t xrs = static_cast<int64_t>(g.s) * width * kG;
+              const int64_t drs = static_cast<int64_t>(g.OW) * kG;
+              const float* dr = dplane.data() + static_cast<int64_t>(lo) * drs;
               for (int kw = 0; kw < g.k; ++kw) {
                 float* dwt = dwg + (kh * g.k + kw) * kG * kG;
-                for (int oh = oh0; oh < oh1; ++oh) {
-                  const int ih = oh * g.s + kh - g.pt;
-                  if (ih < 0 || ih >= g.H) continue;
-                  const float* xr = plane.data() + (ih * width + kw) * kG;
-                  const float* dr = dplane.data() + static_cast<int64_t>(oh) * g.OW * kG;
-                  WeightBlock<6>(xr, g.s * kG, dr, g.OW, dwt);
-                  WeightBlock<6>(xr + 6, g.s * kG, dr, g.OW, dwt + 6 * kG);
-                  WeightBlock<4>(xr + 12, g.s * kG, dr, g.OW, dwt + 12 * kG);
-                }
+                const float* xr =
+                    plane.data() + (static_cast<int64_t>(lo * g.s + kh - g.pt) * width + kw) * kG;
+                WeightBlock<6>(xr, g.s * kG, xrs, dr, drs, hi - lo, g.OW, dwt);
+                WeightBlock<6>(xr + 6, g.s * kG, xrs, dr, drs, hi - lo, g.OW, dwt + 6 * kG);
+                WeightBlock<4>(xr + 12, g.s * kG, xrs, dr, drs, hi - lo, g.OW, dwt + 12 * kG);
               }
             }
           }
