@@ -23,6 +23,7 @@ the ratio of two entries timed in the same round, with its interquartile range, 
 """
 import argparse
 import csv
+import math
 import os
 import sys
 import time
@@ -48,15 +49,19 @@ def interleaved_times(fns, rounds, warmup):
     """Wall times (s, one per round) of each zero-argument callable in ``fns`` (a dict),
     timed in ``rounds`` interleaved rounds (one call of each per round, after ``warmup``
     untimed calls each), so that changes in machine load affect every entry alike and
-    the times of one round can be compared pairwise (``paired_ratio``)."""
+    the times of one round can be compared pairwise (``paired_ratio``). Round i starts
+    at entry i mod len(fns) (a rotation), so that no entry always runs first or always
+    after the same neighbour."""
     for fn in fns.values():
         for _ in range(warmup):
             fn()
-    times = {name: [] for name in fns}
-    for _ in range(rounds):
-        for name, fn in fns.items():
+    names = list(fns)
+    times = {name: [] for name in names}
+    for i in range(rounds):
+        start = i % len(names)
+        for name in names[start:] + names[:start]:
             tic = time.perf_counter()
-            fn()
+            fns[name]()
             times[name].append(time.perf_counter() - tic)
     return times
 
@@ -67,13 +72,36 @@ def interleaved_medians(fns, rounds, warmup):
             for name, t in interleaved_times(fns, rounds, warmup).items()}
 
 
+def median_ci(values, confidence=0.95):
+    """Distribution-free confidence interval (low, high) of the median of ``values``: the
+    order statistics x_(j) <= x_(n+1-j) with the largest j such that
+    P(j <= B < n + 1 - j) >= ``confidence`` for B ~ Binomial(n, 1/2) (the sign-test
+    interval; e.g. Conover, Practical Nonparametric Statistics, sec. 3.2). With fewer than
+    6 values no interval reaches 95 %, and (min, max) is returned."""
+    x = np.sort(np.asarray(values, np.float64))
+    n = len(x)
+    if n == 0:
+        raise ValueError("median_ci needs at least one value")
+    cdf, j = 0.0, 0  # cdf = P(B < j + 1)
+    while j + 1 <= n // 2:
+        cdf_next = cdf + math.comb(n, j) / 2.0 ** n
+        if 1 - 2 * cdf_next < confidence:
+            break
+        cdf, j = cdf_next, j + 1
+    j = max(j, 1)
+    return float(x[j - 1]), float(x[n - j])
+
+
 def paired_ratio(numerator, denominator):
-    """(median, 25th, 75th percentile) over rounds of numerator[i] / denominator[i], for
-    two lists of per-round times from the same ``interleaved_times`` call. A speed ratio
-    of A over B is ``paired_ratio(times_B, times_A)``. Pairing by round cancels the load
-    drift that both entries of a round share, so the spread reflects the noise left."""
+    """(median, 25th, 75th percentile, 95 % CI low, CI high) over rounds of
+    numerator[i] / denominator[i], for two lists of per-round times from the same
+    ``interleaved_times`` call. A speed ratio of A over B is
+    ``paired_ratio(times_B, times_A)``. Pairing by round cancels the load drift that both
+    entries of a round share; the quartiles show the noise left in single rounds, and
+    the confidence interval (``median_ci``) how well the rounds pin down the median."""
     ratios = np.asarray(numerator, np.float64) / np.asarray(denominator, np.float64)
-    return tuple(float(v) for v in np.percentile(ratios, [50, 25, 75]))
+    return (tuple(float(v) for v in np.percentile(ratios, [50, 25, 75]))
+            + median_ci(ratios))
 
 
 def conv_fwd_bwd_step(layer, shape):
@@ -103,7 +131,8 @@ def conv_table(steps, warmup, shape=CONV_SHAPE):
     timed in the same interleaved rounds; the first row (dense) is the peak GFLOP/s.
 
     Each row: case, ms (median), gflops (at the median), of_dense (median over rounds of
-    its GFLOP/s over dense's in the same round) and of_dense_iqr (25th, 75th percentile)."""
+    its GFLOP/s over dense's in the same round), of_dense_iqr (25th, 75th percentile) and
+    of_dense_ci (95 % confidence interval of the median, ``median_ci``)."""
     c = shape[-1]
     cases = [
         ("dense Conv2D", keras.layers.Conv2D(c, 3, padding="same", use_bias=False)),
@@ -127,7 +156,8 @@ def conv_table(steps, warmup, shape=CONV_SHAPE):
         of_dense = [r * flop_ratio for r in paired_ratio(times[dense_name], times[name])]
         rows.append(dict(case=name, ms=1e3 * seconds,
                          gflops=3 * 2 * conv_macs(layer, shape) / seconds / 1e9,
-                         of_dense=of_dense[0], of_dense_iqr=tuple(of_dense[1:])))
+                         of_dense=of_dense[0], of_dense_iqr=tuple(of_dense[1:3]),
+                         of_dense_ci=tuple(of_dense[3:])))
     return rows
 
 
@@ -257,15 +287,17 @@ def bench_models(models_by_name, batch, args):
 
 
 def _target(target, stats, goal, at_most=False):
-    """One targets-table row from (median, q25, q75): met is "yes" when even the worse
-    quartile meets the goal, "no" when even the better one misses it, else "within
-    noise". Costs (``at_most``) must be at most the goal, speeds at least."""
-    value, q25, q75 = stats
+    """One targets-table row from (median, q25, q75, ci_low, ci_high) (``paired_ratio``):
+    met is "yes" when the whole 95 % confidence interval of the median meets the goal,
+    "no" when the whole interval misses it, else "within noise". Costs (``at_most``) must
+    be at most the goal, speeds at least. The quartiles are reported as the spread of
+    single rounds."""
+    value, q25, q75, low, high = stats
     if at_most:
-        met = "yes" if q75 <= goal else "no" if q25 > goal else "within noise"
+        met = "yes" if high <= goal else "no" if low > goal else "within noise"
     else:
-        met = "yes" if q25 >= goal else "no" if q75 < goal else "within noise"
-    return dict(target=target, value=value, q25=q25, q75=q75,
+        met = "yes" if low >= goal else "no" if high < goal else "within noise"
+    return dict(target=target, value=value, q25=q25, q75=q75, ci_low=low, ci_high=high,
                 goal=("<= " if at_most else ">= ") + "%g" % goal, met=met)
 
 
@@ -273,7 +305,8 @@ def conv_target_rows(conv_rows):
     """The GroupConv2D G16 target (>= 75 % of the dense conv's GFLOP/s), one row per G16
     implementation of ``conv_table``'s rows (see ``_target`` for the row's fields)."""
     return [_target("%s vs dense conv, GFLOP/s" % row["case"],
-                    (row["of_dense"],) + tuple(row["of_dense_iqr"]), 0.75)
+                    (row["of_dense"],) + tuple(row["of_dense_iqr"]) + tuple(row["of_dense_ci"]),
+                    0.75)
             for row in conv_rows[1:] if "G16" in row["case"]]
 
 
@@ -287,7 +320,7 @@ def target_rows(size, resolutions, train_times):
 
     Returns:
       list of dicts (``_target``): target, value (median over rounds of the paired
-      ratio), q25, q75, goal, met. Costs are ratio - 1.
+      ratio), q25, q75, ci_low, ci_high, goal, met. Costs are ratio - 1.
     """
     rows = []
 
@@ -504,13 +537,17 @@ def main(argv=None):
         for row in rows:
             writer.writerow(dict(row, precision=args.precision, dense_peak_gflops=peak))
     print("\nwrote %s" % args.csv)
-    print("\nTargets (median over rounds of the paired ratio, interquartile range):")
+    print("\nTargets (median over rounds of the paired ratio, its 95 % confidence interval, "
+          "and the interquartile range of single rounds; met when the whole interval meets "
+          "the goal):")
     for t in targets:
-        print("  %-52s %7.3f  [%.3f, %.3f]  goal %-7s met: %s" % (
-            t["target"], t["value"], t["q25"], t["q75"], t["goal"], t["met"]))
+        print("  %-52s %7.3f  CI [%.3f, %.3f]  IQR [%.3f, %.3f]  goal %-7s met: %s" % (
+            t["target"], t["value"], t["ci_low"], t["ci_high"], t["q25"], t["q75"],
+            t["goal"], t["met"]))
     targets_csv = os.path.splitext(args.csv)[0] + "_targets.csv"
     with open(targets_csv, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=("target", "value", "q25", "q75", "goal", "met"))
+        writer = csv.DictWriter(f, fieldnames=("target", "value", "q25", "q75", "ci_low",
+                                               "ci_high", "goal", "met"))
         writer.writeheader()
         writer.writerows(targets)
     print("wrote %s" % targets_csv)
