@@ -179,8 +179,8 @@ def EfficientNet(size="b0", group_size=1, expansion_ratio=None, norm="bn", norm_
                           proxy_implementation=proxy_implementation,
                           drop_rate=drop_connect_rate * index / len(blocks),
                           name=block_name, **args)(x)
-    x = keras.layers.Conv2D(round_filters(1280, width), 1, padding="same", use_bias=False,
-                            kernel_initializer=L.blocks.CONV_INITIALIZER, name="top_conv")(x)
+    x = L.PointwiseConv2D(round_filters(1280, width), use_bias=False,
+                          kernel_initializer=L.blocks.CONV_INITIALIZER, name="top_conv")(x)
     # Before global pooling PN subtracts the proxy mean but drops the scale.
     x = L.NormActivation(norm, norm_groups, activation, "center", proxy_params,
                          prefix="top_", name="top_norm_act",

@@ -5,6 +5,7 @@ import os
 import numpy as np
 import pytest
 import tensorflow as tf
+from tensorflow import keras
 
 from conftest import reference_group_conv
 from efficientnet_ipu import layers as L
@@ -452,3 +453,44 @@ def test_auto_implementation_keeps_grouped_under_an_ipu_strategy(monkeypatch):
     monkeypatch.undo()
     if all(d.device_type == "CPU" for d in tf.config.list_physical_devices()):
         assert L.conv.choose_implementation(groups=2, group_size=16) == "split"
+
+
+@pytest.mark.parametrize("height,use_bias", [(7, False), (20, True), (40, False)])
+def test_pointwise_conv_equals_keras_conv2d_both_paths(height, use_bias):
+    # 7x7 and 20x20 run as one matmul (<= MATMUL_MAX_PIXELS = 784), 40x40 as the conv.
+    x = tf.constant(np.random.default_rng(height).normal(size=(3, height, height, 24)),
+                    tf.float32)
+    ours = L.PointwiseConv2D(40, use_bias=use_bias, bias_initializer="random_normal")
+    ref = keras.layers.Conv2D(40, 1, use_bias=use_bias)
+    ours(x), ref(x)
+    ref.set_weights(ours.get_weights())
+
+    @tf.function
+    def run(layer, v):
+        with tf.GradientTape() as tape:
+            tape.watch(v)
+            y = layer(v)
+            loss = tf.reduce_sum(tf.sin(y))
+        return y, tape.gradient(loss, [v] + layer.trainable_variables)
+
+    y, grads = run(ours, x)
+    y_ref, grads_ref = run(ref, x)
+    np.testing.assert_allclose(y, y_ref, rtol=1e-5, atol=1e-5)
+    assert len(grads) == 3 if use_bias else 2
+    for g, g_ref in zip(grads, grads_ref):
+        np.testing.assert_allclose(g, g_ref, rtol=1e-4, atol=1e-4)
+    graph = run.get_concrete_function(ours, x).graph
+    types = {op.type for op in graph.get_operations()}
+    assert ("MatMul" in types) == (height * height <= L.conv.MATMUL_MAX_PIXELS)
+    assert ("Conv2D" in types) == (height * height > L.conv.MATMUL_MAX_PIXELS)
+
+
+def test_pointwise_conv_config_round_trip_and_bad_arguments():
+    layer = L.PointwiseConv2D(8, matmul_max_pixels=0, use_bias=False, name="top_conv")
+    clone = L.PointwiseConv2D.from_config(layer.get_config())
+    assert (clone.filters, clone.matmul_max_pixels, clone.name) == (8, 0, "top_conv")
+    for kwargs, field in ((dict(kernel_size=3), "kernel_size"), (dict(strides=2), "strides"),
+                          (dict(matmul_max_pixels=-1), "matmul_max_pixels"),
+                          (dict(data_format="channels_first"), "data_format")):
+        with pytest.raises(ValueError, match=field):
+            L.PointwiseConv2D(8, **kwargs)

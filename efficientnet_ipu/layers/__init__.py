@@ -1,13 +1,13 @@
 """Keras layers of efficientnet_ipu, written with TensorFlow ops (Keras 3 and Keras 2)."""
 from efficientnet_ipu.layers.blocks import (NORMS, MBConvBlock, NormActivation, SqueezeExcite,
                                             Standardize, drop_path, make_norm, parse_norm)
-from efficientnet_ipu.layers.conv import GroupConv2D, resolve_group_size
+from efficientnet_ipu.layers.conv import GroupConv2D, PointwiseConv2D, resolve_group_size
 from efficientnet_ipu.layers.norm import (GroupNormalization, InstanceNormalization,
                                           LayerNormalization)
 from efficientnet_ipu.layers.proxy_norm import ProxyNormActivation, proxy_quantiles
 
 __all__ = [
     "NORMS", "MBConvBlock", "NormActivation", "SqueezeExcite", "Standardize", "drop_path",
-    "make_norm", "parse_norm", "GroupConv2D", "resolve_group_size", "GroupNormalization",
+    "make_norm", "parse_norm", "GroupConv2D", "PointwiseConv2D", "resolve_group_size", "GroupNormalization",
     "InstanceNormalization", "LayerNormalization", "ProxyNormActivation", "proxy_quantiles",
 ]

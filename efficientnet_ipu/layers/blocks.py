@@ -8,7 +8,7 @@ without proxy-normalized activations (paper 002 sec. 5 and Appendix A.1).
 from tensorflow import keras
 import tensorflow as tf
 
-from efficientnet_ipu.layers.conv import GroupConv2D
+from efficientnet_ipu.layers.conv import GroupConv2D, PointwiseConv2D
 from efficientnet_ipu.layers.norm import INSTANCE, BatchNormalization, GroupNormalization
 from efficientnet_ipu.layers import proxy_norm
 from efficientnet_ipu.layers.proxy_norm import Activation, ProxyNormActivation, get_activation
@@ -264,8 +264,8 @@ class MBConvBlock(keras.layers.Layer):
         filters = filters_in * expand_ratio
         self.expand_conv = self.expand_norm_act = None
         if expand_ratio != 1:
-            self.expand_conv = keras.layers.Conv2D(
-                filters, 1, padding="same", use_bias=False,
+            self.expand_conv = PointwiseConv2D(
+                filters, use_bias=False,
                 kernel_initializer=CONV_INITIALIZER, name=prefix + "expand_conv")
             self.expand_norm_act = NormActivation(
                 norm, norm_groups, activation, "normalize", proxy_params,
@@ -280,8 +280,8 @@ class MBConvBlock(keras.layers.Layer):
                                        proxy_implementation=proxy_implementation)
         self.se = SqueezeExcite(max(1, int(filters_in * se_ratio)), activation,
                                 name=prefix + "se")
-        self.project_conv = keras.layers.Conv2D(
-            filters_out, 1, padding="same", use_bias=False,
+        self.project_conv = PointwiseConv2D(
+            filters_out, use_bias=False,
             kernel_initializer=CONV_INITIALIZER, name=prefix + "project_conv")
         # Under PN with proxy parameters the final affine is a channel-wise scale only.
         self.project_norm = make_norm(norm, prefix + "project_bn", norm_groups,

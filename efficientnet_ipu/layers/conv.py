@@ -279,3 +279,69 @@ class GroupConv2D(keras.layers.Layer):
             kernel_regularizer=keras.regularizers.serialize(self.kernel_regularizer)
             if self.kernel_regularizer else None))
         return config
+
+
+# Largest image (H * W pixels) on which PointwiseConv2D runs as a matrix product: on this
+# project's 2-core AVX2 CPU (TF 2.21, oneDNN), forward + backward of B0-G16's 1x1
+# convolutions (batch 32, 224 and 160 px) ran 0.98-1.35x as fast (median 1.13x) as a
+# matmul than as Keras' convolution at 28x28 px and below, and 0.79-1.05x at 40x40 px and
+# above (issue #4, session 6).
+MATMUL_MAX_PIXELS = 28 * 28
+
+
+class PointwiseConv2D(keras.layers.Conv2D):
+    """A 1x1, stride-1 ``keras.layers.Conv2D`` (MBConv's expand and projection convolutions
+    and the top convolution, paper 001 sec. 3) that runs as one matrix product,
+    [N*H*W, C_in] x [C_in, C_out], on images of at most ``matmul_max_pixels`` pixels (H x W,
+    known when traced), and as Keras' convolution otherwise. The same weights (``kernel``
+    [1, 1, C_in, C_out]) and the same values up to float round-off; checkpoints of either
+    class load into the other.
+
+    Input NHWC [N, H, W, C_in] (channels_last only), output [N, H, W, C_out], the layer's
+    compute dtype.
+
+    Args:
+      filters: C_out.
+      matmul_max_pixels: int >= 0; 0 always uses the convolution.
+      **kwargs: ``keras.layers.Conv2D``'s (``kernel_size`` and ``strides``, if given, must
+        be 1; padding does not matter for 1x1).
+
+    Raises:
+      ValueError: kernel_size or strides other than 1, a channels_first data format, or a
+        negative matmul_max_pixels.
+    """
+
+    def __init__(self, filters, matmul_max_pixels=MATMUL_MAX_PIXELS, **kwargs):
+        for key in ("kernel_size", "strides", "dilation_rate"):
+            value = kwargs.pop(key, 1)
+            values = tuple(value) if isinstance(value, (list, tuple)) else (value,)
+            if values not in ((1,), (1, 1)):
+                raise ValueError("PointwiseConv2D %s must be 1, got %r" % (key, value))
+        if kwargs.get("data_format", "channels_last") not in (None, "channels_last"):
+            raise ValueError("PointwiseConv2D data_format must be 'channels_last', got %r"
+                             % (kwargs["data_format"],))
+        if not isinstance(matmul_max_pixels, int) or matmul_max_pixels < 0:
+            raise ValueError("matmul_max_pixels must be an int >= 0, got %r"
+                             % (matmul_max_pixels,))
+        kwargs["data_format"] = "channels_last"
+        super().__init__(filters, 1, **kwargs)
+        self.matmul_max_pixels = matmul_max_pixels
+
+    def call(self, inputs):
+        height, width = inputs.shape[1], inputs.shape[2]
+        if height is None or width is None or height * width > self.matmul_max_pixels:
+            return super().call(inputs)
+        kernel = tf.cast(self.kernel, inputs.dtype)
+        outputs = tf.matmul(tf.reshape(inputs, [-1, kernel.shape[2]]), kernel[0, 0])
+        batch = -1 if inputs.shape[0] is None else inputs.shape[0]
+        outputs = tf.reshape(outputs, [batch, height, width, self.filters])
+        if self.use_bias:
+            outputs = tf.nn.bias_add(outputs, tf.cast(self.bias, outputs.dtype))
+        if self.activation is not None:
+            outputs = self.activation(outputs)
+        return outputs
+
+    def get_config(self):
+        config = super().get_config()
+        config["matmul_max_pixels"] = self.matmul_max_pixels
+        return config
