@@ -17,9 +17,10 @@ and normalization variants are timed in interleaved rounds, so that the load of 
 machine affects the entries of one table alike and their ratios are meaningful.
 
 It ends with issue #4's speed targets (``target_rows``): each is the median over rounds of
-the ratio of two entries timed in the same round, with its interquartile range, judged
-"yes", "no" or "within noise" (the range straddles the goal), and written to
-``<csv>_targets.csv``.
+the ratio of two entries timed in the same round, with its 95 % confidence interval
+(``median_ci``) and the interquartile range of single rounds, judged "yes" or "no" when
+the whole interval meets or misses the goal and "within noise" when it straddles it,
+and written to ``<csv>_targets.csv``.
 """
 import argparse
 import csv
