@@ -83,13 +83,10 @@ def median_ci(values, confidence=0.95):
     n = len(x)
     if n == 0:
         raise ValueError("median_ci needs at least one value")
-    cdf, j = 0.0, 0  # cdf = P(B < j + 1)
-    while j + 1 <= n // 2:
-        cdf_next = cdf + math.comb(n, j) / 2.0 ** n
-        if 1 - 2 * cdf_next < confidence:
-            break
-        cdf, j = cdf_next, j + 1
-    j = max(j, 1)
+    # The interval [x_(j), x_(n+1-j)] covers the median with probability 1 - 2 P(B < j).
+    j, tail = 1, (1 + n) / 2 ** n  # j = 1 is the full range; tail = P(B < j + 1)
+    while j + 1 <= n // 2 and 1 - 2 * tail >= confidence:
+        j, tail = j + 1, tail + math.comb(n, j + 1) / 2 ** n
     return float(x[j - 1]), float(x[n - j])
 
 
