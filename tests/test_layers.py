@@ -205,7 +205,9 @@ def test_mbconv_shapes_residual_and_stochastic_depth(norm):
     assert y_eval.shape == x.shape
     assert block.group_conv.name == "block9a_gconv"
     assert block.group_conv.kernel.shape == (3, 3, 16, 128)
-    # Stochastic depth: some examples are exactly the identity during training.
+    # Stochastic depth: some examples are exactly the identity during training. Seeded: an
+    # unseeded draw drops all 8 examples once in 256 runs.
+    tf.random.set_seed(9)
     y_train = block(x, training=True).numpy()
     identity = np.all(np.isclose(y_train, x.numpy()), axis=(1, 2, 3))
     assert 0 < identity.sum() < 8 or not identity.any()
