@@ -407,6 +407,8 @@ class GroupConv16BackpropFilterOp : public GroupConv16Base {
     // Output rows per pass over the taps: cache blocking, and at least ~64 output pixels
     // per pass so that small images sum many pixels per accumulator load and store.
     const int rows_per_pass = std::max(4, (64 + g.OW - 1) / g.OW);
+    const int64_t xrs = static_cast<int64_t>(g.s) * width * kG;  // input rows per output row
+    const int64_t drs = static_cast<int64_t>(g.OW) * kG;         // output row stride
     const int64_t cost = static_cast<int64_t>(g.N) * g.OH * g.OW * taps * kG * kG;
     // One unit per group: each owns its slice of the packed gradient, so no reduction.
     ParallelFor(ctx, g.groups, cost, [&](int64_t b, int64_t e) {
@@ -429,8 +431,6 @@ class GroupConv16BackpropFilterOp : public GroupConv16Base {
               while (lo < hi && lo * g.s + kh - g.pt < 0) ++lo;
               while (hi > lo && (hi - 1) * g.s + kh - g.pt >= g.H) --hi;
               if (lo == hi) continue;
-              const int64_t xrs = static_cast<int64_t>(g.s) * width * kG;
-              const int64_t drs = static_cast<int64_t>(g.OW) * kG;
               const float* dr = dplane.data() + static_cast<int64_t>(lo) * drs;
               for (int kw = 0; kw < g.k; ++kw) {
                 float* dwt = dwg + (kh * g.k + kw) * kG * kG;
