@@ -11,7 +11,8 @@
 // reads input channel (o / 16) * 16 + i), output [N, OH, OW, C]. The forward op and the
 // kernel gradient take input_offset [C]: they convolve input + input_offset (zero padding
 // stays zero), so that a per-channel shift before the convolution (the proxy-norm mean of
-// paper 002 eq. 7) costs no pass of its own. Padding "SAME" or "VALID"
+// paper 002 eq. 7) costs no pass of its own; the input gradient's second output, its
+// sum over H and W [N, C], gives that offset's gradient without a pass either. Padding "SAME" or "VALID"
 // with TensorFlow's rule (SAME: pad_before = pad_total / 2), square stride s >= 1.
 // Compiled and loaded by efficientnet_ipu/layers/kernels.py.
 
@@ -297,6 +298,10 @@ class GroupConv16BackpropInputOp : public GroupConv16Base {
                                 " the output of input ", in_shape.DebugString()));
     Tensor* dx = nullptr;
     OP_REQUIRES_OK(ctx, ctx->allocate_output(0, in_shape, &dx));
+    Tensor* dx_sum = nullptr;
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(1, TensorShape({g.N, g.C}), &dx_sum));
+    float* sumd = dx_sum->flat<float>().data();
+    std::fill(sumd, sumd + dx_sum->NumElements(), 0.0f);
     if (dx->NumElements() == 0) return;
     const std::vector<float> wp = PackFilter(f.flat<float>().data(), g, true);
     const float* dyd = dy.flat<float>().data();
@@ -316,6 +321,7 @@ class GroupConv16BackpropInputOp : public GroupConv16Base {
         LazyPlane out(dyd + static_cast<int64_t>(n) * g.OH * g.OW * g.C, g.OH, g.OW, g.C, gr,
                       pad, width, nullptr, plane.data());
         const float* wg = wp.data() + static_cast<size_t>(gr) * g.k * g.k * kG * kG;
+        __m256 sum0 = _mm256_setzero_ps(), sum1 = _mm256_setzero_ps();
         for (int ih = 0; ih < g.H; ++ih) {
           out.CopyUpTo((ih + g.pt) / g.s + 1);
           float* xrow = dxd + ((static_cast<int64_t>(n) * g.H + ih) * g.W) * g.C + gr * kG;
@@ -342,7 +348,15 @@ class GroupConv16BackpropInputOp : public GroupConv16Base {
                        xrow + static_cast<int64_t>(px + g.s * j) * g.C, g.s * g.C);
             }
           }
+          // The finished row, still in cache, into the per-channel sum.
+          for (int iw = 0; iw < g.W; ++iw) {
+            sum0 = _mm256_add_ps(sum0, _mm256_loadu_ps(xrow + static_cast<int64_t>(iw) * g.C));
+            sum1 = _mm256_add_ps(sum1,
+                                 _mm256_loadu_ps(xrow + static_cast<int64_t>(iw) * g.C + 8));
+          }
         }
+        _mm256_storeu_ps(sumd + static_cast<int64_t>(n) * g.C + gr * kG, sum0);
+        _mm256_storeu_ps(sumd + static_cast<int64_t>(n) * g.C + gr * kG + 8, sum1);
       }
     });
   }
@@ -499,9 +513,15 @@ REGISTER_OP("EfficientnetIpuGroupConv16BackpropInput")
     .Input("filter: float")
     .Input("out_backprop: float")
     .Output("output: float")
+    .Output("output_sum: float")
     .Attr("stride: int >= 1")
     .Attr("padding: {'SAME', 'VALID'}")
-    .SetShapeFn([](InferenceContext* c) { return ShapeFromInput(c, 0); });
+    .SetShapeFn([](InferenceContext* c) {
+      TF_RETURN_IF_ERROR(ShapeFromInput(c, 0));
+      ShapeHandle s = c->output(0);
+      c->set_output(1, c->MakeShape({c->Dim(s, 0), c->Dim(s, 3)}));
+      return absl::OkStatus();
+    });
 
 REGISTER_OP("EfficientnetIpuGroupConv16BackpropFilter")
     .Input("input: float")
