@@ -9,7 +9,8 @@ from tensorflow import keras
 import tensorflow as tf
 
 from efficientnet_ipu.layers.conv import GroupConv2D, PointwiseConv2D
-from efficientnet_ipu.layers.norm import INSTANCE, BatchNormalization, GroupNormalization
+from efficientnet_ipu.layers.norm import (INSTANCE, BatchNormalization, GroupNormalization,
+                                          scale_shift_activation)
 from efficientnet_ipu.layers import proxy_norm
 from efficientnet_ipu.layers.proxy_norm import Activation, ProxyNormActivation, get_activation
 
@@ -57,7 +58,10 @@ class NormActivation(keras.layers.Layer):
     With proxy norm: norm (no affine) -> ProxyNormActivation (owns the affine), in the
     given PN ``mode`` (see ProxyNormActivation), its statistics computed by
     ``proxy_implementation`` (``proxy_norm.IMPLEMENTATIONS``). Sublayers are named
-    ``<prefix>bn`` and ``<prefix>activation`` as keras.applications names them.
+    ``<prefix>bn`` and ``<prefix>activation`` as keras.applications names them. After
+    GN, LN or IN the norm's scale-and-shift and the activation are one
+    ``norm.scale_shift_activation`` (a fused op on CPU; the sublayers' weights are used
+    without calling them).
 
     Input [N, H, W, C]; output the same shape (a tuple with a [C] scale in mode "split";
     without proxy norm the "split" scale is None).
@@ -88,9 +92,11 @@ class NormActivation(keras.layers.Layer):
         else:
             self.act_layer = Activation(activation, name=prefix + "activation")
         self.fused = self.use_pn and isinstance(self.norm_layer, GroupNormalization)
+        # GN/LN/IN then the activation: one scale_shift_activation (fused op on CPU).
+        self.fused_norm = isinstance(self.norm_layer, GroupNormalization)
 
     def build(self, input_shape):
-        if self.fused:  # the fused call() uses the sublayers' weights without calling them
+        if self.fused_norm:  # call() uses the sublayers' weights without calling them
             self.norm_layer.build(input_shape)
             self.act_layer.build(input_shape)
         super().build(input_shape)
@@ -102,24 +108,29 @@ class NormActivation(keras.layers.Layer):
         proxy-normalized output is (activated - mean) * scale. MBConvBlock folds the mean
         and the scale into the neighbouring convolutions instead of applying them.
 
-        The norm's (scale, shift) and PN's (gamma, beta) make one affine pass,
-        x * (scale gamma) + (shift gamma + beta), before the activation."""
+        The norm's (scale, shift) and PN's (gamma, beta) make one affine,
+        x * (scale gamma) + (shift gamma + beta), computed with the activation by
+        ``norm.scale_shift_activation`` (one fused op on CPU)."""
         if not self.fused:
             raise ValueError("proxy_parts needs norm in gn_pn/ln_pn/in_pn, got %r"
                              % (self.norm,))
-        dtype = inputs.dtype
         scale, shift = self.norm_layer.scale_shift(inputs)
         gamma = tf.cast(self.act_layer.gamma, tf.float32)
         beta = tf.cast(self.act_layer.beta, tf.float32)
-        pre = (inputs * tf.cast(scale * gamma, dtype)[:, None, None, :]
-               + tf.cast(shift * gamma + beta, dtype)[:, None, None, :])
+        activated = scale_shift_activation(inputs, scale * gamma, shift * gamma + beta,
+                                           self.activation, self.act_layer.activation_fn)
         mean, scale = self.act_layer.proxy_mean_scale()
-        return self.act_layer.activation_fn(pre), mean, scale
+        return activated, mean, scale
 
     def call(self, inputs, training=None):
         if self.fused:
             activated, mean, scale = self.proxy_parts(inputs)
             return self.act_layer.normalize_activated(activated, (mean, scale))
+        if self.fused_norm:
+            scale, shift = self.norm_layer.scale_shift(inputs)
+            x = scale_shift_activation(inputs, scale, shift, self.activation,
+                                       self.act_layer.activation_fn)
+            return (x, None) if self.mode == "split" else x
         x = self.norm_layer(inputs, training=training)
         x = self.act_layer(x)
         if self.mode == "split" and not self.use_pn:

@@ -6,7 +6,11 @@
   forward and both gradients; used by ``GroupConv2D`` through ``group_conv16``;
 - ``proxy_norm.cc``: the proxy statistics of a proxy-normalized activation (paper 002
   eq. 7) and their gradient, one op each instead of about 35 small TensorFlow ops per
-  layer; used by ``ProxyNormActivation``.
+  layer; used by ``ProxyNormActivation``;
+- ``norm_activation.cc``: act(x * scale + shift) with per-example, per-channel scale and
+  shift, the end of GN/LN/IN and the activation after it, one pass forward and one
+  backward; used by ``norm.scale_shift_activation``;
+- ``vector_math.h``: the activations and exp for 8 floats, shared by the last two.
 
 They are compiled together into one shared library with the machine's C++ compiler
 (``$CXX``, else ``g++``) against the installed TensorFlow the first time they are used,
@@ -30,7 +34,9 @@ from absl import logging
 import tensorflow as tf
 
 CSRC = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "csrc")
-SOURCES = [os.path.join(CSRC, name) for name in ("group_conv16.cc", "proxy_norm.cc")]
+SOURCES = [os.path.join(CSRC, name)
+           for name in ("group_conv16.cc", "proxy_norm.cc", "norm_activation.cc")]
+HEADERS = [os.path.join(CSRC, "vector_math.h")]
 FLAGS = ["-std=c++17", "-O3", "-mavx2", "-mfma", "-fPIC", "-shared", "-w"]
 
 _lock = threading.Lock()
@@ -79,7 +85,7 @@ def _build_command(output):
 def library_path():
     """Where the compiled library for these sources, TensorFlow and compiler lives."""
     key = hashlib.sha256()
-    for source in SOURCES:
+    for source in SOURCES + HEADERS:
         with open(source, "rb") as f:
             key.update(f.read())
     key.update(" ".join([tf.__version__, str(compiler())] + FLAGS

@@ -12,7 +12,56 @@ Graphcore's SDK (which has no GroupNormalization of its own).
 from tensorflow import keras
 import tensorflow as tf
 
+from efficientnet_ipu.layers import kernels
+
 INSTANCE = -1  # ``groups`` value meaning one group per channel (Instance Normalization).
+# Activations the fused op computes (``csrc/vector_math.h``), by the names the layers use.
+FUSED_ACTIVATIONS = {"swish": "swish", "silu": "swish", "relu": "relu", "gelu": "gelu",
+                     "linear": "linear"}
+
+
+def fused_applies(x, activation):
+    """True if ``scale_shift_activation`` runs this project's fused CPU op for ``x`` and
+    ``activation``: float32 [N, H, W, C], an activation in ``FUSED_ACTIVATIONS``, a machine
+    with only CPUs where the op library builds, outside ``kernels.portable_kernels()``."""
+    return (x.dtype == tf.float32 and len(x.shape) == 4 and activation in FUSED_ACTIVATIONS
+            and not kernels.portable() and kernels.cpu_only() and kernels.available())
+
+
+def scale_shift_activation(x, scale, shift, activation="linear", activation_fn=None):
+    """act(x * scale[:, None, None, :] + shift[:, None, None, :]): the end of GN, LN or IN
+    (per-example statistics and the affine folded into ``scale`` and ``shift``) and the
+    activation that follows it.
+
+    Where ``fused_applies``, one op of this project's CPU library (``csrc/
+    norm_activation.cc``), one pass over x forward and one backward instead of three and
+    about eight. Else TensorFlow ops: ``activation_fn`` (the function for ``activation``;
+    identity for "linear" when None) after a multiply and an add. The same function.
+
+    Args:
+      x: [N, H, W, C], any float dtype.
+      scale, shift: float32 [N, C].
+      activation: a name in ``proxy_norm.ACTIVATIONS``.
+      activation_fn: the TensorFlow function for ``activation`` (None: "linear").
+
+    Returns: [N, H, W, C] in x's dtype.
+    Raises: tf.errors.InvalidArgumentError on mismatched shapes (fused op).
+    """
+    if fused_applies(x, activation):
+        library = kernels.load("GroupNormalization's fused scale-shift-activation",
+                               "kernels.portable_kernels()")
+        return library.efficientnet_ipu_scale_shift_activation(
+            x, scale, shift, activation=FUSED_ACTIVATIONS[activation])
+    y = (x * tf.cast(scale, x.dtype)[:, None, None, :]
+         + tf.cast(shift, x.dtype)[:, None, None, :])
+    return y if activation_fn is None else activation_fn(y)
+
+
+@tf.RegisterGradient("EfficientnetIpuScaleShiftActivation")
+def _scale_shift_activation_gradient(op, dy):
+    """dx, dscale, dshift of EfficientnetIpuScaleShiftActivation in one op."""
+    return kernels.load().efficientnet_ipu_scale_shift_activation_grad(
+        *op.inputs, dy, activation=op.get_attr("activation"))
 
 
 @tf.custom_gradient
@@ -114,8 +163,7 @@ class GroupNormalization(keras.layers.Layer):
         rank = len(inputs.shape)
         x = inputs if rank == 4 else inputs[:, None, None, :]
         scale, shift = self.scale_shift(x, offset)
-        y = x * tf.cast(scale, x.dtype)[:, None, None, :] + tf.cast(shift, x.dtype)[:, None,
-                                                                                   None, :]
+        y = scale_shift_activation(x, scale, shift)
         return y if rank == 4 else y[:, 0, 0, :]
 
     def compute_output_shape(self, input_shape):

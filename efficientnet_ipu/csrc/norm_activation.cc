@@ -1,0 +1,236 @@
+// The second half of a batch-independent normalization (GN, LN, IN; paper 001 sec. 3.2,
+// paper 002 sec. 4) and the activation after it, as one TensorFlow op and one gradient
+// op, float32, NHWC, on x86-64 CPUs with AVX2+FMA:
+//
+//   y[n, h, w, c] = act(x[n, h, w, c] * scale[n, c] + shift[n, c])
+//
+// scale and shift hold the per-example statistics with the affine (and, under proxy norm,
+// PN's gamma and beta) folded in. TensorFlow computes this as a multiply, an add and the
+// activation, three passes over the tensor forward and about eight backward (the
+// activation's derivative, dx, and the two sums for scale and shift); here it is one pass
+// each way (issue #4). Gradient, with p = x scale + shift:
+//   dp = dy act'(p),  dx = dp scale,  dscale[n, c] = sum_hw dp x,  dshift[n, c] = sum_hw dp.
+// Activations: swish, relu, gelu (exact) and linear, as in proxy_norm.cc.
+// Loaded by efficientnet_ipu/layers/kernels.py, which compiles it.
+
+#include <immintrin.h>
+
+#include <algorithm>
+#include <string>
+#include <vector>
+
+#include "tensorflow/core/framework/op.h"
+#include "tensorflow/core/framework/op_kernel.h"
+#include "tensorflow/core/framework/shape_inference.h"
+#include "tensorflow/core/framework/tensor_shape.h"
+#include "tensorflow/core/platform/threadpool.h"
+#include "vector_math.h"
+
+using tensorflow::DEVICE_CPU;
+using tensorflow::OpKernel;
+using tensorflow::OpKernelConstruction;
+using tensorflow::OpKernelContext;
+using tensorflow::Tensor;
+using tensorflow::TensorShape;
+using tensorflow::errors::InvalidArgument;
+using tensorflow::shape_inference::InferenceContext;
+using tensorflow::shape_inference::ShapeHandle;
+
+namespace {
+
+using efficientnet_ipu::Act;
+using efficientnet_ipu::Activate;
+using efficientnet_ipu::ActFromName;
+
+// Lane mask for the last, partial group of 8 channels (c0 = 8 * (C / 8) .. C).
+inline __m256i TailMask(int lanes) {
+  alignas(32) int m[8];
+  for (int j = 0; j < 8; ++j) m[j] = j < lanes ? -1 : 0;
+  return _mm256_load_si256(reinterpret_cast<const __m256i*>(m));
+}
+
+class ScaleShiftBase : public OpKernel {
+ public:
+  explicit ScaleShiftBase(OpKernelConstruction* ctx) : OpKernel(ctx) {
+    OP_REQUIRES(ctx, __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"),
+                tensorflow::errors::FailedPrecondition(
+                    "the efficientnet_ipu normalization kernels need a CPU with AVX2 and FMA"));
+    std::string name;
+    OP_REQUIRES_OK(ctx, ctx->GetAttr("activation", &name));
+    act_ = ActFromName(name);
+  }
+
+ protected:
+  // Checks x is [N, H, W, C] and scale, shift are [N, C].
+  bool CheckInputs(OpKernelContext* ctx) {
+    const Tensor& x = ctx->input(0);
+    if (x.dims() != 4) {
+      ctx->CtxFailure(InvalidArgument("scale_shift_activation: x must be [N, H, W, C], got ",
+                                      x.shape().DebugString()));
+      return false;
+    }
+    const TensorShape vec({x.dim_size(0), x.dim_size(3)});
+    for (int i = 1; i <= 2; ++i) {
+      if (ctx->input(i).shape() != vec) {
+        ctx->CtxFailure(InvalidArgument("scale_shift_activation: ", i == 1 ? "scale" : "shift",
+                                        " must be [N, C] = ", vec.DebugString(), ", got ",
+                                        ctx->input(i).shape().DebugString()));
+        return false;
+      }
+    }
+    return true;
+  }
+
+  void ParallelFor(OpKernelContext* ctx, int64_t units, int64_t cost,
+                   const std::function<void(int64_t, int64_t)>& fn) {
+    ctx->device()->tensorflow_cpu_worker_threads()->workers->ParallelFor(units, cost, fn);
+  }
+
+  Act act_;
+};
+
+class ScaleShiftActivationOp : public ScaleShiftBase {
+ public:
+  using ScaleShiftBase::ScaleShiftBase;
+
+  void Compute(OpKernelContext* ctx) override {
+    if (!CheckInputs(ctx)) return;
+    const Tensor& x = ctx->input(0);
+    Tensor* y = nullptr;
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(0, x.shape(), &y));
+    if (x.NumElements() == 0) return;
+    const int64_t N = x.dim_size(0), H = x.dim_size(1), W = x.dim_size(2), C = x.dim_size(3);
+    const float* xd = x.flat<float>().data();
+    const float* sd = ctx->input(1).flat<float>().data();
+    const float* bd = ctx->input(2).flat<float>().data();
+    float* yd = y->flat<float>().data();
+    const int64_t c8 = C / 8 * 8;
+    const __m256i tail = TailMask(static_cast<int>(C - c8));
+    const Act act = act_;
+    // One unit per image row.
+    ParallelFor(ctx, N * H, W * C * 8, [&](int64_t begin, int64_t end) {
+      for (int64_t u = begin; u < end; ++u) {
+        const int64_t n = u / H;
+        const float* a = sd + n * C;
+        const float* b = bd + n * C;
+        const float* xr = xd + u * W * C;
+        float* yr = yd + u * W * C;
+        for (int64_t w = 0; w < W; ++w, xr += C, yr += C) {
+          for (int64_t c = 0; c < c8; c += 8) {
+            const __m256 v = _mm256_fmadd_ps(_mm256_loadu_ps(xr + c), _mm256_loadu_ps(a + c),
+                                             _mm256_loadu_ps(b + c));
+            _mm256_storeu_ps(yr + c, Activate(act, v, nullptr));
+          }
+          if (c8 < C) {
+            const __m256 v = _mm256_fmadd_ps(_mm256_maskload_ps(xr + c8, tail),
+                                             _mm256_maskload_ps(a + c8, tail),
+                                             _mm256_maskload_ps(b + c8, tail));
+            _mm256_maskstore_ps(yr + c8, tail, Activate(act, v, nullptr));
+          }
+        }
+      }
+    });
+  }
+};
+
+class ScaleShiftActivationGradOp : public ScaleShiftBase {
+ public:
+  using ScaleShiftBase::ScaleShiftBase;
+
+  void Compute(OpKernelContext* ctx) override {
+    if (!CheckInputs(ctx)) return;
+    const Tensor& x = ctx->input(0);
+    const Tensor& dy = ctx->input(3);
+    OP_REQUIRES(ctx, dy.shape() == x.shape(),
+                InvalidArgument("scale_shift_activation gradient: dy ",
+                                dy.shape().DebugString(), " must have x's shape ",
+                                x.shape().DebugString()));
+    Tensor *dx = nullptr, *dscale = nullptr, *dshift = nullptr;
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(0, x.shape(), &dx));
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(1, ctx->input(1).shape(), &dscale));
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(2, ctx->input(2).shape(), &dshift));
+    const int64_t N = x.dim_size(0), H = x.dim_size(1), W = x.dim_size(2), C = x.dim_size(3);
+    const float* xd = x.flat<float>().data();
+    const float* sd = ctx->input(1).flat<float>().data();
+    const float* bd = ctx->input(2).flat<float>().data();
+    const float* dyd = dy.flat<float>().data();
+    float* dxd = dx->flat<float>().data();
+    float* dsd = dscale->flat<float>().data();
+    float* dbd = dshift->flat<float>().data();
+    const int64_t c8 = C / 8 * 8, cpad = (C + 7) / 8 * 8;
+    const __m256i tail = TailMask(static_cast<int>(C - c8));
+    const Act act = act_;
+    // One unit per example, so each owns its rows of dscale and dshift (no reduction).
+    ParallelFor(ctx, N, H * W * C * 12, [&](int64_t begin, int64_t end) {
+      std::vector<float> acc(2 * cpad);
+      for (int64_t n = begin; n < end; ++n) {
+        std::fill(acc.begin(), acc.end(), 0.0f);
+        float* as = acc.data();
+        float* ab = acc.data() + cpad;
+        const float* a = sd + n * C;
+        const float* b = bd + n * C;
+        const int64_t base = n * H * W * C;
+        for (int64_t p = 0; p < H * W; ++p) {
+          const float* xp = xd + base + p * C;
+          const float* dyp = dyd + base + p * C;
+          float* dxp = dxd + base + p * C;
+          for (int64_t c = 0; c < cpad; c += 8) {
+            const bool full = c < c8;
+            const __m256 xv = full ? _mm256_loadu_ps(xp + c) : _mm256_maskload_ps(xp + c, tail);
+            const __m256 av = full ? _mm256_loadu_ps(a + c) : _mm256_maskload_ps(a + c, tail);
+            const __m256 bv = full ? _mm256_loadu_ps(b + c) : _mm256_maskload_ps(b + c, tail);
+            const __m256 gv =
+                full ? _mm256_loadu_ps(dyp + c) : _mm256_maskload_ps(dyp + c, tail);
+            __m256 d;
+            Activate(act, _mm256_fmadd_ps(xv, av, bv), &d);
+            const __m256 dp = _mm256_mul_ps(gv, d);
+            if (full)
+              _mm256_storeu_ps(dxp + c, _mm256_mul_ps(dp, av));
+            else
+              _mm256_maskstore_ps(dxp + c, tail, _mm256_mul_ps(dp, av));
+            _mm256_storeu_ps(as + c, _mm256_fmadd_ps(dp, xv, _mm256_loadu_ps(as + c)));
+            _mm256_storeu_ps(ab + c, _mm256_add_ps(dp, _mm256_loadu_ps(ab + c)));
+          }
+        }
+        std::copy(as, as + C, dsd + n * C);
+        std::copy(ab, ab + C, dbd + n * C);
+      }
+    });
+  }
+};
+
+}  // namespace
+
+REGISTER_OP("EfficientnetIpuScaleShiftActivation")
+    .Input("x: float")
+    .Input("scale: float")
+    .Input("shift: float")
+    .Output("y: float")
+    .Attr("activation: {'swish', 'relu', 'gelu', 'linear'}")
+    .SetShapeFn([](InferenceContext* c) {
+      ShapeHandle x;
+      TF_RETURN_IF_ERROR(c->WithRank(c->input(0), 4, &x));
+      c->set_output(0, x);
+      return absl::OkStatus();
+    });
+
+REGISTER_OP("EfficientnetIpuScaleShiftActivationGrad")
+    .Input("x: float")
+    .Input("scale: float")
+    .Input("shift: float")
+    .Input("dy: float")
+    .Output("dx: float")
+    .Output("dscale: float")
+    .Output("dshift: float")
+    .Attr("activation: {'swish', 'relu', 'gelu', 'linear'}")
+    .SetShapeFn([](InferenceContext* c) {
+      c->set_output(0, c->input(0));
+      c->set_output(1, c->input(1));
+      c->set_output(2, c->input(2));
+      return absl::OkStatus();
+    });
+
+REGISTER_KERNEL_BUILDER(Name("EfficientnetIpuScaleShiftActivation").Device(DEVICE_CPU),
+                        ScaleShiftActivationOp);
+REGISTER_KERNEL_BUILDER(Name("EfficientnetIpuScaleShiftActivationGrad").Device(DEVICE_CPU),
+                        ScaleShiftActivationGradOp);

@@ -1,0 +1,108 @@
+"""The fused scale-shift-activation op that ends GN/LN/IN (layers/norm.py,
+csrc/norm_activation.cc): equal to the TensorFlow composition in value and gradient, used
+where it applies and only there, validated."""
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from efficientnet_ipu import models
+from efficientnet_ipu import layers as L
+from efficientnet_ipu.layers import kernels, norm
+from efficientnet_ipu.layers.proxy_norm import get_activation
+
+needs_kernels = pytest.mark.skipif(
+    not kernels.available(),
+    reason="needs an x86-64 CPU with AVX2+FMA and a C++ compiler (g++ or $CXX)")
+CPU_ONLY = all(d.device_type == "CPU" for d in tf.config.list_physical_devices())
+
+
+def value_and_grads(x, scale, shift, weights, activation, portable):
+    fn = None if activation == "linear" else get_activation(activation)
+    with tf.GradientTape() as tape:
+        tape.watch([x, scale, shift])
+        if portable:
+            with kernels.portable_kernels():
+                y = norm.scale_shift_activation(x, scale, shift, activation, fn)
+        else:
+            y = norm.scale_shift_activation(x, scale, shift, activation, fn)
+        loss = tf.reduce_sum(y * weights)
+    return [y] + tape.gradient(loss, [x, scale, shift])
+
+
+@needs_kernels
+@pytest.mark.skipif(not CPU_ONLY, reason="the fused op is chosen on CPU-only machines")
+@pytest.mark.parametrize("activation", ["swish", "relu", "gelu", "linear"])
+@pytest.mark.parametrize("shape", [(2, 5, 7, 24), (3, 4, 3, 13), (1, 1, 1, 8)])
+def test_fused_op_equals_tensorflow_and_gradients(activation, shape):
+    """13 channels: a masked tail of 5; 1x1: a single pixel."""
+    rng = np.random.default_rng(sum(shape))
+    x = tf.constant(rng.normal(0.0, 2.0, size=shape).astype(np.float32))
+    scale = tf.constant(rng.normal(size=(shape[0], shape[3])).astype(np.float32))
+    shift = tf.constant(rng.normal(size=(shape[0], shape[3])).astype(np.float32))
+    weights = tf.constant(rng.normal(size=shape).astype(np.float32))
+    ours = value_and_grads(x, scale, shift, weights, activation, portable=False)
+    ref = value_and_grads(x, scale, shift, weights, activation, portable=True)
+    for a, b in zip(ours, ref):
+        np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=0,
+                                   atol=2e-6 * float(tf.reduce_max(tf.abs(b))))
+
+
+@needs_kernels
+@pytest.mark.skipif(not CPU_ONLY, reason="the fused op is chosen on CPU-only machines")
+def test_fused_op_is_used_only_where_it_applies_and_rejects_bad_shapes():
+    x = tf.zeros([2, 4, 4, 8])
+    assert norm.fused_applies(x, "swish")
+    assert not norm.fused_applies(tf.cast(x, tf.float16), "swish")
+    assert not norm.fused_applies(x, "tanh")
+    with kernels.portable_kernels():
+        assert not norm.fused_applies(x, "swish")
+    with pytest.raises(tf.errors.InvalidArgumentError, match=r"scale must be \[N, C\]"):
+        norm.scale_shift_activation(x, tf.zeros([2, 7]), tf.zeros([2, 8]), "swish")
+    with pytest.raises(tf.errors.InvalidArgumentError, match=r"shift must be \[N, C\]"):
+        norm.scale_shift_activation(x, tf.zeros([2, 8]), tf.zeros([1, 8]), "swish")
+
+
+@needs_kernels
+@pytest.mark.skipif(not CPU_ONLY, reason="the fused op is chosen on CPU-only machines")
+@pytest.mark.parametrize("norm_name", ["gn", "ln_pn", "bn"])
+def test_model_uses_the_op_after_gn_and_ln_and_computes_the_same_function(norm_name):
+    """A B0-G16 training gradient with the fused op against the same model traced with
+    TensorFlow's ops only (``portable_kernels``); BN models do not use the op."""
+    model = models.EfficientNet("b0", group_size=16, norm=norm_name, num_classes=10,
+                                input_shape=(32, 32, 3), dropout_rate=0.0,
+                                drop_connect_rate=0.0)
+    images = tf.constant(np.random.default_rng(0).uniform(0, 255, (4, 32, 32, 3)),
+                         tf.float32)
+    labels = tf.constant([1, 3, 5, 7])
+
+    def loss_and_grads():
+        with tf.GradientTape() as tape:
+            logits = model(images, training=True)
+            loss = tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(
+                labels, logits))
+        return [loss] + tape.gradient(loss, model.trainable_variables)
+
+    graph = tf.function(loss_and_grads).get_concrete_function().graph
+    op_types = {op.type for op in graph.get_operations()}
+    expected = norm_name != "bn"
+    assert ("EfficientnetIpuScaleShiftActivation" in op_types) == expected
+    assert ("EfficientnetIpuScaleShiftActivationGrad" in op_types) == expected
+    ours = loss_and_grads()
+    with kernels.portable_kernels():
+        ref = loss_and_grads()
+    # Gradients that cancel to about zero (a bias before a norm) differ by round-off
+    # relative to the largest gradient, hence the second term.
+    largest = max(float(tf.reduce_max(tf.abs(b))) for b in ref[1:])
+    for a, b, in zip(ours, ref):
+        np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=2e-3,
+                                   atol=2e-4 * float(tf.reduce_max(tf.abs(b))) + 1e-5 * largest)
+
+
+def test_group_norm_layer_rank2_and_float16_use_tensorflow_ops():
+    """[N, C] inputs and float16 compute run the TensorFlow composition (the op is
+    float32 NHWC only) and still normalize."""
+    x = tf.constant(np.random.default_rng(1).normal(5.0, 3.0, (4, 16)), tf.float32)
+    y = L.LayerNormalization()(x).numpy()
+    np.testing.assert_allclose(y.mean(axis=1), 0.0, atol=1e-4)
+    np.testing.assert_allclose(y.std(axis=1), 1.0, atol=2e-3)
+    assert not norm.fused_applies(tf.cast(x[:, None, None, :], tf.float16), "linear")
