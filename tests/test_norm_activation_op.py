@@ -106,3 +106,21 @@ def test_group_norm_layer_rank2_and_float16_use_tensorflow_ops():
     np.testing.assert_allclose(y.mean(axis=1), 0.0, atol=1e-4)
     np.testing.assert_allclose(y.std(axis=1), 1.0, atol=2e-3)
     assert not norm.fused_applies(tf.cast(x[:, None, None, :], tf.float16), "linear")
+
+
+@needs_kernels
+@pytest.mark.skipif(not CPU_ONLY, reason="the fused op is chosen on CPU-only machines")
+def test_fused_channel_moments_precision_on_a_large_offset_image():
+    """A 112x112 image with mean 50 and std 1 (B0's stage-2 size): E[x] and E[x^2] match
+    float64 NumPy to float32 precision, so that GN's E[x^2] - E[x]^2 keeps the variance."""
+    rng = np.random.default_rng(5)
+    x = rng.normal(50.0, 1.0, size=(2, 112, 112, 24)).astype(np.float32)
+    mean, square = norm.channel_moments(tf.constant(x))
+    x64 = x.astype(np.float64)
+    np.testing.assert_allclose(mean.numpy(), x64.mean(axis=(1, 2)), rtol=1e-7)
+    np.testing.assert_allclose(square.numpy(), (x64 ** 2).mean(axis=(1, 2)), rtol=1e-7)
+    variance = square.numpy() - mean.numpy() ** 2
+    np.testing.assert_allclose(variance, x64.var(axis=(1, 2)), atol=0.02)
+    with pytest.raises(tf.errors.InvalidArgumentError, match=r"dmean must be \[N, C\]"):
+        kernels.load().efficientnet_ipu_channel_moments_grad(
+            tf.constant(x), tf.zeros([2, 23]), tf.zeros([2, 24]))

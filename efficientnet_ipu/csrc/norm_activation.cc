@@ -11,6 +11,12 @@
 // each way (issue #4). Gradient, with p = x scale + shift:
 //   dp = dy act'(p),  dx = dp scale,  dscale[n, c] = sum_hw dp x,  dshift[n, c] = sum_hw dp.
 // Activations: swish, relu, gelu (exact) and linear, as in proxy_norm.cc.
+//
+// The statistics before it, per example and channel, are the spatial means
+// mean[n, c] = E_hw[x] and square[n, c] = E_hw[x^2] (GN/LN/IN combine channels of a group
+// afterwards, on [N, C] tensors): one pass forward, where TensorFlow squares the tensor
+// and makes two reductions, and one backward: dx = (dmean + 2 x dsquare) / (H W). Each
+// image row is summed in float32, the rows in float64.
 // Loaded by efficientnet_ipu/layers/kernels.py, which compiles it.
 
 #include <immintrin.h>
@@ -199,7 +205,141 @@ class ScaleShiftActivationGradOp : public ScaleShiftBase {
   }
 };
 
+class ChannelMomentsOp : public OpKernel {
+ public:
+  explicit ChannelMomentsOp(OpKernelConstruction* ctx) : OpKernel(ctx) {}
+
+  void Compute(OpKernelContext* ctx) override {
+    const Tensor& x = ctx->input(0);
+    OP_REQUIRES(ctx, x.dims() == 4,
+                InvalidArgument("channel_moments: x must be [N, H, W, C], got ",
+                                x.shape().DebugString()));
+    const int64_t N = x.dim_size(0), H = x.dim_size(1), W = x.dim_size(2), C = x.dim_size(3);
+    Tensor *mean = nullptr, *square = nullptr;
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(0, TensorShape({N, C}), &mean));
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(1, TensorShape({N, C}), &square));
+    const float* xd = x.flat<float>().data();
+    float* md = mean->flat<float>().data();
+    float* qd = square->flat<float>().data();
+    const int64_t c8 = C / 8 * 8, cpad = (C + 7) / 8 * 8;
+    const __m256i tail = TailMask(static_cast<int>(C - c8));
+    // Like TensorFlow's mean, NaN for an empty image.
+    const double inv_hw = 1.0 / static_cast<double>(H * W);
+    auto* workers = ctx->device()->tensorflow_cpu_worker_threads()->workers;
+    workers->ParallelFor(N, H * W * C * 3, [&](int64_t begin, int64_t end) {
+      std::vector<float> row(2 * cpad);
+      std::vector<double> total(2 * cpad);
+      for (int64_t n = begin; n < end; ++n) {
+        std::fill(total.begin(), total.end(), 0.0);
+        for (int64_t h = 0; h < H; ++h) {
+          std::fill(row.begin(), row.end(), 0.0f);
+          const float* xr = xd + (n * H + h) * W * C;
+          for (int64_t w = 0; w < W; ++w, xr += C) {
+            for (int64_t c = 0; c < cpad; c += 8) {
+              const __m256 v =
+                  c < c8 ? _mm256_loadu_ps(xr + c) : _mm256_maskload_ps(xr + c, tail);
+              _mm256_storeu_ps(&row[c], _mm256_add_ps(v, _mm256_loadu_ps(&row[c])));
+              _mm256_storeu_ps(&row[cpad + c],
+                               _mm256_fmadd_ps(v, v, _mm256_loadu_ps(&row[cpad + c])));
+            }
+          }
+          for (int64_t c = 0; c < 2 * cpad; ++c) total[c] += row[c];
+        }
+        for (int64_t c = 0; c < C; ++c) {
+          md[n * C + c] = static_cast<float>(total[c] * inv_hw);
+          qd[n * C + c] = static_cast<float>(total[cpad + c] * inv_hw);
+        }
+      }
+    });
+  }
+};
+
+class ChannelMomentsGradOp : public OpKernel {
+ public:
+  explicit ChannelMomentsGradOp(OpKernelConstruction* ctx) : OpKernel(ctx) {}
+
+  void Compute(OpKernelContext* ctx) override {
+    const Tensor& x = ctx->input(0);
+    OP_REQUIRES(ctx, x.dims() == 4,
+                InvalidArgument("channel_moments gradient: x must be [N, H, W, C], got ",
+                                x.shape().DebugString()));
+    const int64_t N = x.dim_size(0), H = x.dim_size(1), W = x.dim_size(2), C = x.dim_size(3);
+    for (int i = 1; i <= 2; ++i)
+      OP_REQUIRES(ctx, ctx->input(i).shape() == TensorShape({N, C}),
+                  InvalidArgument("channel_moments gradient: ", i == 1 ? "dmean" : "dsquare",
+                                  " must be [N, C] = [", N, ", ", C, "], got ",
+                                  ctx->input(i).shape().DebugString()));
+    Tensor* dx = nullptr;
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(0, x.shape(), &dx));
+    if (x.NumElements() == 0) return;
+    const float* xd = x.flat<float>().data();
+    const float* dmd = ctx->input(1).flat<float>().data();
+    const float* dqd = ctx->input(2).flat<float>().data();
+    float* dxd = dx->flat<float>().data();
+    const int64_t c8 = C / 8 * 8, cpad = (C + 7) / 8 * 8;
+    const __m256i tail = TailMask(static_cast<int>(C - c8));
+    const float inv_hw = 1.0f / static_cast<float>(H * W);
+    auto* workers = ctx->device()->tensorflow_cpu_worker_threads()->workers;
+    // One unit per image row; a = dmean / HW and b = 2 dsquare / HW per example.
+    workers->ParallelFor(N * H, W * C * 3, [&](int64_t begin, int64_t end) {
+      std::vector<float> a(cpad), b(cpad);
+      int64_t current = -1;
+      for (int64_t u = begin; u < end; ++u) {
+        const int64_t n = u / H;
+        if (n != current) {
+          for (int64_t c = 0; c < C; ++c) {
+            a[c] = dmd[n * C + c] * inv_hw;
+            b[c] = 2.0f * dqd[n * C + c] * inv_hw;
+          }
+          current = n;
+        }
+        const float* xr = xd + u * W * C;
+        float* dr = dxd + u * W * C;
+        for (int64_t w = 0; w < W; ++w, xr += C, dr += C) {
+          for (int64_t c = 0; c < c8; c += 8)
+            _mm256_storeu_ps(dr + c, _mm256_fmadd_ps(_mm256_loadu_ps(xr + c),
+                                                     _mm256_loadu_ps(&b[c]),
+                                                     _mm256_loadu_ps(&a[c])));
+          if (c8 < C)
+            _mm256_maskstore_ps(dr + c8, tail,
+                                _mm256_fmadd_ps(_mm256_maskload_ps(xr + c8, tail),
+                                                _mm256_loadu_ps(&b[c8]),
+                                                _mm256_loadu_ps(&a[c8])));
+        }
+      }
+    });
+  }
+};
+
 }  // namespace
+
+REGISTER_OP("EfficientnetIpuChannelMoments")
+    .Input("x: float")
+    .Output("mean: float")
+    .Output("square: float")
+    .SetShapeFn([](InferenceContext* c) {
+      ShapeHandle x;
+      TF_RETURN_IF_ERROR(c->WithRank(c->input(0), 4, &x));
+      ShapeHandle nc = c->MakeShape({c->Dim(x, 0), c->Dim(x, 3)});
+      c->set_output(0, nc);
+      c->set_output(1, nc);
+      return absl::OkStatus();
+    });
+
+REGISTER_OP("EfficientnetIpuChannelMomentsGrad")
+    .Input("x: float")
+    .Input("dmean: float")
+    .Input("dsquare: float")
+    .Output("dx: float")
+    .SetShapeFn([](InferenceContext* c) {
+      c->set_output(0, c->input(0));
+      return absl::OkStatus();
+    });
+
+REGISTER_KERNEL_BUILDER(Name("EfficientnetIpuChannelMoments").Device(DEVICE_CPU),
+                        ChannelMomentsOp);
+REGISTER_KERNEL_BUILDER(Name("EfficientnetIpuChannelMomentsGrad").Device(DEVICE_CPU),
+                        ChannelMomentsGradOp);
 
 REGISTER_OP("EfficientnetIpuScaleShiftActivation")
     .Input("x: float")

@@ -36,7 +36,8 @@ def scale_shift_activation(x, scale, shift, activation="linear", activation_fn=N
     Where ``fused_applies``, one op of this project's CPU library (``csrc/
     norm_activation.cc``), one pass over x forward and one backward instead of three and
     about eight. Else TensorFlow ops: ``activation_fn`` (the function for ``activation``;
-    identity for "linear" when None) after a multiply and an add. The same function.
+    identity for "linear" when None) after a multiply and an add in float32 (paper 002,
+    Appendix A.1: float16 activations except in normalization steps). The same function.
 
     Args:
       x: [N, H, W, C], any float dtype.
@@ -52,8 +53,10 @@ def scale_shift_activation(x, scale, shift, activation="linear", activation_fn=N
                                "kernels.portable_kernels()")
         return library.efficientnet_ipu_scale_shift_activation(
             x, scale, shift, activation=FUSED_ACTIVATIONS[activation])
-    y = (x * tf.cast(scale, x.dtype)[:, None, None, :]
-         + tf.cast(shift, x.dtype)[:, None, None, :])
+    # In float32 whatever x's dtype (a float16 shift of about -mean rounds by up to
+    # |mean| / 2048), then back to x's dtype for the activation.
+    y = tf.cast(tf.cast(x, tf.float32) * scale[:, None, None, :] + shift[:, None, None, :],
+                x.dtype)
     return y if activation_fn is None else activation_fn(y)
 
 
@@ -64,16 +67,36 @@ def _scale_shift_activation_gradient(op, dy):
         *op.inputs, dy, activation=op.get_attr("activation"))
 
 
-@tf.custom_gradient
 def channel_moments(x):
     """Per-example, per-channel spatial means of x and of x^2.
 
     Input: float32 [N, H, W, C]. Returns: (E_hw[x], E_hw[x^2]), float32 [N, C] each.
 
-    The gradient, dx = (dmean + 2 x dsquare) / (H W), is computed in two broadcasting
-    passes; automatic differentiation would first materialize both upstream gradients at
-    full size (``Tile``) and then scale, square-differentiate and add them.
+    Where ``fused_applies`` (CPU), one op of this project's library (``csrc/
+    norm_activation.cc``): one pass over x forward and one backward. Else TensorFlow ops
+    with a two-pass custom gradient (``_channel_moments_tensorflow``). The same function.
     """
+    if fused_applies(x, "linear"):
+        return kernels.load("GroupNormalization's fused statistics",
+                            "kernels.portable_kernels()").efficientnet_ipu_channel_moments(x)
+    return _channel_moments_tensorflow(x)
+
+
+@tf.RegisterGradient("EfficientnetIpuChannelMoments")
+def _channel_moments_gradient(op, dmean, dsquare):
+    """dx = (dmean + 2 x dsquare) / (H W) in one op (a missing upstream gradient is 0)."""
+    x = op.inputs[0]
+    dmean = tf.zeros_like(op.outputs[0]) if dmean is None else dmean
+    dsquare = tf.zeros_like(op.outputs[1]) if dsquare is None else dsquare
+    return kernels.load().efficientnet_ipu_channel_moments_grad(x, dmean, dsquare)
+
+
+@tf.custom_gradient
+def _channel_moments_tensorflow(x):
+    """``channel_moments`` with TensorFlow ops. The gradient,
+    dx = (dmean + 2 x dsquare) / (H W), is computed in two broadcasting passes; automatic
+    differentiation would first materialize both upstream gradients at full size
+    (``Tile``) and then scale, square-differentiate and add them."""
     mean = tf.reduce_mean(x, axis=[1, 2])
     square = tf.reduce_mean(tf.square(x), axis=[1, 2])
 
