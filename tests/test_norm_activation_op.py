@@ -1,6 +1,8 @@
 """The fused scale-shift-activation op that ends GN/LN/IN (layers/norm.py,
 csrc/norm_activation.cc): equal to the TensorFlow composition in value and gradient, used
 where it applies and only there, validated."""
+import contextlib
+
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -67,13 +69,18 @@ def test_fused_op_is_used_only_where_it_applies_and_rejects_bad_shapes():
 @pytest.mark.parametrize("norm_name", ["gn", "ln_pn", "bn"])
 def test_model_uses_the_op_after_gn_and_ln_and_computes_the_same_function(norm_name):
     """A B0-G16 training gradient with the fused op against the same model traced with
-    TensorFlow's ops only (``portable_kernels``); BN models do not use the op."""
+    TensorFlow's ops only (``portable_kernels``). BN models use it too (Keras 3).
+
+    64 px and batch 8: BN's last stages then average 32 values per channel. At 32 px and
+    batch 4 they average 4 (1x1 pixel images), and the two computations of the same
+    batch-norm gradient differ by 3e-3 of the largest gradient (float32 cancellation in
+    a projection onto 2 of 4 dimensions), against 3e-5 here."""
     model = models.EfficientNet("b0", group_size=16, norm=norm_name, num_classes=10,
-                                input_shape=(32, 32, 3), dropout_rate=0.0,
+                                input_shape=(64, 64, 3), dropout_rate=0.0,
                                 drop_connect_rate=0.0)
-    images = tf.constant(np.random.default_rng(0).uniform(0, 255, (4, 32, 32, 3)),
+    images = tf.constant(np.random.default_rng(0).uniform(0, 255, (8, 64, 64, 3)),
                          tf.float32)
-    labels = tf.constant([1, 3, 5, 7])
+    labels = tf.constant([1, 3, 5, 7, 0, 2, 4, 6])
 
     def loss_and_grads():
         with tf.GradientTape() as tape:
@@ -84,7 +91,7 @@ def test_model_uses_the_op_after_gn_and_ln_and_computes_the_same_function(norm_n
 
     graph = tf.function(loss_and_grads).get_concrete_function().graph
     op_types = {op.type for op in graph.get_operations()}
-    expected = norm_name != "bn"
+    expected = norm_name != "bn" or L.norm._KERAS3
     assert ("EfficientnetIpuScaleShiftActivation" in op_types) == expected
     assert ("EfficientnetIpuScaleShiftActivationGrad" in op_types) == expected
     ours = loss_and_grads()
@@ -111,16 +118,54 @@ def test_group_norm_layer_rank2_and_float16_use_tensorflow_ops():
 @needs_kernels
 @pytest.mark.skipif(not CPU_ONLY, reason="the fused op is chosen on CPU-only machines")
 def test_fused_channel_moments_precision_on_a_large_offset_image():
-    """A 112x112 image with mean 50 and std 1 (B0's stage-2 size): E[x] and E[x^2] match
-    float64 NumPy to float32 precision, so that GN's E[x^2] - E[x]^2 keeps the variance."""
+    """A 112x112 image (B0's stage-2 size) with mean 100 and std 1: the mean and the
+    variance match float64 NumPy to float32 precision (E[x^2] - E[x]^2 in float32 would
+    lose the variance to cancellation here), and a batch-norm-sized reduction over 4
+    single pixels with mean 100 keeps its variance too."""
     rng = np.random.default_rng(5)
-    x = rng.normal(50.0, 1.0, size=(2, 112, 112, 24)).astype(np.float32)
-    mean, square = norm.channel_moments(tf.constant(x))
+    x = rng.normal(100.0, 1.0, size=(2, 112, 112, 24)).astype(np.float32)
+    mean, variance = norm.channel_moments(tf.constant(x))
     x64 = x.astype(np.float64)
     np.testing.assert_allclose(mean.numpy(), x64.mean(axis=(1, 2)), rtol=1e-7)
-    np.testing.assert_allclose(square.numpy(), (x64 ** 2).mean(axis=(1, 2)), rtol=1e-7)
-    variance = square.numpy() - mean.numpy() ** 2
-    np.testing.assert_allclose(variance, x64.var(axis=(1, 2)), atol=0.02)
+    np.testing.assert_allclose(variance.numpy(), x64.var(axis=(1, 2)), rtol=1e-5)
+    pixels = rng.normal(100.0, 1.0, size=(4, 1, 1, 64)).astype(np.float32)
+    layer = L.NormActivation("bn", activation="linear", name="bn_linear")
+    y = layer(tf.constant(pixels), training=True).numpy()
+    p64 = pixels.astype(np.float64)
+    expected = (p64 - p64.mean(axis=0)) / np.sqrt(p64.var(axis=0) + 1e-3)
+    np.testing.assert_allclose(y, expected, atol=1e-4)
     with pytest.raises(tf.errors.InvalidArgumentError, match=r"dmean must be \[N, C\]"):
         kernels.load().efficientnet_ipu_channel_moments_grad(
-            tf.constant(x), tf.zeros([2, 23]), tf.zeros([2, 24]))
+            tf.constant(x), mean, tf.zeros([2, 23]), tf.zeros([2, 24]))
+
+
+@needs_kernels
+@pytest.mark.skipif(not CPU_ONLY, reason="the fused op is chosen on CPU-only machines")
+@pytest.mark.skipif(not L.norm._KERAS3, reason="the fused BN path is for Keras 3")
+def test_batch_norm_activation_fused_equals_keras_path():
+    """BN + swish through ``BatchNormalization.scale_shift`` and the fused op against the
+    layers called one after the other (fused_batch_norm, then swish): training output,
+    gradients, moving statistics, then inference output."""
+    rng = np.random.default_rng(0)
+    x = tf.constant(rng.normal(0.5, 2.0, (4, 6, 5, 24)).astype(np.float32))
+    weights = tf.constant(rng.normal(size=(4, 6, 5, 24)).astype(np.float32))
+    gamma, beta = rng.normal(1.0, 0.2, 24), rng.normal(0.0, 0.2, 24)
+    results = []
+    for portable in (False, True):
+        layer = L.NormActivation("bn", activation="swish", name="bn_act")
+        layer.build(x.shape)
+        layer.norm_layer.gamma.assign(gamma.astype(np.float32))
+        layer.norm_layer.beta.assign(beta.astype(np.float32))
+        with kernels.portable_kernels() if portable else contextlib.nullcontext():
+            with tf.GradientTape() as tape:
+                tape.watch(x)
+                y = layer(x, training=True)
+                loss = tf.reduce_sum(y * weights)
+            grads = tape.gradient(loss, [x, layer.norm_layer.gamma, layer.norm_layer.beta])
+            inference = layer(x, training=False)
+        results.append([y] + grads + [layer.norm_layer.moving_mean.numpy(),
+                                      layer.norm_layer.moving_variance.numpy(), inference])
+    assert not np.allclose(results[0][4], 0.0)   # the moving mean moved
+    for a, b in zip(*results):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=0,
+                                   atol=2e-6 * float(np.abs(np.asarray(b)).max()))

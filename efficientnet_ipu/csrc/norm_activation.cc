@@ -12,11 +12,13 @@
 //   dp = dy act'(p),  dx = dp scale,  dscale[n, c] = sum_hw dp x,  dshift[n, c] = sum_hw dp.
 // Activations: swish, relu, gelu (exact) and linear, as in proxy_norm.cc.
 //
-// The statistics before it, per example and channel, are the spatial means
-// mean[n, c] = E_hw[x] and square[n, c] = E_hw[x^2] (GN/LN/IN combine channels of a group
-// afterwards, on [N, C] tensors): one pass forward, where TensorFlow squares the tensor
-// and makes two reductions, and one backward: dx = (dmean + 2 x dsquare) / (H W). Each
-// image row is summed in float32, the rows in float64.
+// The statistics before it, per example and channel, are the spatial mean and variance
+// mean[n, c] = E_hw[x] and variance[n, c] = E_hw[(x - mean)^2] (GN/LN/IN/BN combine them
+// over a group of channels or the batch afterwards, on [N, C] tensors, by the parallel
+// variance rule): one pass forward, where TensorFlow makes three, and one backward:
+// dx = (dmean + 2 (x - mean) dvariance) / (H W). The pass sums x - K and (x - K)^2 with K
+// the image's first pixel (a value of the same channel, so the sums do not cancel the
+// way E[x^2] - E[x]^2 does when |mean| >> std), each row in float32, the rows in float64.
 // Loaded by efficientnet_ipu/layers/kernels.py, which compiles it.
 
 #include <immintrin.h>
@@ -215,29 +217,33 @@ class ChannelMomentsOp : public OpKernel {
                 InvalidArgument("channel_moments: x must be [N, H, W, C], got ",
                                 x.shape().DebugString()));
     const int64_t N = x.dim_size(0), H = x.dim_size(1), W = x.dim_size(2), C = x.dim_size(3);
-    Tensor *mean = nullptr, *square = nullptr;
+    Tensor *mean = nullptr, *variance = nullptr;
     OP_REQUIRES_OK(ctx, ctx->allocate_output(0, TensorShape({N, C}), &mean));
-    OP_REQUIRES_OK(ctx, ctx->allocate_output(1, TensorShape({N, C}), &square));
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(1, TensorShape({N, C}), &variance));
+    OP_REQUIRES(ctx, H * W > 0 || N * C == 0,
+                InvalidArgument("channel_moments: empty image ", x.shape().DebugString()));
     const float* xd = x.flat<float>().data();
     float* md = mean->flat<float>().data();
-    float* qd = square->flat<float>().data();
+    float* vd = variance->flat<float>().data();
     const int64_t c8 = C / 8 * 8, cpad = (C + 7) / 8 * 8;
     const __m256i tail = TailMask(static_cast<int>(C - c8));
-    // Like TensorFlow's mean, NaN for an empty image.
-    const double inv_hw = 1.0 / static_cast<double>(H * W);
+    const double inv_hw = 1.0 / static_cast<double>(std::max<int64_t>(H * W, 1));
     auto* workers = ctx->device()->tensorflow_cpu_worker_threads()->workers;
     workers->ParallelFor(N, H * W * C * 3, [&](int64_t begin, int64_t end) {
-      std::vector<float> row(2 * cpad);
+      std::vector<float> row(2 * cpad), shift(cpad, 0.0f);
       std::vector<double> total(2 * cpad);
       for (int64_t n = begin; n < end; ++n) {
+        const float* xn = xd + n * H * W * C;
+        std::copy(xn, xn + C, shift.begin());  // K: the first pixel
         std::fill(total.begin(), total.end(), 0.0);
         for (int64_t h = 0; h < H; ++h) {
           std::fill(row.begin(), row.end(), 0.0f);
-          const float* xr = xd + (n * H + h) * W * C;
+          const float* xr = xn + h * W * C;
           for (int64_t w = 0; w < W; ++w, xr += C) {
             for (int64_t c = 0; c < cpad; c += 8) {
-              const __m256 v =
-                  c < c8 ? _mm256_loadu_ps(xr + c) : _mm256_maskload_ps(xr + c, tail);
+              const __m256 v = _mm256_sub_ps(
+                  c < c8 ? _mm256_loadu_ps(xr + c) : _mm256_maskload_ps(xr + c, tail),
+                  _mm256_loadu_ps(&shift[c]));  // masked lanes: 0 - 0
               _mm256_storeu_ps(&row[c], _mm256_add_ps(v, _mm256_loadu_ps(&row[c])));
               _mm256_storeu_ps(&row[cpad + c],
                                _mm256_fmadd_ps(v, v, _mm256_loadu_ps(&row[cpad + c])));
@@ -246,8 +252,9 @@ class ChannelMomentsOp : public OpKernel {
           for (int64_t c = 0; c < 2 * cpad; ++c) total[c] += row[c];
         }
         for (int64_t c = 0; c < C; ++c) {
-          md[n * C + c] = static_cast<float>(total[c] * inv_hw);
-          qd[n * C + c] = static_cast<float>(total[cpad + c] * inv_hw);
+          const double d = total[c] * inv_hw;  // mean - K
+          md[n * C + c] = static_cast<float>(shift[c] + d);
+          vd[n * C + c] = static_cast<float>(std::max(total[cpad + c] * inv_hw - d * d, 0.0));
         }
       }
     });
@@ -264,23 +271,25 @@ class ChannelMomentsGradOp : public OpKernel {
                 InvalidArgument("channel_moments gradient: x must be [N, H, W, C], got ",
                                 x.shape().DebugString()));
     const int64_t N = x.dim_size(0), H = x.dim_size(1), W = x.dim_size(2), C = x.dim_size(3);
-    for (int i = 1; i <= 2; ++i)
+    static const char* const kNames[] = {"", "mean", "dmean", "dvariance"};
+    for (int i = 1; i <= 3; ++i)
       OP_REQUIRES(ctx, ctx->input(i).shape() == TensorShape({N, C}),
-                  InvalidArgument("channel_moments gradient: ", i == 1 ? "dmean" : "dsquare",
-                                  " must be [N, C] = [", N, ", ", C, "], got ",
-                                  ctx->input(i).shape().DebugString()));
+                  InvalidArgument("channel_moments gradient: ", kNames[i], " must be [N, C] = [",
+                                  N, ", ", C, "], got ", ctx->input(i).shape().DebugString()));
     Tensor* dx = nullptr;
     OP_REQUIRES_OK(ctx, ctx->allocate_output(0, x.shape(), &dx));
     if (x.NumElements() == 0) return;
     const float* xd = x.flat<float>().data();
-    const float* dmd = ctx->input(1).flat<float>().data();
-    const float* dqd = ctx->input(2).flat<float>().data();
+    const float* mnd = ctx->input(1).flat<float>().data();
+    const float* dmd = ctx->input(2).flat<float>().data();
+    const float* dvd = ctx->input(3).flat<float>().data();
     float* dxd = dx->flat<float>().data();
     const int64_t c8 = C / 8 * 8, cpad = (C + 7) / 8 * 8;
     const __m256i tail = TailMask(static_cast<int>(C - c8));
     const float inv_hw = 1.0f / static_cast<float>(H * W);
     auto* workers = ctx->device()->tensorflow_cpu_worker_threads()->workers;
-    // One unit per image row; a = dmean / HW and b = 2 dsquare / HW per example.
+    // One unit per image row: dx = x b + a with b = 2 dvariance / HW and
+    // a = dmean / HW - mean b, per example and channel.
     workers->ParallelFor(N * H, W * C * 3, [&](int64_t begin, int64_t end) {
       std::vector<float> a(cpad), b(cpad);
       int64_t current = -1;
@@ -288,8 +297,8 @@ class ChannelMomentsGradOp : public OpKernel {
         const int64_t n = u / H;
         if (n != current) {
           for (int64_t c = 0; c < C; ++c) {
-            a[c] = dmd[n * C + c] * inv_hw;
-            b[c] = 2.0f * dqd[n * C + c] * inv_hw;
+            b[c] = 2.0f * dvd[n * C + c] * inv_hw;
+            a[c] = dmd[n * C + c] * inv_hw - mnd[n * C + c] * b[c];
           }
           current = n;
         }
@@ -316,7 +325,7 @@ class ChannelMomentsGradOp : public OpKernel {
 REGISTER_OP("EfficientnetIpuChannelMoments")
     .Input("x: float")
     .Output("mean: float")
-    .Output("square: float")
+    .Output("variance: float")
     .SetShapeFn([](InferenceContext* c) {
       ShapeHandle x;
       TF_RETURN_IF_ERROR(c->WithRank(c->input(0), 4, &x));
@@ -328,8 +337,9 @@ REGISTER_OP("EfficientnetIpuChannelMoments")
 
 REGISTER_OP("EfficientnetIpuChannelMomentsGrad")
     .Input("x: float")
+    .Input("mean: float")
     .Input("dmean: float")
-    .Input("dsquare: float")
+    .Input("dvariance: float")
     .Output("dx: float")
     .SetShapeFn([](InferenceContext* c) {
       c->set_output(0, c->input(0));

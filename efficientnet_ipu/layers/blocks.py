@@ -10,7 +10,7 @@ import tensorflow as tf
 
 from efficientnet_ipu.layers.conv import GroupConv2D, PointwiseConv2D
 from efficientnet_ipu.layers.norm import (INSTANCE, BatchNormalization, GroupNormalization,
-                                          scale_shift_activation)
+                                          fused_applies, scale_shift_activation)
 from efficientnet_ipu.layers import proxy_norm
 from efficientnet_ipu.layers.proxy_norm import Activation, ProxyNormActivation, get_activation
 
@@ -61,7 +61,8 @@ class NormActivation(keras.layers.Layer):
     ``<prefix>bn`` and ``<prefix>activation`` as keras.applications names them. After
     GN, LN or IN the norm's scale-and-shift and the activation are one
     ``norm.scale_shift_activation`` (a fused op on CPU; the sublayers' weights are used
-    without calling them).
+    without calling them); after BN too, where that op applies (``norm.fused_applies``,
+    Keras 3), with the batch statistics from ``BatchNormalization.scale_shift``.
 
     Input [N, H, W, C]; output the same shape (a tuple with a [C] scale in mode "split";
     without proxy norm the "split" scale is None).
@@ -94,9 +95,10 @@ class NormActivation(keras.layers.Layer):
         self.fused = self.use_pn and isinstance(self.norm_layer, GroupNormalization)
         # GN/LN/IN then the activation: one scale_shift_activation (fused op on CPU).
         self.fused_norm = isinstance(self.norm_layer, GroupNormalization)
+        self.fused_bn = isinstance(self.norm_layer, BatchNormalization) and not self.use_pn
 
     def build(self, input_shape):
-        if self.fused_norm:  # call() uses the sublayers' weights without calling them
+        if self.fused_norm or self.fused_bn:  # call() may use their weights without calling
             self.norm_layer.build(input_shape)
             self.act_layer.build(input_shape)
         super().build(input_shape)
@@ -130,6 +132,15 @@ class NormActivation(keras.layers.Layer):
             scale, shift = self.norm_layer.scale_shift(inputs)
             x = scale_shift_activation(inputs, scale, shift, self.activation,
                                        self.act_layer.activation_fn)
+            return (x, None) if self.mode == "split" else x
+        if (self.fused_bn and self.norm_layer.fusable(inputs)
+                and fused_applies(inputs, self.activation)):
+            scale, shift = self.norm_layer.scale_shift(inputs, training)
+            batch = tf.shape(inputs)[:1]
+            x = scale_shift_activation(
+                inputs, tf.broadcast_to(scale, tf.concat([batch, tf.shape(scale)], 0)),
+                tf.broadcast_to(shift, tf.concat([batch, tf.shape(shift)], 0)),
+                self.activation, self.act_layer.activation_fn)
             return (x, None) if self.mode == "split" else x
         x = self.norm_layer(inputs, training=training)
         x = self.act_layer(x)

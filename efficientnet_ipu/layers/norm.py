@@ -68,13 +68,15 @@ def _scale_shift_activation_gradient(op, dy):
 
 
 def channel_moments(x):
-    """Per-example, per-channel spatial means of x and of x^2.
+    """Per-example, per-channel spatial mean and variance of x.
 
-    Input: float32 [N, H, W, C]. Returns: (E_hw[x], E_hw[x^2]), float32 [N, C] each.
+    Input: float32 [N, H, W, C]. Returns: (E_hw[x], E_hw[(x - E_hw[x])^2]), float32
+    [N, C] each (the biased variance).
 
     Where ``fused_applies`` (CPU), one op of this project's library (``csrc/
     norm_activation.cc``): one pass over x forward and one backward. Else TensorFlow ops
-    with a two-pass custom gradient (``_channel_moments_tensorflow``). The same function.
+    with a one-pass custom gradient (``_channel_moments_tensorflow``). The same function.
+    Both keep the variance accurate when |mean| >> std (no E[x^2] - E[x]^2 on x itself).
     """
     if fused_applies(x, "linear"):
         return kernels.load("GroupNormalization's fused statistics",
@@ -83,29 +85,39 @@ def channel_moments(x):
 
 
 @tf.RegisterGradient("EfficientnetIpuChannelMoments")
-def _channel_moments_gradient(op, dmean, dsquare):
-    """dx = (dmean + 2 x dsquare) / (H W) in one op (a missing upstream gradient is 0)."""
-    x = op.inputs[0]
-    dmean = tf.zeros_like(op.outputs[0]) if dmean is None else dmean
-    dsquare = tf.zeros_like(op.outputs[1]) if dsquare is None else dsquare
-    return kernels.load().efficientnet_ipu_channel_moments_grad(x, dmean, dsquare)
+def _channel_moments_gradient(op, dmean, dvariance):
+    """dx = (dmean + 2 (x - mean) dvariance) / (H W) in one op (a missing upstream
+    gradient is 0)."""
+    x, mean = op.inputs[0], op.outputs[0]
+    dmean = tf.zeros_like(mean) if dmean is None else dmean
+    dvariance = tf.zeros_like(op.outputs[1]) if dvariance is None else dvariance
+    return kernels.load().efficientnet_ipu_channel_moments_grad(x, mean, dmean, dvariance)
 
 
 @tf.custom_gradient
 def _channel_moments_tensorflow(x):
-    """``channel_moments`` with TensorFlow ops. The gradient,
-    dx = (dmean + 2 x dsquare) / (H W), is computed in two broadcasting passes; automatic
-    differentiation would first materialize both upstream gradients at full size
-    (``Tile``) and then scale, square-differentiate and add them."""
+    """``channel_moments`` with TensorFlow ops (two reductions over the centred x). The
+    gradient, dx = (dmean + 2 (x - mean) dvariance) / (H W), is one broadcasting
+    multiply-add; automatic differentiation would materialize both upstream gradients at
+    full size (``Tile``) first."""
     mean = tf.reduce_mean(x, axis=[1, 2])
-    square = tf.reduce_mean(tf.square(x), axis=[1, 2])
+    variance = tf.reduce_mean(tf.square(x - mean[:, None, None, :]), axis=[1, 2])
 
-    def grad(dmean, dsquare):
+    def grad(dmean, dvariance):
         shape = tf.shape(x)
         inv_hw = 1.0 / tf.cast(shape[1] * shape[2], x.dtype)
-        return (x * (2.0 * inv_hw * dsquare)[:, None, None, :]
-                + (inv_hw * dmean)[:, None, None, :])
-    return (mean, square), grad
+        b = 2.0 * inv_hw * dvariance
+        return x * b[:, None, None, :] + (inv_hw * dmean - mean * b)[:, None, None, :]
+    return (mean, variance), grad
+
+
+def combine_moments(mean, variance, axis):
+    """Mean and variance of the union of equally sized sets given each set's mean and
+    (biased) variance, along ``axis`` (kept): E[var_i] + Var[mean_i], the parallel
+    variance rule (Chan, Golub & LeVeque, 1979). float32 tensors of the same shape."""
+    total_mean = tf.reduce_mean(mean, axis=axis, keepdims=True)
+    spread = tf.square(mean - total_mean)
+    return total_mean, tf.reduce_mean(variance + spread, axis=axis, keepdims=True)
 
 
 class GroupNormalization(keras.layers.Layer):
@@ -154,20 +166,18 @@ class GroupNormalization(keras.layers.Layer):
         """Per-example, per-channel float32 (scale, shift), each [N, C], such that the
         output is x * scale + shift (the affine gamma/beta included). ``x``: [N, H, W, C].
 
-        Statistics come from per-channel spatial means (contiguous reductions in NHWC),
-        E[x^2] - E[x]^2 in float32. ``offset`` (optional, float32 [N, C]): normalize
+        Statistics come from per-channel spatial means and variances
+        (``channel_moments``), combined over each group's channels in float32
+        (``combine_moments``). ``offset`` (optional, float32 [N, C]): normalize
         x - offset instead of x, with the offset folded into the statistics and the shift
         (no pass over x; used to fold a proxy-norm mean through a 1x1 convolution)."""
         channels = x.shape[-1]
-        mean_c, square_c = channel_moments(tf.cast(x, tf.float32))           # [N, C] each
+        mean_c, variance_c = channel_moments(tf.cast(x, tf.float32))         # [N, C] each
         if offset is not None:
-            square_c = square_c - offset * (2.0 * mean_c - offset)
-            mean_c = mean_c - offset
+            mean_c = mean_c - offset          # a shift leaves each channel's variance
         mean_g = tf.reshape(mean_c, [-1, self.num_groups, channels // self.num_groups])
-        square_g = tf.reshape(square_c, tf.shape(mean_g))
-        mean = tf.reduce_mean(mean_g, axis=-1, keepdims=True)              # [N, G, 1]
-        variance = tf.nn.relu(tf.reduce_mean(square_g, axis=-1, keepdims=True)
-                              - tf.square(mean))
+        variance_g = tf.reshape(variance_c, tf.shape(mean_g))
+        mean, variance = combine_moments(mean_g, variance_g, axis=-1)      # [N, G, 1]
         spread = tf.zeros_like(mean_g)                                      # [N, G, C/G]
         scale = tf.reshape(tf.math.rsqrt(variance + self.epsilon) + spread, [-1, channels])
         mean = tf.reshape(mean + spread, [-1, channels])
@@ -215,7 +225,45 @@ class BatchNormalization(keras.layers.BatchNormalization):
     as Keras 3 does. Inputs of other ranks, masks, renorm or another axis use Keras' code.
 
     Input/output: [N, H, W, C], any float dtype (statistics in float32).
+
+    ``scale_shift`` gives the same normalization as per-channel (scale, shift), for
+    NormActivation to apply together with the activation (``scale_shift_activation``).
     """
+
+    def fusable(self, inputs):
+        """True if ``scale_shift`` applies: Keras 3, 4-D NHWC inputs, no renorm."""
+        axis = self.axis if isinstance(self.axis, int) else None
+        return (_KERAS3 and not self.renorm and len(inputs.shape) == 4
+                and axis in (3, -1))
+
+    def scale_shift(self, inputs, training=None):
+        """Float32 (scale, shift), [C] each, such that the batch norm of ``inputs``
+        ([N, H, W, C]) is inputs * scale + shift, gamma and beta included.
+
+        Training (``training`` and the layer trainable): the batch's statistics over
+        (N, H, W), from the per-example ``channel_moments`` (one fused pass on CPU), and
+        the moving averages updated with the biased variance as in ``call``. Otherwise the
+        moving statistics. Raises ValueError where ``fusable`` is False."""
+        if not self.fusable(inputs):
+            raise ValueError("BatchNormalization.scale_shift needs Keras 3, 4-D NHWC inputs "
+                             "(axis -1) and renorm=False")
+        channels = inputs.shape[-1]
+        gamma = tf.cast(self.gamma, tf.float32) if self.scale else tf.ones([channels])
+        beta = tf.cast(self.beta, tf.float32) if self.center else tf.zeros([channels])
+        if training and self.trainable:
+            mean_c, variance_c = channel_moments(tf.cast(inputs, tf.float32))  # [N, C]
+            mean, variance = combine_moments(mean_c, variance_c, axis=0)
+            mean, variance = mean[0], variance[0]
+            momentum = self.momentum
+            self.moving_mean.assign(tf.cast(self.moving_mean, tf.float32) * momentum
+                                    + tf.stop_gradient(mean) * (1.0 - momentum))
+            self.moving_variance.assign(tf.cast(self.moving_variance, tf.float32) * momentum
+                                        + tf.stop_gradient(variance) * (1.0 - momentum))
+        else:
+            mean = tf.cast(self.moving_mean, tf.float32)
+            variance = tf.cast(self.moving_variance, tf.float32)
+        scale = gamma * tf.math.rsqrt(variance + self.epsilon)
+        return scale, beta - mean * scale
 
     def call(self, inputs, training=None, mask=None):
         axis = self.axis if isinstance(self.axis, int) else None
