@@ -24,6 +24,7 @@
 #include <immintrin.h>
 
 #include <algorithm>
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -57,12 +58,33 @@ inline __m256i TailMask(int lanes) {
   return _mm256_load_si256(reinterpret_cast<const __m256i*>(m));
 }
 
-class ScaleShiftBase : public OpKernel {
+// The CPU check and the thread pool all four ops share.
+class NormOpBase : public OpKernel {
  public:
-  explicit ScaleShiftBase(OpKernelConstruction* ctx) : OpKernel(ctx) {
+  explicit NormOpBase(OpKernelConstruction* ctx) : OpKernel(ctx) {
     OP_REQUIRES(ctx, __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"),
                 tensorflow::errors::FailedPrecondition(
                     "the efficientnet_ipu normalization kernels need a CPU with AVX2 and FMA"));
+  }
+
+ protected:
+  // Checks input 0 is [N, H, W, C]; ``what`` names the op in the error.
+  static bool CheckImage(OpKernelContext* ctx, const char* what) {
+    if (ctx->input(0).dims() == 4) return true;
+    ctx->CtxFailure(InvalidArgument(what, ": x must be [N, H, W, C], got ",
+                                    ctx->input(0).shape().DebugString()));
+    return false;
+  }
+
+  static void ParallelFor(OpKernelContext* ctx, int64_t units, int64_t cost,
+                          const std::function<void(int64_t, int64_t)>& fn) {
+    ctx->device()->tensorflow_cpu_worker_threads()->workers->ParallelFor(units, cost, fn);
+  }
+};
+
+class ScaleShiftBase : public NormOpBase {
+ public:
+  explicit ScaleShiftBase(OpKernelConstruction* ctx) : NormOpBase(ctx) {
     std::string name;
     OP_REQUIRES_OK(ctx, ctx->GetAttr("activation", &name));
     act_ = ActFromName(name);
@@ -71,12 +93,8 @@ class ScaleShiftBase : public OpKernel {
  protected:
   // Checks x is [N, H, W, C] and scale, shift are [N, C].
   bool CheckInputs(OpKernelContext* ctx) {
+    if (!CheckImage(ctx, "scale_shift_activation")) return false;
     const Tensor& x = ctx->input(0);
-    if (x.dims() != 4) {
-      ctx->CtxFailure(InvalidArgument("scale_shift_activation: x must be [N, H, W, C], got ",
-                                      x.shape().DebugString()));
-      return false;
-    }
     const TensorShape vec({x.dim_size(0), x.dim_size(3)});
     for (int i = 1; i <= 2; ++i) {
       if (ctx->input(i).shape() != vec) {
@@ -87,11 +105,6 @@ class ScaleShiftBase : public OpKernel {
       }
     }
     return true;
-  }
-
-  void ParallelFor(OpKernelContext* ctx, int64_t units, int64_t cost,
-                   const std::function<void(int64_t, int64_t)>& fn) {
-    ctx->device()->tensorflow_cpu_worker_threads()->workers->ParallelFor(units, cost, fn);
   }
 
   Act act_;
@@ -207,15 +220,13 @@ class ScaleShiftActivationGradOp : public ScaleShiftBase {
   }
 };
 
-class ChannelMomentsOp : public OpKernel {
+class ChannelMomentsOp : public NormOpBase {
  public:
-  explicit ChannelMomentsOp(OpKernelConstruction* ctx) : OpKernel(ctx) {}
+  using NormOpBase::NormOpBase;
 
   void Compute(OpKernelContext* ctx) override {
+    if (!CheckImage(ctx, "channel_moments")) return;
     const Tensor& x = ctx->input(0);
-    OP_REQUIRES(ctx, x.dims() == 4,
-                InvalidArgument("channel_moments: x must be [N, H, W, C], got ",
-                                x.shape().DebugString()));
     const int64_t N = x.dim_size(0), H = x.dim_size(1), W = x.dim_size(2), C = x.dim_size(3);
     Tensor *mean = nullptr, *variance = nullptr;
     OP_REQUIRES_OK(ctx, ctx->allocate_output(0, TensorShape({N, C}), &mean));
@@ -228,8 +239,7 @@ class ChannelMomentsOp : public OpKernel {
     const int64_t c8 = C / 8 * 8, cpad = (C + 7) / 8 * 8;
     const __m256i tail = TailMask(static_cast<int>(C - c8));
     const double inv_hw = 1.0 / static_cast<double>(std::max<int64_t>(H * W, 1));
-    auto* workers = ctx->device()->tensorflow_cpu_worker_threads()->workers;
-    workers->ParallelFor(N, H * W * C * 3, [&](int64_t begin, int64_t end) {
+    ParallelFor(ctx, N, H * W * C * 3, [&](int64_t begin, int64_t end) {
       std::vector<float> row(2 * cpad), shift(cpad, 0.0f);
       std::vector<double> total(2 * cpad);
       for (int64_t n = begin; n < end; ++n) {
@@ -261,15 +271,13 @@ class ChannelMomentsOp : public OpKernel {
   }
 };
 
-class ChannelMomentsGradOp : public OpKernel {
+class ChannelMomentsGradOp : public NormOpBase {
  public:
-  explicit ChannelMomentsGradOp(OpKernelConstruction* ctx) : OpKernel(ctx) {}
+  using NormOpBase::NormOpBase;
 
   void Compute(OpKernelContext* ctx) override {
+    if (!CheckImage(ctx, "channel_moments gradient")) return;
     const Tensor& x = ctx->input(0);
-    OP_REQUIRES(ctx, x.dims() == 4,
-                InvalidArgument("channel_moments gradient: x must be [N, H, W, C], got ",
-                                x.shape().DebugString()));
     const int64_t N = x.dim_size(0), H = x.dim_size(1), W = x.dim_size(2), C = x.dim_size(3);
     static const char* const kNames[] = {"", "mean", "dmean", "dvariance"};
     for (int i = 1; i <= 3; ++i)
@@ -287,10 +295,9 @@ class ChannelMomentsGradOp : public OpKernel {
     const int64_t c8 = C / 8 * 8, cpad = (C + 7) / 8 * 8;
     const __m256i tail = TailMask(static_cast<int>(C - c8));
     const float inv_hw = 1.0f / static_cast<float>(H * W);
-    auto* workers = ctx->device()->tensorflow_cpu_worker_threads()->workers;
     // One unit per image row: dx = x b + a with b = 2 dvariance / HW and
     // a = dmean / HW - mean b, per example and channel.
-    workers->ParallelFor(N * H, W * C * 3, [&](int64_t begin, int64_t end) {
+    ParallelFor(ctx, N * H, W * C * 3, [&](int64_t begin, int64_t end) {
       std::vector<float> a(cpad), b(cpad);
       int64_t current = -1;
       for (int64_t u = begin; u < end; ++u) {
