@@ -92,9 +92,9 @@ class NormActivation(keras.layers.Layer):
                                                  implementation=proxy_implementation)
         else:
             self.act_layer = Activation(activation, name=prefix + "activation")
-        self.fused = self.use_pn and isinstance(self.norm_layer, GroupNormalization)
         # GN/LN/IN then the activation: one scale_shift_activation (fused op on CPU).
         self.fused_norm = isinstance(self.norm_layer, GroupNormalization)
+        self.fused = self.use_pn and self.fused_norm
         self.fused_bn = isinstance(self.norm_layer, BatchNormalization) and not self.use_pn
 
     def build(self, input_shape):

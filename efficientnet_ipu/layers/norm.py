@@ -247,34 +247,38 @@ class BatchNormalization(keras.layers.BatchNormalization):
         if not self.fusable(inputs):
             raise ValueError("BatchNormalization.scale_shift needs Keras 3, 4-D NHWC inputs "
                              "(axis -1) and renorm=False")
-        channels = inputs.shape[-1]
-        gamma = tf.cast(self.gamma, tf.float32) if self.scale else tf.ones([channels])
-        beta = tf.cast(self.beta, tf.float32) if self.center else tf.zeros([channels])
+        gamma, beta = self._gamma_beta(inputs.shape[-1])
         if training and self.trainable:
             mean_c, variance_c = channel_moments(tf.cast(inputs, tf.float32))  # [N, C]
             mean, variance = combine_moments(mean_c, variance_c, axis=0)
             mean, variance = mean[0], variance[0]
-            momentum = self.momentum
-            self.moving_mean.assign(tf.cast(self.moving_mean, tf.float32) * momentum
-                                    + tf.stop_gradient(mean) * (1.0 - momentum))
-            self.moving_variance.assign(tf.cast(self.moving_variance, tf.float32) * momentum
-                                        + tf.stop_gradient(variance) * (1.0 - momentum))
+            self._update_moving_averages(tf.stop_gradient(mean), tf.stop_gradient(variance))
         else:
             mean = tf.cast(self.moving_mean, tf.float32)
             variance = tf.cast(self.moving_variance, tf.float32)
         scale = gamma * tf.math.rsqrt(variance + self.epsilon)
         return scale, beta - mean * scale
 
+    def _gamma_beta(self, channels):
+        """Float32 gamma and beta, [C] each (ones / zeros where the layer has none)."""
+        gamma = tf.cast(self.gamma, tf.float32) if self.scale else tf.ones([channels])
+        beta = tf.cast(self.beta, tf.float32) if self.center else tf.zeros([channels])
+        return gamma, beta
+
+    def _update_moving_averages(self, mean, variance):
+        """Moving averages with this batch's float32 mean and biased variance, [C]."""
+        momentum = self.momentum
+        self.moving_mean.assign(tf.cast(self.moving_mean, tf.float32) * momentum
+                                + mean * (1.0 - momentum))
+        self.moving_variance.assign(tf.cast(self.moving_variance, tf.float32) * momentum
+                                    + variance * (1.0 - momentum))
+
     def call(self, inputs, training=None, mask=None):
-        axis = self.axis if isinstance(self.axis, int) else None
-        if (not _KERAS3 or mask is not None or self.renorm or len(inputs.shape) != 4
-                or axis not in (3, -1)):
+        if mask is not None or not self.fusable(inputs):
             if mask is None:
                 return super().call(inputs, training=training)
             return super().call(inputs, training=training, mask=mask)
-        channels = inputs.shape[-1]
-        gamma = tf.cast(self.gamma, tf.float32) if self.scale else tf.ones([channels])
-        beta = tf.cast(self.beta, tf.float32) if self.center else tf.zeros([channels])
+        gamma, beta = self._gamma_beta(inputs.shape[-1])
         x = inputs if inputs.dtype in (tf.float16, tf.bfloat16, tf.float32) else tf.cast(
             inputs, tf.float32)
         if training and self.trainable:
@@ -285,18 +289,12 @@ class BatchNormalization(keras.layers.BatchNormalization):
             shape = tf.shape(x)
             n = tf.cast(shape[0] * shape[1] * shape[2], tf.float32)
             variance = variance * ((n - 1.0) / tf.maximum(n, 1.0))
-            momentum = self.momentum
-            self.moving_mean.assign(tf.cast(self.moving_mean, tf.float32) * momentum
-                                    + mean * (1.0 - momentum))
-            self.moving_variance.assign(tf.cast(self.moving_variance, tf.float32) * momentum
-                                        + variance * (1.0 - momentum))
+            self._update_moving_averages(mean, variance)
         else:
             # Inference stays a plain scale-and-shift, as in Keras: TensorFlow's graph
             # optimizer would fuse a fused_batch_norm into the preceding convolution, and
             # that oneDNN kernel made B0's batch-1 latency 15x longer here (740 vs 50 ms).
-            scale = gamma * tf.math.rsqrt(tf.cast(self.moving_variance, tf.float32)
-                                          + self.epsilon)
-            shift = beta - tf.cast(self.moving_mean, tf.float32) * scale
+            scale, shift = self.scale_shift(x, training=False)
             y = tf.cast(x, tf.float32) * scale + shift   # float32, as Keras computes it
         return tf.cast(y, self.compute_dtype)
 
