@@ -272,7 +272,8 @@ def test_split_implementation_equals_grouped():
 @pytest.mark.parametrize("norm,mode", [("ln_pn", "normalize"), ("gn_pn", "split"),
                                        ("ln_pn", "center")])
 def test_fused_norm_proxy_activation_equals_separate_layers(norm, mode):
-    """NormActivation folds the norm's scale/shift into PN's affine: same result as
+    """NormActivation folds the norm's scale/shift into PN's affine and, on CPU, applies
+    PN's mean and scale in the same op: same result and gradients (input and weights) as
     running GroupNormalization and ProxyNormActivation one after the other."""
     rng = np.random.default_rng(11)
     x = tf.constant(rng.normal(2.0, 3.0, size=(3, 7, 7, 16)).astype(np.float32))
@@ -282,10 +283,22 @@ def test_fused_norm_proxy_activation_equals_separate_layers(norm, mode):
     for var in pn.trainable_variables:
         var.assign(rng.uniform(-0.5, 0.5, var.shape).astype(np.float32) + (
             1.0 if "gamma" in var.name and "proxy" not in var.name else 0.0))
-    separate = pn(fused.norm_layer(x))
-    out = fused(x)
-    for a, b in zip(tf.nest.flatten(out), tf.nest.flatten(separate)):
-        np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-4, atol=1e-5)
+    upstream = [tf.constant(rng.normal(size=(3, 7, 7, 16)).astype(np.float32)),
+                tf.constant(rng.normal(size=16).astype(np.float32))]
+
+    def value_and_grads(fn):
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            out = tf.nest.flatten(fn(x))
+            loss = sum(tf.reduce_sum(o * u) for o, u in zip(out, upstream))
+        return out + tape.gradient(loss, [x] + pn.trainable_variables)
+
+    ours = value_and_grads(fused)
+    separate = value_and_grads(lambda v: pn(fused.norm_layer(v)))
+    assert len(ours) == len(separate) == len(tf.nest.flatten(fused(x))) + 5
+    for a, b in zip(ours, separate):
+        np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-4,
+                                   atol=1e-5 * max(1.0, float(tf.reduce_max(tf.abs(b)))))
 
 
 def test_swish_gradient_equals_tensorflow_silu():

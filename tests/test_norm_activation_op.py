@@ -18,32 +18,38 @@ needs_kernels = pytest.mark.skipif(
 CPU_ONLY = all(d.device_type == "CPU" for d in tf.config.list_physical_devices())
 
 
-def value_and_grads(x, scale, shift, weights, activation, portable):
+def value_and_grads(x, scale, shift, weights, activation, portable, post=None):
     fn = None if activation == "linear" else get_activation(activation)
+    inputs = [x, scale, shift] + list(post or [])
     with tf.GradientTape() as tape:
-        tape.watch([x, scale, shift])
-        if portable:
-            with kernels.portable_kernels():
-                y = norm.scale_shift_activation(x, scale, shift, activation, fn)
-        else:
-            y = norm.scale_shift_activation(x, scale, shift, activation, fn)
+        tape.watch(inputs)
+        with kernels.portable_kernels() if portable else contextlib.nullcontext():
+            y = norm.scale_shift_activation(x, scale, shift, activation, fn, post=post)
         loss = tf.reduce_sum(y * weights)
-    return [y] + tape.gradient(loss, [x, scale, shift])
+    return [y] + tape.gradient(loss, inputs)
 
 
 @needs_kernels
 @pytest.mark.skipif(not CPU_ONLY, reason="the fused op is chosen on CPU-only machines")
+@pytest.mark.parametrize("post", [False, True])
 @pytest.mark.parametrize("activation", ["swish", "relu", "gelu", "linear"])
 @pytest.mark.parametrize("shape", [(2, 5, 7, 24), (3, 4, 3, 13), (1, 1, 1, 8)])
-def test_fused_op_equals_tensorflow_and_gradients(activation, shape):
-    """13 channels: a masked tail of 5; 1x1: a single pixel."""
+def test_fused_op_equals_tensorflow_and_gradients(activation, shape, post):
+    """13 channels: a masked tail of 5; 1x1: a single pixel. With ``post`` (proxy norm's
+    per-channel affine after the activation) the op also returns its two gradients,
+    summed over the batch and the pixels."""
     rng = np.random.default_rng(sum(shape))
     x = tf.constant(rng.normal(0.0, 2.0, size=shape).astype(np.float32))
     scale = tf.constant(rng.normal(size=(shape[0], shape[3])).astype(np.float32))
     shift = tf.constant(rng.normal(size=(shape[0], shape[3])).astype(np.float32))
     weights = tf.constant(rng.normal(size=shape).astype(np.float32))
-    ours = value_and_grads(x, scale, shift, weights, activation, portable=False)
-    ref = value_and_grads(x, scale, shift, weights, activation, portable=True)
+    affine = None
+    if post:
+        affine = [tf.constant(rng.uniform(0.5, 2.0, size=shape[3]).astype(np.float32)),
+                  tf.constant(rng.normal(size=shape[3]).astype(np.float32))]
+    ours = value_and_grads(x, scale, shift, weights, activation, False, affine)
+    ref = value_and_grads(x, scale, shift, weights, activation, True, affine)
+    assert len(ours) == (6 if post else 4)
     for a, b in zip(ours, ref):
         np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=0,
                                    atol=2e-6 * float(tf.reduce_max(tf.abs(b))))
@@ -62,6 +68,10 @@ def test_fused_op_is_used_only_where_it_applies_and_rejects_bad_shapes():
         norm.scale_shift_activation(x, tf.zeros([2, 7]), tf.zeros([2, 8]), "swish")
     with pytest.raises(tf.errors.InvalidArgumentError, match=r"shift must be \[N, C\]"):
         norm.scale_shift_activation(x, tf.zeros([2, 8]), tf.zeros([1, 8]), "swish")
+    with pytest.raises(tf.errors.InvalidArgumentError,
+                       match=r"post must be empty or \(post_scale, post_shift\), each \[C\]"):
+        norm.scale_shift_activation(x, tf.zeros([2, 8]), tf.zeros([2, 8]), "swish",
+                                    post=(tf.ones([2, 8]), tf.zeros([2, 8])))
 
 
 @needs_kernels

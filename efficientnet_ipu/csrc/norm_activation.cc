@@ -3,6 +3,7 @@
 // op, float32, NHWC, on x86-64 CPUs with AVX2+FMA:
 //
 //   y[n, h, w, c] = act(x[n, h, w, c] * scale[n, c] + shift[n, c])
+//                   [* post_scale[c] + post_shift[c]]
 //
 // scale and shift hold the per-example statistics with the affine (and, under proxy norm,
 // PN's gamma and beta) folded in. TensorFlow computes this as a multiply, an add and the
@@ -11,6 +12,11 @@
 // each way (issue #4). Gradient, with p = x scale + shift:
 //   dp = dy act'(p),  dx = dp scale,  dscale[n, c] = sum_hw dp x,  dshift[n, c] = sum_hw dp.
 // Activations: swish, relu, gelu (exact) and linear, as in proxy_norm.cc.
+// The optional per-channel affine after the activation (``post``, a list of none or two
+// [C] tensors) is proxy norm's (a - proxy mean) * proxy scale (paper 002 eq. 7) where no
+// convolution follows to fold it into (the stem; the top's mean before pooling): with
+// z = a post_scale + post_shift and a = act(p), the gradient uses da = dz post_scale and
+// adds dpost_scale[c] = sum_nhw dz a, dpost_shift[c] = sum_nhw dz.
 //
 // The statistics before it, per example and channel, are the spatial mean and variance
 // mean[n, c] = E_hw[x] and variance[n, c] = E_hw[(x - mean)^2] (GN/LN/IN/BN combine them
@@ -91,8 +97,11 @@ class ScaleShiftBase : public NormOpBase {
   }
 
  protected:
-  // Checks x is [N, H, W, C] and scale, shift are [N, C].
-  bool CheckInputs(OpKernelContext* ctx) {
+  // Checks x is [N, H, W, C], scale and shift are [N, C], and post is empty or two [C]
+  // tensors; sets *post_scale and *post_shift to their data (nullptr without post).
+  // (Outputs, not members: a kernel's Compute may run on several threads at once.)
+  static bool CheckInputs(OpKernelContext* ctx, const float** post_scale,
+                          const float** post_shift) {
     if (!CheckImage(ctx, "scale_shift_activation")) return false;
     const Tensor& x = ctx->input(0);
     const TensorShape vec({x.dim_size(0), x.dim_size(3)});
@@ -104,7 +113,25 @@ class ScaleShiftBase : public NormOpBase {
         return false;
       }
     }
+    tensorflow::OpInputList post;
+    if (!ctx->input_list("post", &post).ok()) return false;
+    *post_scale = *post_shift = nullptr;
+    if (post.size() == 0) return true;
+    const TensorShape channels({x.dim_size(3)});
+    if (post.size() != 2 || post[0].shape() != channels || post[1].shape() != channels) {
+      ctx->CtxFailure(InvalidArgument(
+          "scale_shift_activation: post must be empty or (post_scale, post_shift), each [C] = ",
+          channels.DebugString(), ", got ", post.size(), " tensors"));
+      return false;
+    }
+    *post_scale = post[0].flat<float>().data();
+    *post_shift = post[1].flat<float>().data();
     return true;
+  }
+
+  // Loads 8 channels from c (all 8 if full, else the tail lanes, the rest 0).
+  static __m256 Load(const float* p, bool full, __m256i tail) {
+    return full ? _mm256_loadu_ps(p) : _mm256_maskload_ps(p, tail);
   }
 
   Act act_;
@@ -115,7 +142,8 @@ class ScaleShiftActivationOp : public ScaleShiftBase {
   using ScaleShiftBase::ScaleShiftBase;
 
   void Compute(OpKernelContext* ctx) override {
-    if (!CheckInputs(ctx)) return;
+    const float *ps = nullptr, *pb = nullptr;
+    if (!CheckInputs(ctx, &ps, &pb)) return;
     const Tensor& x = ctx->input(0);
     Tensor* y = nullptr;
     OP_REQUIRES_OK(ctx, ctx->allocate_output(0, x.shape(), &y));
@@ -137,16 +165,17 @@ class ScaleShiftActivationOp : public ScaleShiftBase {
         const float* xr = xd + u * W * C;
         float* yr = yd + u * W * C;
         for (int64_t w = 0; w < W; ++w, xr += C, yr += C) {
-          for (int64_t c = 0; c < c8; c += 8) {
-            const __m256 v = _mm256_fmadd_ps(_mm256_loadu_ps(xr + c), _mm256_loadu_ps(a + c),
-                                             _mm256_loadu_ps(b + c));
-            _mm256_storeu_ps(yr + c, Activate(act, v, nullptr));
-          }
-          if (c8 < C) {
-            const __m256 v = _mm256_fmadd_ps(_mm256_maskload_ps(xr + c8, tail),
-                                             _mm256_maskload_ps(a + c8, tail),
-                                             _mm256_maskload_ps(b + c8, tail));
-            _mm256_maskstore_ps(yr + c8, tail, Activate(act, v, nullptr));
+          for (int64_t c = 0; c < C; c += 8) {
+            const bool full = c < c8;
+            __m256 v = Activate(act, _mm256_fmadd_ps(Load(xr + c, full, tail),
+                                                     Load(a + c, full, tail),
+                                                     Load(b + c, full, tail)), nullptr);
+            if (ps != nullptr)
+              v = _mm256_fmadd_ps(v, Load(ps + c, full, tail), Load(pb + c, full, tail));
+            if (full)
+              _mm256_storeu_ps(yr + c, v);
+            else
+              _mm256_maskstore_ps(yr + c, tail, v);
           }
         }
       }
@@ -159,9 +188,11 @@ class ScaleShiftActivationGradOp : public ScaleShiftBase {
   using ScaleShiftBase::ScaleShiftBase;
 
   void Compute(OpKernelContext* ctx) override {
-    if (!CheckInputs(ctx)) return;
+    const float *ps = nullptr, *pb = nullptr;
+    if (!CheckInputs(ctx, &ps, &pb)) return;
     const Tensor& x = ctx->input(0);
-    const Tensor& dy = ctx->input(3);
+    const int num_post = ps == nullptr ? 0 : 2;
+    const Tensor& dy = ctx->input(3 + num_post);
     OP_REQUIRES(ctx, dy.shape() == x.shape(),
                 InvalidArgument("scale_shift_activation gradient: dy ",
                                 dy.shape().DebugString(), " must have x's shape ",
@@ -171,6 +202,10 @@ class ScaleShiftActivationGradOp : public ScaleShiftBase {
     OP_REQUIRES_OK(ctx, ctx->allocate_output(1, ctx->input(1).shape(), &dscale));
     OP_REQUIRES_OK(ctx, ctx->allocate_output(2, ctx->input(2).shape(), &dshift));
     const int64_t N = x.dim_size(0), H = x.dim_size(1), W = x.dim_size(2), C = x.dim_size(3);
+    tensorflow::OpOutputList dpost;
+    OP_REQUIRES_OK(ctx, ctx->output_list("dpost", &dpost));
+    // Per-example sums of dz a and dz for the post affine, added over N at the end.
+    std::vector<float> post_sums(num_post > 0 ? 2 * N * C : 0, 0.0f);
     const float* xd = x.flat<float>().data();
     const float* sd = ctx->input(1).flat<float>().data();
     const float* bd = ctx->input(2).flat<float>().data();
@@ -183,11 +218,13 @@ class ScaleShiftActivationGradOp : public ScaleShiftBase {
     const Act act = act_;
     // One unit per example, so each owns its rows of dscale and dshift (no reduction).
     ParallelFor(ctx, N, H * W * C * 12, [&](int64_t begin, int64_t end) {
-      std::vector<float> acc(2 * cpad);
+      std::vector<float> acc(4 * cpad);
       for (int64_t n = begin; n < end; ++n) {
         std::fill(acc.begin(), acc.end(), 0.0f);
         float* as = acc.data();
         float* ab = acc.data() + cpad;
+        float* aps = acc.data() + 2 * cpad;
+        float* apb = acc.data() + 3 * cpad;
         const float* a = sd + n * C;
         const float* b = bd + n * C;
         const int64_t base = n * H * W * C;
@@ -197,13 +234,17 @@ class ScaleShiftActivationGradOp : public ScaleShiftBase {
           float* dxp = dxd + base + p * C;
           for (int64_t c = 0; c < cpad; c += 8) {
             const bool full = c < c8;
-            const __m256 xv = full ? _mm256_loadu_ps(xp + c) : _mm256_maskload_ps(xp + c, tail);
-            const __m256 av = full ? _mm256_loadu_ps(a + c) : _mm256_maskload_ps(a + c, tail);
-            const __m256 bv = full ? _mm256_loadu_ps(b + c) : _mm256_maskload_ps(b + c, tail);
-            const __m256 gv =
-                full ? _mm256_loadu_ps(dyp + c) : _mm256_maskload_ps(dyp + c, tail);
+            const __m256 xv = Load(xp + c, full, tail);
+            const __m256 av = Load(a + c, full, tail);
+            __m256 gv = Load(dyp + c, full, tail);
             __m256 d;
-            Activate(act, _mm256_fmadd_ps(xv, av, bv), &d);
+            const __m256 yv =
+                Activate(act, _mm256_fmadd_ps(xv, av, Load(b + c, full, tail)), &d);
+            if (ps != nullptr) {  // dz -> da = dz post_scale; sums for the post affine
+              _mm256_storeu_ps(aps + c, _mm256_fmadd_ps(gv, yv, _mm256_loadu_ps(aps + c)));
+              _mm256_storeu_ps(apb + c, _mm256_add_ps(gv, _mm256_loadu_ps(apb + c)));
+              gv = _mm256_mul_ps(gv, Load(ps + c, full, tail));
+            }
             const __m256 dp = _mm256_mul_ps(gv, d);
             if (full)
               _mm256_storeu_ps(dxp + c, _mm256_mul_ps(dp, av));
@@ -215,8 +256,20 @@ class ScaleShiftActivationGradOp : public ScaleShiftBase {
         }
         std::copy(as, as + C, dsd + n * C);
         std::copy(ab, ab + C, dbd + n * C);
+        if (ps != nullptr) {
+          std::copy(aps, aps + C, &post_sums[n * C]);
+          std::copy(apb, apb + C, &post_sums[(N + n) * C]);
+        }
       }
     });
+    for (int i = 0; i < num_post; ++i) {
+      Tensor* out = nullptr;
+      OP_REQUIRES_OK(ctx, dpost.allocate(i, TensorShape({C}), &out));
+      float* od = out->flat<float>().data();
+      std::fill(od, od + C, 0.0f);
+      for (int64_t n = 0; n < N; ++n)
+        for (int64_t c = 0; c < C; ++c) od[c] += post_sums[(i * N + n) * C + c];
+    }
   }
 };
 
@@ -362,8 +415,10 @@ REGISTER_OP("EfficientnetIpuScaleShiftActivation")
     .Input("x: float")
     .Input("scale: float")
     .Input("shift: float")
+    .Input("post: num_post * float")
     .Output("y: float")
     .Attr("activation: {'swish', 'relu', 'gelu', 'linear'}")
+    .Attr("num_post: int >= 0")
     .SetShapeFn([](InferenceContext* c) {
       ShapeHandle x;
       TF_RETURN_IF_ERROR(c->WithRank(c->input(0), 4, &x));
@@ -375,15 +430,16 @@ REGISTER_OP("EfficientnetIpuScaleShiftActivationGrad")
     .Input("x: float")
     .Input("scale: float")
     .Input("shift: float")
+    .Input("post: num_post * float")
     .Input("dy: float")
     .Output("dx: float")
     .Output("dscale: float")
     .Output("dshift: float")
+    .Output("dpost: num_post * float")
     .Attr("activation: {'swish', 'relu', 'gelu', 'linear'}")
+    .Attr("num_post: int >= 0")
     .SetShapeFn([](InferenceContext* c) {
-      c->set_output(0, c->input(0));
-      c->set_output(1, c->input(1));
-      c->set_output(2, c->input(2));
+      for (int i = 0; i < c->num_outputs(); ++i) c->set_output(i, c->input(i));
       return absl::OkStatus();
     });
 

@@ -103,7 +103,7 @@ class NormActivation(keras.layers.Layer):
             self.act_layer.build(input_shape)
         super().build(input_shape)
 
-    def proxy_parts(self, inputs):
+    def proxy_parts(self, inputs, post=False):
         """For the fused case (proxy norm after GN, LN or IN): (activated, mean, scale) with
         activated = act(gamma * norm(inputs) + beta) ([N, H, W, C], inputs' dtype) and the
         proxy mean and rsqrt(proxy variance + eps~) (float32 [C] each), so that the
@@ -112,22 +112,32 @@ class NormActivation(keras.layers.Layer):
 
         The norm's (scale, shift) and PN's (gamma, beta) make one affine,
         x * (scale gamma) + (shift gamma + beta), computed with the activation by
-        ``norm.scale_shift_activation`` (one fused op on CPU)."""
+        ``norm.scale_shift_activation`` (one fused op on CPU). With ``post`` the same op
+        also applies what this layer's ``mode`` takes of PN (paper 002 eq. 7): "normalize"
+        (activated - mean) * scale, "center" and "split" activated - mean; ``activated``
+        is then that result."""
         if not self.fused:
             raise ValueError("proxy_parts needs norm in gn_pn/ln_pn/in_pn, got %r"
                              % (self.norm,))
         scale, shift = self.norm_layer.scale_shift(inputs)
         gamma = tf.cast(self.act_layer.gamma, tf.float32)
         beta = tf.cast(self.act_layer.beta, tf.float32)
+        mean, proxy_scale = self.act_layer.proxy_mean_scale()
+        affine = None
+        if post and self.mode == "normalize":
+            affine = (proxy_scale, -mean * proxy_scale)
+        elif post:
+            affine = (tf.ones_like(mean), -mean)
         activated = scale_shift_activation(inputs, scale * gamma, shift * gamma + beta,
-                                           self.activation, self.act_layer.activation_fn)
-        mean, scale = self.act_layer.proxy_mean_scale()
-        return activated, mean, scale
+                                           self.activation, self.act_layer.activation_fn,
+                                           post=affine)
+        return activated, mean, proxy_scale
 
     def call(self, inputs, training=None):
         if self.fused:
-            activated, mean, scale = self.proxy_parts(inputs)
-            return self.act_layer.normalize_activated(activated, (mean, scale))
+            # PN's mean and scale in the same op as the norm and the activation.
+            x, _, scale = self.proxy_parts(inputs, post=True)
+            return (x, tf.cast(scale, x.dtype)) if self.mode == "split" else x
         if self.fused_norm:
             scale, shift = self.norm_layer.scale_shift(inputs)
             x = scale_shift_activation(inputs, scale, shift, self.activation,

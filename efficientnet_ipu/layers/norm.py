@@ -28,43 +28,55 @@ def fused_applies(x, activation):
             and not kernels.portable() and kernels.cpu_only() and kernels.available())
 
 
-def scale_shift_activation(x, scale, shift, activation="linear", activation_fn=None):
+def scale_shift_activation(x, scale, shift, activation="linear", activation_fn=None,
+                           post=None):
     """act(x * scale[:, None, None, :] + shift[:, None, None, :]): the end of GN, LN or IN
     (per-example statistics and the affine folded into ``scale`` and ``shift``) and the
-    activation that follows it.
+    activation that follows it; with ``post`` = (post_scale, post_shift), that result
+    times post_scale plus post_shift, per channel (proxy norm's (a - proxy mean) *
+    proxy scale, paper 002 eq. 7, where no convolution follows to fold it into).
 
     Where ``fused_applies``, one op of this project's CPU library (``csrc/
     norm_activation.cc``), one pass over x forward and one backward instead of three and
-    about eight. Else TensorFlow ops: ``activation_fn`` (the function for ``activation``;
-    identity for "linear" when None) after a multiply and an add in float32 (paper 002,
-    Appendix A.1: float16 activations except in normalization steps). The same function.
+    about eight (five and about twelve with ``post``). Else TensorFlow ops:
+    ``activation_fn`` (the function for ``activation``; identity for "linear" when None)
+    after a multiply and an add in float32 (paper 002, Appendix A.1: float16 activations
+    except in normalization steps), then the post affine in x's dtype. The same function.
 
     Args:
       x: [N, H, W, C], any float dtype.
       scale, shift: float32 [N, C].
       activation: a name in ``proxy_norm.ACTIVATIONS``.
       activation_fn: the TensorFlow function for ``activation`` (None: "linear").
+      post: None, or (post_scale, post_shift), float32 [C] each.
 
     Returns: [N, H, W, C] in x's dtype.
     Raises: tf.errors.InvalidArgumentError on mismatched shapes (fused op).
     """
+    post = [] if post is None else list(post)
     if fused_applies(x, activation):
         library = kernels.load("GroupNormalization's fused scale-shift-activation",
                                "kernels.portable_kernels()")
         return library.efficientnet_ipu_scale_shift_activation(
-            x, scale, shift, activation=FUSED_ACTIVATIONS[activation])
+            x, scale, shift, post, activation=FUSED_ACTIVATIONS[activation])
     # In float32 whatever x's dtype (a float16 shift of about -mean rounds by up to
     # |mean| / 2048), then back to x's dtype for the activation.
     y = tf.cast(tf.cast(x, tf.float32) * scale[:, None, None, :] + shift[:, None, None, :],
                 x.dtype)
-    return y if activation_fn is None else activation_fn(y)
+    y = y if activation_fn is None else activation_fn(y)
+    if post:
+        y = y * tf.cast(post[0], y.dtype) + tf.cast(post[1], y.dtype)
+    return y
 
 
 @tf.RegisterGradient("EfficientnetIpuScaleShiftActivation")
 def _scale_shift_activation_gradient(op, dy):
-    """dx, dscale, dshift of EfficientnetIpuScaleShiftActivation in one op."""
-    return kernels.load().efficientnet_ipu_scale_shift_activation_grad(
-        *op.inputs, dy, activation=op.get_attr("activation"))
+    """dx, dscale, dshift (and dpost_scale, dpost_shift) of
+    EfficientnetIpuScaleShiftActivation in one op."""
+    x, scale, shift = op.inputs[:3]
+    dx, dscale, dshift, dpost = kernels.load().efficientnet_ipu_scale_shift_activation_grad(
+        x, scale, shift, list(op.inputs[3:]), dy, activation=op.get_attr("activation"))
+    return [dx, dscale, dshift] + list(dpost)
 
 
 def channel_moments(x):

@@ -289,8 +289,9 @@ class ProxyNormActivation(keras.layers.Layer):
 
     def normalize_activated(self, activated, mean_scale=None):
         """The proxy normalization of already activated values act(gamma y + beta), in this
-        layer's ``mode`` (used by NormActivation, which fuses the affine with the norm).
-        ``mean_scale``: the ``proxy_mean_scale()`` pair if the caller already has it."""
+        layer's ``mode`` (``call``'s second half; NormActivation applies the same through
+        ``norm.scale_shift_activation``'s ``post``). ``mean_scale``: the
+        ``proxy_mean_scale()`` pair if the caller already has it."""
         dtype = activated.dtype
         mean, scale = mean_scale if mean_scale is not None else self.proxy_mean_scale()
         # x + (-mean) rather than x - mean: the gradient of a broadcast subtraction negates
