@@ -179,3 +179,62 @@ def test_batch_norm_activation_fused_equals_keras_path():
     for a, b in zip(*results):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=0,
                                    atol=2e-6 * float(np.abs(np.asarray(b)).max()))
+
+
+def group_scale_shift_and_grads(inputs, groups, upstream, portable):
+    """(scale, shift) and the gradients of sum(scale * u0 + shift * u1) with respect to
+    every input (mean, variance, gamma, beta[, offset])."""
+    mean, variance, gamma, beta = inputs[:4]
+    offset = inputs[4] if len(inputs) > 4 else None
+    with tf.GradientTape() as tape:
+        tape.watch(inputs)
+        with kernels.portable_kernels() if portable else contextlib.nullcontext():
+            scale, shift = norm.group_scale_shift(mean, variance, gamma, beta, groups, 1e-3,
+                                                  offset)
+        loss = tf.reduce_sum(scale * upstream[0] + shift * upstream[1])
+    return [scale, shift] + tape.gradient(loss, inputs)
+
+
+@needs_kernels
+@pytest.mark.skipif(not CPU_ONLY, reason="the fused op is chosen on CPU-only machines")
+@pytest.mark.parametrize("offset", [False, True])
+@pytest.mark.parametrize("groups", [1, 4, 24])
+def test_group_scale_shift_op_equals_tensorflow_and_gradients(groups, offset):
+    """GN's [N, C] arithmetic as one op: LN (1 group), GN (4) and IN (one per channel),
+    with and without a folded offset, against the TensorFlow composition, value and the
+    gradient of every input. Channel means far from 0 and unequal variances, so that the
+    spread of the means contributes to each group's variance."""
+    rng = np.random.default_rng(groups + 10 * offset)
+    n, c = 5, 24
+    inputs = [tf.constant(rng.normal(3.0, 2.0, (n, c)).astype(np.float32)),
+              tf.constant(rng.uniform(0.1, 4.0, (n, c)).astype(np.float32)),
+              tf.constant(rng.uniform(0.5, 1.5, c).astype(np.float32)),
+              tf.constant(rng.normal(size=c).astype(np.float32))]
+    if offset:
+        inputs.append(tf.constant(rng.normal(size=(n, c)).astype(np.float32)))
+    upstream = [tf.constant(rng.normal(size=(n, c)).astype(np.float32)) for _ in range(2)]
+    graph = tf.function(lambda *a: norm.group_scale_shift(
+        a[0], a[1], a[2], a[3], groups, 1e-3, a[4] if offset else None)).get_concrete_function(
+            *inputs).graph
+    assert "EfficientnetIpuGroupScaleShift" in {op.type for op in graph.get_operations()}
+    ours = group_scale_shift_and_grads(inputs, groups, upstream, portable=False)
+    ref = group_scale_shift_and_grads(inputs, groups, upstream, portable=True)
+    assert len(ours) == 2 + len(inputs)
+    # Under IN the offset's gradient is exactly 0 in TensorFlow and round-off here.
+    largest = max(float(tf.reduce_max(tf.abs(b))) for b in ref)
+    for a, b in zip(ours, ref):
+        np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=2e-5, atol=1e-6 * largest)
+
+
+@needs_kernels
+@pytest.mark.skipif(not CPU_ONLY, reason="the fused op is chosen on CPU-only machines")
+def test_group_scale_shift_op_rejects_bad_shapes_and_groups():
+    nc, c = tf.ones([2, 8]), tf.ones([8])
+    with pytest.raises(tf.errors.InvalidArgumentError, match="mean and variance must be"):
+        norm.group_scale_shift(nc, tf.ones([2, 4]), c, c, 1, 1e-3)
+    with pytest.raises(tf.errors.InvalidArgumentError, match=r"gamma and beta must be \[C\]"):
+        norm.group_scale_shift(nc, nc, tf.ones([4]), c, 1, 1e-3)
+    with pytest.raises(tf.errors.InvalidArgumentError, match="groups=3 must divide the 8"):
+        norm.group_scale_shift(nc, nc, c, c, 3, 1e-3)
+    with pytest.raises(tf.errors.InvalidArgumentError, match=r"offset must be empty or one"):
+        norm.group_scale_shift(nc, nc, c, c, 2, 1e-3, offset=tf.ones([1, 8]))

@@ -110,27 +110,27 @@ class NormActivation(keras.layers.Layer):
         proxy-normalized output is (activated - mean) * scale. MBConvBlock folds the mean
         and the scale into the neighbouring convolutions instead of applying them.
 
-        The norm's (scale, shift) and PN's (gamma, beta) make one affine,
-        x * (scale gamma) + (shift gamma + beta), computed with the activation by
-        ``norm.scale_shift_activation`` (one fused op on CPU). With ``post`` the same op
+        The norm's statistics and PN's (gamma, beta) make one affine (the norm has none of
+        its own; ``GroupNormalization.scale_shift``'s ``affine``), computed with the
+        activation by ``norm.scale_shift_activation`` (one fused op on CPU). With ``post``
+        the same op
         also applies what this layer's ``mode`` takes of PN (paper 002 eq. 7): "normalize"
         (activated - mean) * scale, "center" and "split" activated - mean; ``activated``
         is then that result."""
         if not self.fused:
             raise ValueError("proxy_parts needs norm in gn_pn/ln_pn/in_pn, got %r"
                              % (self.norm,))
-        scale, shift = self.norm_layer.scale_shift(inputs)
-        gamma = tf.cast(self.act_layer.gamma, tf.float32)
-        beta = tf.cast(self.act_layer.beta, tf.float32)
+        pn_affine = (tf.cast(self.act_layer.gamma, tf.float32),
+                     tf.cast(self.act_layer.beta, tf.float32))
+        scale, shift = self.norm_layer.scale_shift(inputs, affine=pn_affine)
         mean, proxy_scale = self.act_layer.proxy_mean_scale()
-        affine = None
+        post_affine = None
         if post and self.mode == "normalize":
-            affine = (proxy_scale, -mean * proxy_scale)
+            post_affine = (proxy_scale, -mean * proxy_scale)
         elif post:
-            affine = (tf.ones_like(mean), -mean)
-        activated = scale_shift_activation(inputs, scale * gamma, shift * gamma + beta,
-                                           self.activation, self.act_layer.activation_fn,
-                                           post=affine)
+            post_affine = (tf.ones_like(mean), -mean)
+        activated = scale_shift_activation(inputs, scale, shift, self.activation,
+                                           self.act_layer.activation_fn, post=post_affine)
         return activated, mean, proxy_scale
 
     def call(self, inputs, training=None):

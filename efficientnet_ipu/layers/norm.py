@@ -20,12 +20,18 @@ FUSED_ACTIVATIONS = {"swish": "swish", "silu": "swish", "relu": "relu", "gelu": 
                      "linear": "linear"}
 
 
+def kernels_apply():
+    """True where this module uses this project's CPU ops: a machine with only CPUs where
+    the op library builds, outside ``kernels.portable_kernels()``."""
+    return not kernels.portable() and kernels.cpu_only() and kernels.available()
+
+
 def fused_applies(x, activation):
     """True if ``scale_shift_activation`` runs this project's fused CPU op for ``x`` and
-    ``activation``: float32 [N, H, W, C], an activation in ``FUSED_ACTIVATIONS``, a machine
-    with only CPUs where the op library builds, outside ``kernels.portable_kernels()``."""
+    ``activation``: float32 [N, H, W, C], an activation in ``FUSED_ACTIVATIONS``, and
+    ``kernels_apply()``."""
     return (x.dtype == tf.float32 and len(x.shape) == 4 and activation in FUSED_ACTIVATIONS
-            and not kernels.portable() and kernels.cpu_only() and kernels.available())
+            and kernels_apply())
 
 
 def scale_shift_activation(x, scale, shift, activation="linear", activation_fn=None,
@@ -132,6 +138,67 @@ def combine_moments(mean, variance, axis):
     return total_mean, tf.reduce_mean(variance + spread, axis=axis, keepdims=True)
 
 
+def group_scale_shift(mean, variance, gamma, beta, groups, epsilon, offset=None):
+    """Group Normalization's per-example scale and shift from per-channel moments
+    (paper 001 sec. 3.2, eq. 3): GN(x - offset) = x * scale + shift, gamma and beta
+    included. For each example and group of C / groups channels, the group's mean M and
+    biased variance V come from the channels' by ``combine_moments``; then
+    scale = gamma / sqrt(V + epsilon) and shift = beta - (M + offset) * scale.
+
+    Where ``kernels_apply()``, one op of this project's CPU library and one for its
+    gradient (``csrc/group_statistics.cc``): about 20 small TensorFlow ops forward and 30
+    backward per norm otherwise, each costing more to schedule than to compute on a CPU.
+    Else those TensorFlow ops. The same function.
+
+    Args:
+      mean, variance: float32 [N, C], per-channel spatial moments of x (``channel_moments``).
+      gamma, beta: float32 [C].
+      groups: int >= 1 dividing C (LN: 1, IN: C).
+      epsilon: float > 0.
+      offset: None or float32 [N, C] (folds a proxy-norm mean through a 1x1 convolution).
+
+    Returns: (scale, shift), float32 [N, C] each.
+    Raises: tf.errors.InvalidArgumentError on mismatched shapes (fused op).
+    """
+    if kernels_apply():
+        return kernels.load("GroupNormalization's fused statistics",
+                            "kernels.portable_kernels()").efficientnet_ipu_group_scale_shift(
+            mean, variance, gamma, beta, [] if offset is None else [offset],
+            groups=int(groups), epsilon=float(epsilon))
+    channels = mean.shape[-1]
+    if offset is not None:
+        mean = mean - offset              # a shift leaves each channel's variance
+    mean_g = tf.reshape(mean, [-1, groups, channels // groups])
+    variance_g = tf.reshape(variance, tf.shape(mean_g))
+    mean, variance = combine_moments(mean_g, variance_g, axis=-1)       # [N, G, 1]
+    spread = tf.zeros_like(mean_g)                                       # [N, G, C/G]
+    scale = tf.reshape(tf.math.rsqrt(variance + epsilon) + spread, [-1, channels]) * gamma
+    mean = tf.reshape(mean + spread, [-1, channels])
+    if offset is not None:
+        mean = mean + offset
+    return scale, beta - mean * scale
+
+
+@tf.RegisterGradient("EfficientnetIpuGroupScaleShift")
+def _group_scale_shift_gradient(op, dscale, dshift):
+    """dmean, dvariance, dgamma, dbeta (and doffset) in one op (a missing upstream
+    gradient is 0)."""
+    dscale = tf.zeros_like(op.outputs[0]) if dscale is None else dscale
+    dshift = tf.zeros_like(op.outputs[1]) if dshift is None else dshift
+    grads = kernels.load().efficientnet_ipu_group_scale_shift_grad(
+        *op.inputs[:4], list(op.inputs[4:]), dscale, dshift, groups=op.get_attr("groups"),
+        epsilon=op.get_attr("epsilon"))
+    return list(grads[:4]) + list(grads[4])
+
+
+def gamma_beta(layer, channels):
+    """A normalization layer's float32 gamma and beta, [C] each (ones / zeros where the
+    layer has none: its ``scale`` / ``center`` is False)."""
+    gamma = tf.cast(layer.gamma, tf.float32) if layer.scale else tf.ones([channels])
+    beta = tf.cast(layer.beta, tf.float32) if layer.center else tf.zeros([channels])
+    return gamma, beta
+
+
 class GroupNormalization(keras.layers.Layer):
     """Group Normalization (Wu & He, 2018) on NHWC tensors.
 
@@ -174,33 +241,22 @@ class GroupNormalization(keras.layers.Layer):
                                     trainable=True) if self.center else None
         super().build(input_shape)
 
-    def scale_shift(self, x, offset=None):
+    def scale_shift(self, x, offset=None, affine=None):
         """Per-example, per-channel float32 (scale, shift), each [N, C], such that the
         output is x * scale + shift (the affine gamma/beta included). ``x``: [N, H, W, C].
 
         Statistics come from per-channel spatial means and variances
-        (``channel_moments``), combined over each group's channels in float32
-        (``combine_moments``). ``offset`` (optional, float32 [N, C]): normalize
+        (``channel_moments``), combined over each group's channels
+        (``group_scale_shift``). ``offset`` (optional, float32 [N, C]): normalize
         x - offset instead of x, with the offset folded into the statistics and the shift
-        (no pass over x; used to fold a proxy-norm mean through a 1x1 convolution)."""
+        (no pass over x; used to fold a proxy-norm mean through a 1x1 convolution).
+        ``affine`` (optional, float32 (gamma, beta), [C] each): use these instead of the
+        layer's own (proxy norm's affine, which follows a norm without one)."""
         channels = x.shape[-1]
-        mean_c, variance_c = channel_moments(tf.cast(x, tf.float32))         # [N, C] each
-        if offset is not None:
-            mean_c = mean_c - offset          # a shift leaves each channel's variance
-        mean_g = tf.reshape(mean_c, [-1, self.num_groups, channels // self.num_groups])
-        variance_g = tf.reshape(variance_c, tf.shape(mean_g))
-        mean, variance = combine_moments(mean_g, variance_g, axis=-1)      # [N, G, 1]
-        spread = tf.zeros_like(mean_g)                                      # [N, G, C/G]
-        scale = tf.reshape(tf.math.rsqrt(variance + self.epsilon) + spread, [-1, channels])
-        mean = tf.reshape(mean + spread, [-1, channels])
-        if self.gamma is not None:
-            scale = scale * tf.cast(self.gamma, tf.float32)
-        shift = -mean * scale
-        if offset is not None:
-            shift = shift - offset * scale
-        if self.beta is not None:
-            shift = shift + tf.cast(self.beta, tf.float32)
-        return scale, shift
+        mean, variance = channel_moments(tf.cast(x, tf.float32))            # [N, C] each
+        gamma, beta = affine if affine is not None else gamma_beta(self, channels)
+        return group_scale_shift(mean, variance, gamma, beta, self.num_groups,
+                                 self.epsilon, offset)
 
     def call(self, inputs, offset=None):
         """Normalize ``inputs`` ([N, H, W, C] or [N, C]); with ``offset`` (float32 [N, C])
@@ -259,7 +315,7 @@ class BatchNormalization(keras.layers.BatchNormalization):
         if not self.fusable(inputs):
             raise ValueError("BatchNormalization.scale_shift needs Keras 3, 4-D NHWC inputs "
                              "(axis -1) and renorm=False")
-        gamma, beta = self._gamma_beta(inputs.shape[-1])
+        gamma, beta = gamma_beta(self, inputs.shape[-1])
         if training and self.trainable:
             mean_c, variance_c = channel_moments(tf.cast(inputs, tf.float32))  # [N, C]
             mean, variance = combine_moments(mean_c, variance_c, axis=0)
@@ -270,12 +326,6 @@ class BatchNormalization(keras.layers.BatchNormalization):
             variance = tf.cast(self.moving_variance, tf.float32)
         scale = gamma * tf.math.rsqrt(variance + self.epsilon)
         return scale, beta - mean * scale
-
-    def _gamma_beta(self, channels):
-        """Float32 gamma and beta, [C] each (ones / zeros where the layer has none)."""
-        gamma = tf.cast(self.gamma, tf.float32) if self.scale else tf.ones([channels])
-        beta = tf.cast(self.beta, tf.float32) if self.center else tf.zeros([channels])
-        return gamma, beta
 
     def _update_moving_averages(self, mean, variance):
         """Moving averages with this batch's float32 mean and biased variance, [C]."""
@@ -290,7 +340,7 @@ class BatchNormalization(keras.layers.BatchNormalization):
             if mask is None:
                 return super().call(inputs, training=training)
             return super().call(inputs, training=training, mask=mask)
-        gamma, beta = self._gamma_beta(inputs.shape[-1])
+        gamma, beta = gamma_beta(self, inputs.shape[-1])
         x = inputs if inputs.dtype in (tf.float16, tf.bfloat16, tf.float32) else tf.cast(
             inputs, tf.float32)
         if training and self.trainable:
