@@ -238,3 +238,31 @@ def test_group_scale_shift_op_rejects_bad_shapes_and_groups():
         norm.group_scale_shift(nc, nc, c, c, 3, 1e-3)
     with pytest.raises(tf.errors.InvalidArgumentError, match=r"offset must be empty or one"):
         norm.group_scale_shift(nc, nc, c, c, 2, 1e-3, offset=tf.ones([1, 8]))
+
+
+@needs_kernels
+@pytest.mark.skipif(not CPU_ONLY, reason="the fused op is chosen on CPU-only machines")
+@pytest.mark.parametrize("shape", [(2, 5, 7, 24), (3, 4, 3, 13), (1, 1, 1, 8)])
+def test_channel_gate_op_equals_tensorflow_and_gradients(shape):
+    """The squeeze-excite gate x * gate[n, c] as one op (blocks.channel_gate): value, dx
+    and dgate equal TensorFlow's broadcast multiply; 13 channels is a masked tail."""
+    rng = np.random.default_rng(sum(shape) + 1)
+    x = tf.constant(rng.normal(1.0, 2.0, size=shape).astype(np.float32))
+    gate = tf.constant(rng.uniform(0.0, 1.0, size=(shape[0], shape[3])).astype(np.float32))
+    upstream = tf.constant(rng.normal(size=shape).astype(np.float32))
+
+    def value_and_grads(portable):
+        with tf.GradientTape() as tape:
+            tape.watch([x, gate])
+            with kernels.portable_kernels() if portable else contextlib.nullcontext():
+                y = L.blocks.channel_gate(x, gate)
+            loss = tf.reduce_sum(y * upstream)
+        return [y] + tape.gradient(loss, [x, gate])
+
+    graph = tf.function(L.blocks.channel_gate).get_concrete_function(x, gate).graph
+    assert "EfficientnetIpuChannelGate" in {op.type for op in graph.get_operations()}
+    for a, b in zip(value_and_grads(False), value_and_grads(True)):
+        np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-5,
+                                   atol=1e-6 * float(tf.reduce_max(tf.abs(b))))
+    with pytest.raises(tf.errors.InvalidArgumentError, match=r"gate must be \[N, C\]"):
+        L.blocks.channel_gate(x, tf.transpose(gate) if shape[0] > 1 else gate[:, :4])

@@ -27,6 +27,7 @@
 #include "tensorflow/core/framework/shape_inference.h"
 #include "tensorflow/core/framework/tensor_shape.h"
 #include "tensorflow/core/platform/threadpool.h"
+#include "op_util.h"
 
 using tensorflow::DEVICE_CPU;
 using tensorflow::OpKernel;
@@ -40,6 +41,8 @@ using tensorflow::shape_inference::InferenceContext;
 using tensorflow::shape_inference::ShapeHandle;
 
 namespace {
+
+using efficientnet_ipu::ParallelFor;
 
 constexpr int kG = 16;  // channels per group
 constexpr int kMaxR = 6;  // output pixels per register block: 12 accumulators
@@ -205,11 +208,6 @@ std::vector<float> PackFilter(const float* f, const Geometry& g, bool transpose)
           p[base + (transpose ? o * kG + i : i * kG + o)] = v;
         }
   return p;
-}
-
-void ParallelFor(OpKernelContext* ctx, int64_t units, int64_t cost,
-                 const std::function<void(int64_t, int64_t)>& fn) {
-  ctx->device()->tensorflow_cpu_worker_threads()->workers->ParallelFor(units, cost, fn);
 }
 
 // The attributes all three ops share: stride and padding, and the CPU check.

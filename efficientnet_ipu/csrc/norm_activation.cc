@@ -30,7 +30,6 @@
 #include <immintrin.h>
 
 #include <algorithm>
-#include <functional>
 #include <string>
 #include <vector>
 
@@ -38,7 +37,7 @@
 #include "tensorflow/core/framework/op_kernel.h"
 #include "tensorflow/core/framework/shape_inference.h"
 #include "tensorflow/core/framework/tensor_shape.h"
-#include "tensorflow/core/platform/threadpool.h"
+#include "op_util.h"
 #include "vector_math.h"
 
 using tensorflow::DEVICE_CPU;
@@ -56,15 +55,12 @@ namespace {
 using efficientnet_ipu::Act;
 using efficientnet_ipu::Activate;
 using efficientnet_ipu::ActFromName;
+using efficientnet_ipu::Load;
+using efficientnet_ipu::ParallelFor;
+using efficientnet_ipu::Store;
+using efficientnet_ipu::TailMask;
 
-// Lane mask for the last, partial group of 8 channels (c0 = 8 * (C / 8) .. C).
-inline __m256i TailMask(int lanes) {
-  alignas(32) int m[8];
-  for (int j = 0; j < 8; ++j) m[j] = j < lanes ? -1 : 0;
-  return _mm256_load_si256(reinterpret_cast<const __m256i*>(m));
-}
-
-// The CPU check and the thread pool all four ops share.
+// The CPU check all four ops share.
 class NormOpBase : public OpKernel {
  public:
   explicit NormOpBase(OpKernelConstruction* ctx) : OpKernel(ctx) {
@@ -80,11 +76,6 @@ class NormOpBase : public OpKernel {
     ctx->CtxFailure(InvalidArgument(what, ": x must be [N, H, W, C], got ",
                                     ctx->input(0).shape().DebugString()));
     return false;
-  }
-
-  static void ParallelFor(OpKernelContext* ctx, int64_t units, int64_t cost,
-                          const std::function<void(int64_t, int64_t)>& fn) {
-    ctx->device()->tensorflow_cpu_worker_threads()->workers->ParallelFor(units, cost, fn);
   }
 };
 
@@ -129,11 +120,6 @@ class ScaleShiftBase : public NormOpBase {
     return true;
   }
 
-  // Loads 8 channels from c (all 8 if full, else the tail lanes, the rest 0).
-  static __m256 Load(const float* p, bool full, __m256i tail) {
-    return full ? _mm256_loadu_ps(p) : _mm256_maskload_ps(p, tail);
-  }
-
   Act act_;
 };
 
@@ -172,10 +158,7 @@ class ScaleShiftActivationOp : public ScaleShiftBase {
                                                      Load(b + c, full, tail)), nullptr);
             if (ps != nullptr)
               v = _mm256_fmadd_ps(v, Load(ps + c, full, tail), Load(pb + c, full, tail));
-            if (full)
-              _mm256_storeu_ps(yr + c, v);
-            else
-              _mm256_maskstore_ps(yr + c, tail, v);
+            Store(yr + c, v, full, tail);
           }
         }
       }
@@ -246,10 +229,7 @@ class ScaleShiftActivationGradOp : public ScaleShiftBase {
               gv = _mm256_mul_ps(gv, Load(ps + c, full, tail));
             }
             const __m256 dp = _mm256_mul_ps(gv, d);
-            if (full)
-              _mm256_storeu_ps(dxp + c, _mm256_mul_ps(dp, av));
-            else
-              _mm256_maskstore_ps(dxp + c, tail, _mm256_mul_ps(dp, av));
+            Store(dxp + c, _mm256_mul_ps(dp, av), full, tail);
             _mm256_storeu_ps(as + c, _mm256_fmadd_ps(dp, xv, _mm256_loadu_ps(as + c)));
             _mm256_storeu_ps(ab + c, _mm256_add_ps(dp, _mm256_loadu_ps(ab + c)));
           }

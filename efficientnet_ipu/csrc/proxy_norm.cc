@@ -31,6 +31,7 @@
 #include "tensorflow/core/framework/shape_inference.h"
 #include "tensorflow/core/framework/tensor_shape.h"
 #include "tensorflow/core/platform/threadpool.h"
+#include "op_util.h"
 #include "vector_math.h"
 
 using tensorflow::DEVICE_CPU;
@@ -49,6 +50,7 @@ namespace {
 using efficientnet_ipu::Act;
 using efficientnet_ipu::Activate;
 using efficientnet_ipu::ActFromName;
+using efficientnet_ipu::ParallelFor;
 using efficientnet_ipu::Sum;
 
 // The quantiles padded with zeros to a multiple of 8, and a 0/1 mask of the real ones.
@@ -100,11 +102,6 @@ class ProxyBase : public OpKernel {
       return -1;
     }
     return channels;
-  }
-
-  void ParallelFor(OpKernelContext* ctx, int64_t units, int64_t cost,
-                   const std::function<void(int64_t, int64_t)>& fn) {
-    ctx->device()->tensorflow_cpu_worker_threads()->workers->ParallelFor(units, cost, fn);
   }
 
   Act act_;

@@ -11,7 +11,7 @@ import tensorflow as tf
 from efficientnet_ipu.layers.conv import GroupConv2D, PointwiseConv2D
 from efficientnet_ipu.layers.norm import (INSTANCE, BatchNormalization, GroupNormalization,
                                           fused_applies, scale_shift_activation)
-from efficientnet_ipu.layers import proxy_norm
+from efficientnet_ipu.layers import kernels, proxy_norm
 from efficientnet_ipu.layers.proxy_norm import Activation, ProxyNormActivation, get_activation
 
 NORM_BASES = ("bn", "gn", "ln", "in")
@@ -168,6 +168,29 @@ class NormActivation(keras.layers.Layer):
         return config
 
 
+def channel_gate(x, gate):
+    """x * gate[:, None, None, :]: the squeeze-excite gate applied to its input.
+
+    Where ``norm.fused_applies(x, "linear")`` (float32 NHWC on a CPU-only machine where
+    this project's op library builds, outside ``kernels.portable_kernels()``), one op with
+    a one-pass gradient (``csrc/channel_gate.cc``: dx = dy gate and dgate = sum_hw dy x
+    together, five passes over the tensor in TensorFlow). Else the TensorFlow multiply.
+
+    Args: x [N, H, W, C]; gate [N, C], x's dtype. Returns [N, H, W, C].
+    Raises: tf.errors.InvalidArgumentError on mismatched shapes (fused op).
+    """
+    if fused_applies(x, "linear"):
+        return kernels.load("the squeeze-excite gate", "kernels.portable_kernels()"
+                            ).efficientnet_ipu_channel_gate(x, gate)
+    return x * gate[:, None, None, :]
+
+
+@tf.RegisterGradient("EfficientnetIpuChannelGate")
+def _channel_gate_gradient(op, dy):
+    """dx and dgate of EfficientnetIpuChannelGate in one op."""
+    return kernels.load().efficientnet_ipu_channel_gate_grad(*op.inputs, dy)
+
+
 class SqueezeExcite(keras.layers.Layer):
     """Squeeze-and-excitation gate (Hu et al., 2018) as in EfficientNet's MBConv.
 
@@ -222,7 +245,7 @@ class SqueezeExcite(keras.layers.Layer):
         return gate
 
     def call(self, inputs, scale=None):
-        return inputs * self.gate(inputs, scale)[:, None, None, :]
+        return channel_gate(inputs, self.gate(inputs, scale))
 
     def get_config(self):
         config = super().get_config()
@@ -366,7 +389,7 @@ class MBConvBlock(keras.layers.Layer):
         activated, mean, scale = self.norm_act.proxy_parts(
             self.group_conv(x, input_scale=input_scale, input_offset=input_offset))
         gate = self.se.gate(activated, scale=scale, center=mean)        # [N, C]
-        x = self.project_conv(activated * gate[:, None, None, :])
+        x = self.project_conv(channel_gate(activated, gate))
         project_kernel = tf.cast(self.project_conv.kernel[0, 0], tf.float32)   # [C, C_out]
         offset = tf.matmul(tf.cast(gate, tf.float32) * mean, project_kernel)   # [N, C_out]
         x = self.project_norm(x, offset=offset)

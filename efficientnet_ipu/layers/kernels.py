@@ -15,7 +15,11 @@
 - ``group_statistics.cc``: from those moments to GN/LN/IN's per-example scale and shift
   ([N, C] arithmetic, one op instead of about 20 forward and 30 backward); used by
   ``norm.group_scale_shift``;
-- ``vector_math.h``: the activations and exp for 8 floats, shared by the last two.
+- ``channel_gate.cc``: the squeeze-excite gate applied to its input, x * gate[n, c], with
+  both gradients from one pass; used by ``blocks.channel_gate``;
+- ``op_util.h``: the thread pool and masked 8-float loads and stores;
+- ``vector_math.h``: the activations and exp for 8 floats, shared by ``proxy_norm.cc`` and
+  ``norm_activation.cc``.
 
 They are compiled together into one shared library with the machine's C++ compiler
 (``$CXX``, else ``g++``) against the installed TensorFlow the first time they are used,
@@ -41,8 +45,8 @@ import tensorflow as tf
 CSRC = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "csrc")
 SOURCES = [os.path.join(CSRC, name)
            for name in ("group_conv16.cc", "proxy_norm.cc", "norm_activation.cc",
-                        "group_statistics.cc")]
-HEADERS = [os.path.join(CSRC, "vector_math.h")]
+                        "group_statistics.cc", "channel_gate.cc")]
+HEADERS = [os.path.join(CSRC, name) for name in ("vector_math.h", "op_util.h")]
 FLAGS = ["-std=c++17", "-O3", "-mavx2", "-mfma", "-fPIC", "-shared", "-w"]
 
 _lock = threading.Lock()

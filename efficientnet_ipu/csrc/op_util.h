@@ -1,0 +1,45 @@
+// Helpers shared by this project's CPU ops (x86-64 with AVX2 and FMA): the op's thread
+// pool, and 8-float loads with a lane mask for the last, partial group of channels.
+#ifndef EFFICIENTNET_IPU_OP_UTIL_H_
+#define EFFICIENTNET_IPU_OP_UTIL_H_
+
+#include <immintrin.h>
+
+#include <cstdint>
+#include <functional>
+
+#include "tensorflow/core/framework/op_kernel.h"
+#include "tensorflow/core/platform/threadpool.h"
+
+namespace efficientnet_ipu {
+
+// Runs fn(begin, end) over [0, units) on TensorFlow's CPU worker threads; ``cost`` is an
+// estimate of one unit's cycles (TensorFlow sizes the shards from it).
+inline void ParallelFor(tensorflow::OpKernelContext* ctx, int64_t units, int64_t cost,
+                        const std::function<void(int64_t, int64_t)>& fn) {
+  ctx->device()->tensorflow_cpu_worker_threads()->workers->ParallelFor(units, cost, fn);
+}
+
+// Lane mask for the last, partial group of 8 channels (lanes 0 .. lanes - 1 on).
+inline __m256i TailMask(int lanes) {
+  alignas(32) int m[8];
+  for (int j = 0; j < 8; ++j) m[j] = j < lanes ? -1 : 0;
+  return _mm256_load_si256(reinterpret_cast<const __m256i*>(m));
+}
+
+// 8 floats from p: all 8 if ``full``, else the tail lanes (the others 0).
+inline __m256 Load(const float* p, bool full, __m256i tail) {
+  return full ? _mm256_loadu_ps(p) : _mm256_maskload_ps(p, tail);
+}
+
+// Stores 8 floats to p: all 8 if ``full``, else the tail lanes.
+inline void Store(float* p, __m256 v, bool full, __m256i tail) {
+  if (full)
+    _mm256_storeu_ps(p, v);
+  else
+    _mm256_maskstore_ps(p, tail, v);
+}
+
+}  // namespace efficientnet_ipu
+
+#endif  // EFFICIENTNET_IPU_OP_UTIL_H_
