@@ -10,8 +10,8 @@
 //   scale[n, c] = r gamma[c],   shift[n, c] = beta[c] - (M + offset[n, c]) r gamma[c]
 //
 // so that GN(x - offset) = x scale + shift. TensorFlow computes this as about 20 small
-// ops on [N, C] tensors forward and 30 backward, per norm; on a CPU each costs more to
-// schedule than to compute (issue #4: about 50 norms in a B0). Gradient, per n and g:
+// ops on [N, C] tensors forward and 30 backward, per norm (about 50 norms in a B0; this
+// halves B0-G16's training graph, issue #4). Gradient, per n and g:
 //   dr = sum_c gamma_c (dscale_c - (M + o_c) dshift_c),   dV = -r^3 dr / 2,
 //   dM = -r sum_c gamma_c dshift_c,
 //   dm_c = dM / k + 2 dV (m_c - M) / k,   dvariance_c = dV / k,

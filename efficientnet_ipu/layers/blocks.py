@@ -113,10 +113,9 @@ class NormActivation(keras.layers.Layer):
         The norm's statistics and PN's (gamma, beta) make one affine (the norm has none of
         its own; ``GroupNormalization.scale_shift``'s ``affine``), computed with the
         activation by ``norm.scale_shift_activation`` (one fused op on CPU). With ``post``
-        the same op
-        also applies what this layer's ``mode`` takes of PN (paper 002 eq. 7): "normalize"
-        (activated - mean) * scale, "center" and "split" activated - mean; ``activated``
-        is then that result."""
+        the same op also applies what this layer's ``mode`` takes of PN (paper 002 eq. 7):
+        "normalize" (activated - mean) * scale, "center" and "split" activated - mean;
+        ``activated`` is then that result."""
         if not self.fused:
             raise ValueError("proxy_parts needs norm in gn_pn/ln_pn/in_pn, got %r"
                              % (self.norm,))

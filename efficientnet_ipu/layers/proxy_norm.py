@@ -287,13 +287,12 @@ class ProxyNormActivation(keras.layers.Layer):
         mean, variance = self.proxy_moments()
         return mean, tf.math.rsqrt(variance + self.proxy_epsilon)
 
-    def normalize_activated(self, activated, mean_scale=None):
+    def normalize_activated(self, activated):
         """The proxy normalization of already activated values act(gamma y + beta), in this
         layer's ``mode`` (``call``'s second half; NormActivation applies the same through
-        ``norm.scale_shift_activation``'s ``post``). ``mean_scale``: the
-        ``proxy_mean_scale()`` pair if the caller already has it."""
+        ``norm.scale_shift_activation``'s ``post``)."""
         dtype = activated.dtype
-        mean, scale = mean_scale if mean_scale is not None else self.proxy_mean_scale()
+        mean, scale = self.proxy_mean_scale()
         # x + (-mean) rather than x - mean: the gradient of a broadcast subtraction negates
         # the whole upstream gradient before reducing it, one more pass over the tensor.
         centered = activated + tf.cast(-mean, dtype)
