@@ -23,6 +23,7 @@ the whole interval meets or misses the goal and "within noise" when it straddles
 and written to ``<csv>_targets.csv``.
 """
 import argparse
+import contextlib
 import csv
 import math
 import os
@@ -227,24 +228,32 @@ def _fwd_bwd_table(cases, shape, steps):
 
 
 class ModelBench:
-    """Compiled train / inference steps of one model at a batch and resolution."""
+    """Compiled train / inference steps of one model at a batch and resolution.
+    ``trace_context`` (optional): a context-manager factory the steps are traced in (e.g.
+    ``norm.tensorflow_norm_ops``)."""
 
-    def __init__(self, model, batch, resolution):
+    def __init__(self, model, batch, resolution, trace_context=None):
         self.model = model
         self.images = tf.random.uniform([batch, resolution, resolution, 3], 0, 255)
         self.labels = tf.random.uniform([batch], 0, model.outputs[0].shape[-1], tf.int32)
         self.optimizer = keras.optimizers.SGD(1e-3)
+        self.trace_context = trace_context or contextlib.nullcontext
         self.train_step = tf.function(self._train_step)
-        self.infer = tf.function(lambda x: self.model(x, training=False))
+        self.infer = tf.function(self._infer)
 
     def _train_step(self):
-        with tf.GradientTape() as tape:
+        with self.trace_context(), tf.GradientTape() as tape:
             out = self.model(self.images, training=True)
             loss = tf.reduce_mean(keras.losses.sparse_categorical_crossentropy(
                 self.labels, tf.cast(out, tf.float32), from_logits=True))
-        grads = tape.gradient(loss, self.model.trainable_variables)
+        with self.trace_context():
+            grads = tape.gradient(loss, self.model.trainable_variables)
         self.optimizer.apply_gradients(zip(grads, self.model.trainable_variables))
         return loss
+
+    def _infer(self, images):
+        with self.trace_context():
+            return self.model(images, training=False)
 
 
 def keras_applications_model(size, resolution, num_classes=1000):
@@ -261,7 +270,9 @@ def bench_models(models_by_name, batch, args):
 
     Returns (results, train_times): results[name] is a dict of those metrics (medians);
     train_times[name] the per-round training step times (s), for ``paired_ratio``."""
-    benches = {name: ModelBench(m, batch, name[0]) for name, m in models_by_name.items()}
+    benches = {name: ModelBench(m, batch, name[0], trace_context=(
+        L.norm.tensorflow_norm_ops if str(name[-1]).endswith("/tf-norm") else None))
+        for name, m in models_by_name.items()}
     results = {name: {} for name in benches}
     train_times = {}
     if "train" in args.modes:
@@ -349,6 +360,12 @@ def target_rows(size, resolutions, train_times):
                 if (res, g, norm + "/tf-proxy") in train_times and (res, g, norm) in train_times:
                     add("fused proxy stats vs TF ops, G%d %s, %d px" % (g, norm, res),
                         speed((res, g, norm), (res, g, norm + "/tf-proxy")), 1.0)
+        for key in sorted(k for k in train_times  # --compare-norm-ops: ours vs TF ops
+                          if k[0] == res and str(k[-1]).endswith("/tf-norm")):
+            base = key[:2] + (key[2][:-len("/tf-norm")],)
+            if base in train_times:
+                add("fused norm ops vs TF ops, G%d %s, %d px" % (key[1], base[2], res),
+                    speed(base, key), 1.0)
     native, half = models.SIZES[size][2], models.HALF_RESOLUTION[size]
     for key in train_times:
         half_key = (half,) + key[1:]
@@ -420,6 +437,11 @@ def main(argv=None):
                         help="also time each proxy-norm model with proxy_implementation="
                              "'tensorflow' (the proxy statistics as TensorFlow ops instead of "
                              "the fused CPU op; norm shown as e.g. ln_pn/tf-proxy)")
+    parser.add_argument("--compare-norm-ops", action="store_true",
+                        help="also time each model with the normalization, statistics and "
+                             "squeeze-excite-gate ops of the CPU library traced as "
+                             "TensorFlow ops (norm.tensorflow_norm_ops; norm shown as e.g. "
+                             "gn/tf-norm)")
     parser.add_argument("--conv", action="store_true", help="only the convolution table")
     parser.add_argument("--norm-layers", action="store_true",
                         help="only the normalization table (ours vs the baseline)")
@@ -501,6 +523,9 @@ def main(argv=None):
                     if args.compare_proxy and norm.endswith("_pn"):
                         built[(resolution, g, norm + "/tf-proxy")] = models.EfficientNet(
                             size, group_size=g, norm=norm, proxy_implementation="tensorflow")
+                    if args.compare_norm_ops:  # same model, traced in tensorflow_norm_ops()
+                        built[(resolution, g, norm + "/tf-norm")] = models.EfficientNet(
+                            size, group_size=g, norm=norm)
         results, train_times = bench_models(built, args.batch, args)
         targets += target_rows(size, resolutions, train_times)
         for resolution in resolutions:

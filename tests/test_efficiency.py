@@ -86,6 +86,7 @@ def test_target_rows_from_interleaved_times():
         (half, 16, "gn"): [0.5, 0.5, 0.5, 0.5],       # 2x faster at half resolution
         (native, 16, "gn/tf-conv"): [1.3, 1.3, 1.3, 1.3],  # --compare-conv: 1.3x slower
         (native, 16, "ln_pn/tf-proxy"): [1.21, 1.21, 1.21, 1.21],  # --compare-proxy
+        (native, 16, "gn/tf-norm"): [1.15, 1.15, 1.15, 1.15],  # --compare-norm-ops
     }
     rows = {r["target"]: r for r in benchmark.target_rows("b0", [native, half], times)}
     # Four rounds are too few for a 95 % interval of the median: it is their full range.
@@ -93,7 +94,8 @@ def test_target_rows_from_interleaved_times():
                          "LN+PN cost over GN, G16, 224 px",
                          "half-res speed-up, G16-gn, 160 vs 224 px",
                          "G16 AVX2 kernels vs TF convs, gn, 224 px",
-                         "fused proxy stats vs TF ops, G16 ln_pn, 224 px"}
+                         "fused proxy stats vs TF ops, G16 ln_pn, 224 px",
+                         "fused norm ops vs TF ops, G16 gn, 224 px"}
     keras_row = rows["G1-BN vs keras B0, 224 px"]
     assert keras_row["value"] == pytest.approx(1.2) and keras_row["met"] == "yes"
     g16 = rows["G16 vs G1, bn, 224 px"]
@@ -108,6 +110,8 @@ def test_target_rows_from_interleaved_times():
     assert kernels["value"] == pytest.approx(1.3) and kernels["met"] == "yes"
     fused = rows["fused proxy stats vs TF ops, G16 ln_pn, 224 px"]
     assert fused["value"] == pytest.approx(1.1) and fused["met"] == "yes"
+    norm_ops = rows["fused norm ops vs TF ops, G16 gn, 224 px"]
+    assert norm_ops["value"] == pytest.approx(1.15) and norm_ops["met"] == "yes"
 
 
 def test_accuracy_csv_holds_paper_tables():

@@ -266,3 +266,29 @@ def test_channel_gate_op_equals_tensorflow_and_gradients(shape):
                                    atol=1e-6 * float(tf.reduce_max(tf.abs(b))))
     with pytest.raises(tf.errors.InvalidArgumentError, match=r"gate must be \[N, C\]"):
         L.blocks.channel_gate(x, tf.transpose(gate) if shape[0] > 1 else gate[:, :4])
+
+
+@needs_kernels
+@pytest.mark.skipif(not CPU_ONLY, reason="the fused op is chosen on CPU-only machines")
+def test_tensorflow_norm_ops_context_traces_the_benchmark_baseline():
+    """``benchmark --compare-norm-ops`` traces its baseline in ``tensorflow_norm_ops()``:
+    none of the normalization / gate ops there, all of them (and their gradients) in the
+    default trace; the proxy statistics keep their own switch; the context restores."""
+    from efficientnet_ipu import benchmark
+    model = models.EfficientNet("b0", group_size=16, norm="ln_pn", num_classes=10,
+                                input_shape=(32, 32, 3))
+    names = {"EfficientnetIpu" + name + grad
+             for name in ("ScaleShiftActivation", "ChannelMoments", "GroupScaleShift",
+                          "ChannelGate") for grad in ("", "Grad")}
+
+    def op_types(bench):
+        graph = bench.train_step.get_concrete_function().graph
+        return {op.type for op in graph.get_operations()}
+
+    fused = op_types(benchmark.ModelBench(model, 2, 32))
+    baseline = op_types(benchmark.ModelBench(model, 2, 32,
+                                             trace_context=norm.tensorflow_norm_ops))
+    assert names <= fused
+    assert not names & baseline
+    assert "EfficientnetIpuProxyMeanScale" in baseline
+    assert norm.kernels_apply()

@@ -9,6 +9,9 @@ float32 whatever the compute dtype (paper 002, Appendix A.1: float16 activations
 Written with TensorFlow ops so it runs on Keras 3, tf-keras and the Keras 2.6 fork of
 Graphcore's SDK (which has no GroupNormalization of its own).
 """
+import contextlib
+import threading
+
 from tensorflow import keras
 import tensorflow as tf
 
@@ -20,10 +23,30 @@ FUSED_ACTIVATIONS = {"swish": "swish", "silu": "swish", "relu": "relu", "gelu": 
                      "linear": "linear"}
 
 
+_tensorflow_only = threading.local()
+
+
+@contextlib.contextmanager
+def tensorflow_norm_ops():
+    """Within this context (in the tracing thread), the normalization, statistics and
+    squeeze-excite-gate ops of this project's CPU library trace as TensorFlow ops: the
+    same function, the baseline of ``python -m efficientnet_ipu.benchmark
+    --compare-norm-ops``. The G16 convolution kernels and the proxy statistics keep their
+    own switches (``conv_implementation``, ``proxy_implementation``)."""
+    previous = getattr(_tensorflow_only, "on", False)
+    _tensorflow_only.on = True
+    try:
+        yield
+    finally:
+        _tensorflow_only.on = previous
+
+
 def kernels_apply():
     """True where this module uses this project's CPU ops: a machine with only CPUs where
-    the op library builds, outside ``kernels.portable_kernels()``."""
-    return not kernels.portable() and kernels.cpu_only() and kernels.available()
+    the op library builds, outside ``kernels.portable_kernels()`` and
+    ``tensorflow_norm_ops()``."""
+    return (not getattr(_tensorflow_only, "on", False) and not kernels.portable()
+            and kernels.cpu_only() and kernels.available())
 
 
 def fused_applies(x, activation):
