@@ -242,13 +242,13 @@ class ModelBench:
         self.infer = tf.function(self._infer)
 
     def _train_step(self):
-        with self.trace_context(), tf.GradientTape() as tape:
-            out = self.model(self.images, training=True)
-            loss = tf.reduce_mean(keras.losses.sparse_categorical_crossentropy(
-                self.labels, tf.cast(out, tf.float32), from_logits=True))
         with self.trace_context():
+            with tf.GradientTape() as tape:
+                out = self.model(self.images, training=True)
+                loss = tf.reduce_mean(keras.losses.sparse_categorical_crossentropy(
+                    self.labels, tf.cast(out, tf.float32), from_logits=True))
             grads = tape.gradient(loss, self.model.trainable_variables)
-        self.optimizer.apply_gradients(zip(grads, self.model.trainable_variables))
+            self.optimizer.apply_gradients(zip(grads, self.model.trainable_variables))
         return loss
 
     def _infer(self, images):
