@@ -51,7 +51,6 @@ FLAGS = ["-std=c++17", "-O3", "-mavx2", "-mfma", "-fPIC", "-shared", "-w"]
 
 _lock = threading.Lock()
 _library = None
-_portable = threading.local()
 _warned = set()
 
 
@@ -139,22 +138,41 @@ def load(user="these CPU kernels", alternative="TensorFlow's own ops"):
         return _library
 
 
-@contextlib.contextmanager
+class ThreadSwitch:
+    """A per-thread flag that is off except inside ``enabled()`` (nestable): how a trace
+    is told to use TensorFlow's own ops instead of this library's."""
+
+    def __init__(self):
+        self._local = threading.local()
+
+    def on(self):
+        """True inside ``enabled()`` in this thread."""
+        return getattr(self._local, "on", False)
+
+    @contextlib.contextmanager
+    def enabled(self):
+        """Turn the flag on in this thread for the ``with`` block, then restore it."""
+        previous = self.on()
+        self._local.on = True
+        try:
+            yield
+        finally:
+            self._local.on = previous
+
+
+_portable = ThreadSwitch()
+
+
 def portable_kernels():
-    """Within this context (per thread), layers trace with TensorFlow's own ops instead of
-    these kernels, so a SavedModel traced here runs anywhere. Same variables, same
+    """A context (per thread) within which layers trace with TensorFlow's own ops instead
+    of these kernels, so a SavedModel traced there runs anywhere. Same variables, same
     function."""
-    previous = getattr(_portable, "on", False)
-    _portable.on = True
-    try:
-        yield
-    finally:
-        _portable.on = previous
+    return _portable.enabled()
 
 
 def portable():
     """True inside ``portable_kernels()``."""
-    return getattr(_portable, "on", False)
+    return _portable.on()
 
 
 def cpu_only():

@@ -9,9 +9,6 @@ float32 whatever the compute dtype (paper 002, Appendix A.1: float16 activations
 Written with TensorFlow ops so it runs on Keras 3, tf-keras and the Keras 2.6 fork of
 Graphcore's SDK (which has no GroupNormalization of its own).
 """
-import contextlib
-import threading
-
 from tensorflow import keras
 import tensorflow as tf
 
@@ -23,29 +20,23 @@ FUSED_ACTIVATIONS = {"swish": "swish", "silu": "swish", "relu": "relu", "gelu": 
                      "linear": "linear"}
 
 
-_tensorflow_only = threading.local()
+_tensorflow_only = kernels.ThreadSwitch()
 
 
-@contextlib.contextmanager
 def tensorflow_norm_ops():
-    """Within this context (in the tracing thread), the normalization, statistics and
+    """A context (per thread) within which the normalization, statistics and
     squeeze-excite-gate ops of this project's CPU library trace as TensorFlow ops: the
     same function, the baseline of ``python -m efficientnet_ipu.benchmark
     --compare-norm-ops``. The G16 convolution kernels and the proxy statistics keep their
     own switches (``conv_implementation``, ``proxy_implementation``)."""
-    previous = getattr(_tensorflow_only, "on", False)
-    _tensorflow_only.on = True
-    try:
-        yield
-    finally:
-        _tensorflow_only.on = previous
+    return _tensorflow_only.enabled()
 
 
 def kernels_apply():
     """True where this module uses this project's CPU ops: a machine with only CPUs where
     the op library builds, outside ``kernels.portable_kernels()`` and
     ``tensorflow_norm_ops()``."""
-    return (not getattr(_tensorflow_only, "on", False) and not kernels.portable()
+    return (not _tensorflow_only.on() and not kernels.portable()
             and kernels.cpu_only() and kernels.available())
 
 
