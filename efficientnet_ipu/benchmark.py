@@ -3,11 +3,14 @@
     python -m efficientnet_ipu.benchmark --sizes=b0 --group-sizes=1,16 --norms=bn,ln_pn \
         --resolutions=224,160 --batch=32 --csv=benchmark.csv
     python -m efficientnet_ipu.benchmark --conv          # GroupConv2D vs dense convolution
+    python -m efficientnet_ipu.benchmark --optimizers --group-sizes=16 --norms=gn \
+        --resolutions=32 --steps=30                      # the optimizer update's cost
     python -m efficientnet_ipu.benchmark --pipeline=image_folder:../shared/data/imagenette2_224 \
         --pipeline-split=val                             # input pipeline images/s
 
 For every (size, G, norm, resolution) it prints and writes to CSV: training images/s
-(forward + backward + SGD update), inference images/s, batch-1 latency (ms), MACs per image,
+(forward + backward + optimizer update: ``--optimizer``, by default the training
+program's RMSProp), inference images/s, batch-1 latency (ms), MACs per image,
 achieved GFLOP/s (2 FLOPs per MAC; training counts 3x the forward MACs) and that as a
 fraction of the dense 3x3 convolution peak measured in the same run, and the ratios to
 keras.applications' EfficientNet of the same size at the same batch and resolution.
@@ -35,7 +38,8 @@ from tensorflow import keras
 import numpy as np
 import tensorflow as tf
 
-from efficientnet_ipu import analysis, models
+from efficientnet_ipu import analysis, models, optimizers
+from efficientnet_ipu import config as config_lib
 from efficientnet_ipu import layers as L
 
 CONV_SHAPE = (32, 28, 28, 240)  # the issue's reference tensor: 3x3, group size 16
@@ -227,16 +231,41 @@ def _fwd_bwd_table(cases, shape, steps):
     return {name: 1e3 * t for name, t in times.items()}
 
 
+OPTIMIZERS = ("rmsprop", "keras-rmsprop", "sgd")
+
+
+def make_optimizer(name, batch):
+    """The optimizer a benchmarked training step updates the weights with:
+    "rmsprop": the training program's, ``optimizers.RMSPropTF1`` with the paper's
+    hyperparameters (``config.base_config().train``; rho from ``batch``); "keras-rmsprop":
+    Keras' own RMSprop with the same hyperparameters (the same update as separate ops);
+    "sgd": Keras' plain SGD (what sessions 1-9 of issue #4 timed).
+    The learning rates are tiny: the weights barely move while being timed.
+
+    Raises: ValueError naming the allowed names."""
+    train = config_lib.base_config().train
+    rmsprop = dict(learning_rate=1e-6, rho=1.0 - train.rmsprop_decay_per_example * batch,
+                   momentum=train.momentum, epsilon=train.rmsprop_epsilon)
+    if name == "rmsprop":
+        return optimizers.RMSPropTF1(**rmsprop)
+    if name == "keras-rmsprop":
+        return keras.optimizers.RMSprop(**rmsprop)
+    if name == "sgd":
+        return keras.optimizers.SGD(1e-6)
+    raise ValueError("optimizer must be one of %s; got %r" % (", ".join(OPTIMIZERS), name))
+
+
 class ModelBench:
     """Compiled train / inference steps of one model at a batch and resolution.
     ``trace_context`` (optional): a context-manager factory the steps are traced in (e.g.
-    ``norm.tensorflow_norm_ops``)."""
+    ``norm.tensorflow_norm_ops``). ``optimizer``: a ``make_optimizer`` name."""
 
-    def __init__(self, model, batch, resolution, trace_context=None):
+    def __init__(self, model, batch, resolution, trace_context=None, optimizer="rmsprop"):
         self.model = model
         self.images = tf.random.uniform([batch, resolution, resolution, 3], 0, 255)
         self.labels = tf.random.uniform([batch], 0, model.outputs[0].shape[-1], tf.int32)
-        self.optimizer = keras.optimizers.SGD(1e-3)
+        self.optimizer = make_optimizer(optimizer, batch)
+        self.optimizer.build(model.trainable_variables)
         self.trace_context = trace_context or contextlib.nullcontext
         self.train_step = tf.function(self._train_step)
         self.infer = tf.function(self._infer)
@@ -256,6 +285,25 @@ class ModelBench:
             return self.model(images, training=False)
 
 
+def optimizer_table(model, batch, resolution, rounds, warmup):
+    """The training step of ``model`` with each ``OPTIMIZERS`` entry, timed in interleaved
+    rounds. Returns one dict per optimizer: ``ms`` (median step time), ``over_sgd_ms``
+    (median over rounds of the step time minus SGD's in the same round, and its 95 % CI:
+    what the update costs beyond SGD's multiply-and-subtract) and ``vs_keras`` (speed over
+    Keras' RMSprop, ``paired_ratio``)."""
+    benches = {name: ModelBench(model, batch, resolution, optimizer=name)
+               for name in OPTIMIZERS}
+    times = interleaved_times({n: (lambda b=b: _sync(b.train_step())) for n, b in
+                               benches.items()}, rounds, warmup)
+    rows = []
+    for name in OPTIMIZERS:
+        extra = 1e3 * (np.asarray(times[name]) - np.asarray(times["sgd"]))
+        rows.append(dict(optimizer=name, ms=1e3 * float(np.median(times[name])),
+                         over_sgd_ms=float(np.median(extra)), over_sgd_ci=median_ci(extra),
+                         vs_keras=paired_ratio(times["keras-rmsprop"], times[name])))
+    return rows
+
+
 def keras_applications_model(size, resolution, num_classes=1000):
     """keras.applications' EfficientNet (random weights) at a fixed square resolution."""
     fn = getattr(keras.applications, "EfficientNet" + size.upper())
@@ -271,8 +319,8 @@ def bench_models(models_by_name, batch, args):
     Returns (results, train_times): results[name] is a dict of those metrics (medians);
     train_times[name] the per-round training step times (s), for ``paired_ratio``."""
     benches = {name: ModelBench(m, batch, name[0], trace_context=(
-        L.norm.tensorflow_norm_ops if str(name[-1]).endswith("/tf-norm") else None))
-        for name, m in models_by_name.items()}
+        L.norm.tensorflow_norm_ops if str(name[-1]).endswith("/tf-norm") else None),
+        optimizer=args.optimizer) for name, m in models_by_name.items()}
     results = {name: {} for name in benches}
     train_times = {}
     if "train" in args.modes:
@@ -486,6 +534,12 @@ def main(argv=None):
                              "squeeze-excite-gate ops of the CPU library traced as "
                              "TensorFlow ops (norm.tensorflow_norm_ops; norm shown as e.g. "
                              "gn/tf-norm)")
+    parser.add_argument("--optimizer", default="rmsprop", choices=OPTIMIZERS,
+                        help="the update in the timed training step (make_optimizer); "
+                             "rmsprop is the training program's")
+    parser.add_argument("--optimizers", action="store_true",
+                        help="only the optimizer table: the first model's training step "
+                             "with each of %s" % ", ".join(OPTIMIZERS))
     parser.add_argument("--conv", action="store_true", help="only the convolution table")
     parser.add_argument("--norm-layers", action="store_true",
                         help="only the normalization table (ours vs the baseline)")
@@ -519,6 +573,22 @@ def main(argv=None):
         print("MBConv block on [32, 56, 56, 24], G16, E4, forward + backward:")
         for name, ms in table.items():
             print("  %-36s %8.2f ms  %5.2fx the unfolded LN+PN's speed" % (name, ms, base / ms))
+        return 0
+    if args.optimizers:
+        size, g, norm = sizes[0], group_sizes[0], norms[0]
+        resolution = int(resolve_resolutions(size, [parse_list(args.resolutions)[0]])[0])
+        model = models.EfficientNet(size, group_size=g, norm=norm,
+                                    input_shape=(resolution, resolution, 3))
+        print("Training step of %s-G%d %s at %d px, batch %d, %d variables, by optimizer "
+              "(medians of %d interleaved rounds, 95 %% CIs):" % (
+                  size.upper(), g, norm, resolution, args.batch,
+                  len(model.trainable_variables), args.steps))
+        for r in optimizer_table(model, args.batch, resolution, args.steps, args.warmup):
+            print("  %-14s %8.1f ms  %+7.1f ms over sgd [%.1f, %.1f]  %5.3fx keras-rmsprop's "
+                  "speed [%.3f, %.3f]" % (r["optimizer"], r["ms"], r["over_sgd_ms"],
+                                          r["over_sgd_ci"][0], r["over_sgd_ci"][1],
+                                          r["vs_keras"][0], r["vs_keras"][3],
+                                          r["vs_keras"][4]))
         return 0
     if args.pipeline:
         rate = pipeline_images_per_second(args.pipeline, args.pipeline_split,

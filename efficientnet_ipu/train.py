@@ -4,10 +4,9 @@ One optimizer step consumes ``gradient_accumulation`` micro-batches per replica 
 batch = micro-batch x accumulation x replicas). The loss is softmax cross-entropy with
 label smoothing; coupled L2 weight decay (wd x w added to the gradient) applies to the
 convolution kernels and PN's proxy parameters (Graphcore's code). The learning rate is base x global batch with a linear
-warmup, then x ``lr_decay`` every ``lr_decay_epochs`` (staircase). RMSProp follows TF1's
-(the paper's): accumulators start at 1 and epsilon sits inside the square root,
-lr g / sqrt(ms + eps); Keras adds it outside, lr g / (sqrt(ms) + eps'), so Keras gets
-eps' = sqrt(eps) (about 0.032 for the paper's 1e-3), which damps small gradients alike.
+warmup, then x ``lr_decay`` every ``lr_decay_epochs`` (staircase). RMSProp is TF1's (the
+paper's), ``optimizers.RMSPropTF1``: accumulators start at 1 and epsilon sits inside the
+square root, lr g / sqrt(ms + eps), one fused op per variable.
 
 A run writes into ``workdir``: ``config.json``, ``checkpoints/`` (weights, optimizer state
 and step, every epoch and every ``checkpoint_every_steps``), ``tensorboard/{train,eval}``
@@ -15,7 +14,6 @@ and, at the end, ``export/<step>/`` (see ``export.py``). Started again on the sa
 it resumes from the last checkpoint.
 """
 import json
-import math
 import os
 import time
 
@@ -23,7 +21,7 @@ from tensorflow import keras
 import tensorflow as tf
 
 from efficientnet_ipu import config as config_lib
-from efficientnet_ipu import data, export, models, strategy as strategy_lib
+from efficientnet_ipu import data, export, models, optimizers, strategy as strategy_lib
 from efficientnet_ipu import layers as L
 
 
@@ -61,21 +59,6 @@ def decayed_variables(model):
     return decayed
 
 
-def init_rmsprop_accumulators(optimizer):
-    """Start RMSProp's mean-square accumulators at 1, as TF1's RMSPropOptimizer (used by
-    EfficientNet's and Graphcore's recipes) does; Keras starts them at 0, which makes the
-    first updates about 1 / sqrt(1 - rho) times larger and destabilises early training.
-
-    Raises: RuntimeError if the optimizer has no velocity variables (API change).
-    """
-    velocities = [v for v in optimizer.variables
-                  if "velocity" in v.name or "/rms" in v.name]
-    if not velocities:
-        raise RuntimeError("no RMSprop velocity variables found in %s" % type(optimizer))
-    for v in velocities:
-        v.assign(tf.ones_like(v))
-
-
 def set_precision(precision):
     """Keras global dtype policy for "fp32", "fp16" or "bf16" (mixed precision: float32
     master weights, float16/bfloat16 compute)."""
@@ -110,15 +93,14 @@ class Trainer:
             self.schedule = WarmupStaircaseDecay(
                 peak, t.warmup_epochs * self.steps_per_epoch, t.lr_decay,
                 t.lr_decay_epochs * self.steps_per_epoch)
-            optimizer = keras.optimizers.RMSprop(
+            optimizer = optimizers.RMSPropTF1(
                 learning_rate=self.schedule,
                 rho=1.0 - t.rmsprop_decay_per_example * self.global_batch,
-                momentum=t.momentum, epsilon=math.sqrt(t.rmsprop_epsilon))
+                momentum=t.momentum, epsilon=t.rmsprop_epsilon)
             if t.precision == "fp16":
                 optimizer = keras.mixed_precision.LossScaleOptimizer(optimizer)
             self.optimizer = optimizer
             self.optimizer.build(self.model.trainable_variables)
-            init_rmsprop_accumulators(self.optimizer)
             self.step = tf.Variable(0, dtype=tf.int64, trainable=False, name="global_step")
         decayed = {id(v) for v in decayed_variables(self.model)}
         self.decay_mask = [id(v) in decayed for v in self.model.trainable_variables]

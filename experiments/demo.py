@@ -4,9 +4,9 @@
 
 Needs no download and nothing from ../shared: the 1,797 8x8 handwritten digits ship inside
 scikit-learn (1,437 train / 360 validation). Upscaled to 32 px, trained for 15 epochs with
-batch 32 and the paper's RMSProp recipe (lr = 2^-14 x batch). Expected result: validation
-top-1 >= 0.95 (measured 0.981 and 0.983, top-5 1.000, in 237-375 s wall time on 2 CPU
-cores, TF 2.21).
+batch 32 and the paper's RMSProp (lr = 2^-16 x batch, a quarter of the paper's). Expected
+result: validation top-1 >= 0.95 (measured 0.983, top-5 1.000, in about 160 s wall time on
+2 CPU cores, TF 2.21).
 Exports a SavedModel to <workdir>/export/660/.
 """
 from efficientnet_ipu.config import base_config
@@ -29,6 +29,9 @@ def get_config():
     c.train.micro_batch_size = 32
     c.train.gradient_accumulation = 1
     c.train.rmsprop_decay_per_example = 2.0 ** -8   # rho = 0.875 at batch 32
+    # lr 2^-16 x batch: with the paper's RMSProp (epsilon 1e-3 inside the square root)
+    # and this short rho, 2^-14 x batch does not learn here (top-1 0.18 after 15 epochs).
+    c.train.base_learning_rate = 2.0 ** -16
     c.train.warmup_epochs = 1.0
     c.train.lr_decay = 0.9
     c.train.lr_decay_epochs = 1.0

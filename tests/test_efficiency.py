@@ -145,3 +145,28 @@ def test_accuracy_csv_holds_paper_tables():
 def test_benchmark_rejects_bad_arguments():
     with pytest.raises(ValueError, match="size must be one of"):
         benchmark.main(["--sizes=b9", "--conv"])
+
+
+def test_optimizer_table_times_each_update_on_the_same_model(capsys):
+    assert benchmark.main(["--optimizers", "--sizes=b0", "--group-sizes=16", "--norms=gn",
+                           "--resolutions=32", "--batch=2", "--steps=2", "--warmup=1"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    rows = [line.split()[0] for line in lines if line.startswith("  ")]
+    assert rows == list(benchmark.OPTIMIZERS), lines
+    assert "213 variables" in "\n".join(lines)  # B0-G16's trainable variables
+
+
+def test_benchmark_optimizers_are_the_training_programs_and_keras():
+    from efficientnet_ipu import optimizers
+    from efficientnet_ipu import config as config_lib
+    opt = benchmark.make_optimizer("rmsprop", 32)
+    train = config_lib.base_config().train
+    assert isinstance(opt, optimizers.RMSPropTF1)
+    assert opt.epsilon == train.rmsprop_epsilon and opt.momentum == train.momentum
+    np.testing.assert_allclose(opt.rho, 1 - train.rmsprop_decay_per_example * 32)
+    assert not isinstance(benchmark.make_optimizer("keras-rmsprop", 32),
+                          optimizers.RMSPropTF1)
+    with pytest.raises(ValueError, match="rmsprop, keras-rmsprop, sgd"):
+        benchmark.make_optimizer("adam", 32)
+    with pytest.raises(SystemExit):  # argparse names the choices
+        benchmark.main(["--optimizer=adam", "--conv"])

@@ -1,4 +1,4 @@
-"""The layer and model tests again under Keras 2 (tf-keras, TF_USE_LEGACY_KERAS=1), the
+"""The layer, model and optimizer tests again under Keras 2 (tf-keras, TF_USE_LEGACY_KERAS=1), the
 Keras that Graphcore's IPU TensorFlow 2.6 ships a fork of."""
 import os
 import subprocess
@@ -16,7 +16,8 @@ def test_layer_and_model_tests_pass_under_keras2():
     env = dict(os.environ, TF_USE_LEGACY_KERAS="1", TF_CPP_MIN_LOG_LEVEL="3")
     out = subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider",
-         "tests/test_layers.py", "tests/test_models.py", "-k", "not b7",
+         "tests/test_layers.py", "tests/test_models.py", "tests/test_optimizers.py",
+         "-k", "not b7",
          "-W", "ignore::UserWarning"],
         capture_output=True, text=True, timeout=1800, env=env, cwd=REPO)
     assert out.returncode == 0, out.stdout[-5000:] + out.stderr[-3000:]

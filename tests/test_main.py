@@ -13,7 +13,7 @@ import tensorflow as tf
 
 from conftest import REPO, shared_path
 from efficientnet_ipu import config as config_lib
-from efficientnet_ipu import train
+from efficientnet_ipu import optimizers, train
 
 DEMO = os.path.join(REPO, "experiments", "demo.py")
 ENV = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", PYTHONPATH=REPO)
@@ -35,7 +35,8 @@ def small_config(name, **dataset):
     c.model.dropout_rate = 0.0
     c.train.update(dict(epochs=1, micro_batch_size=16, gradient_accumulation=2,
                         steps_per_epoch=40, eval_steps=4, warmup_epochs=0.1,
-                        rmsprop_decay_per_example=2.0 ** -6, log_every_steps=5))
+                        rmsprop_decay_per_example=2.0 ** -6, log_every_steps=5,
+                        base_learning_rate=2.0 ** -16))  # as experiments/demo.py
     return c
 
 
@@ -44,6 +45,9 @@ def test_trains_on_real_jpegs_loss_decreases_and_export_serves_in_fresh_process(
     config = small_config("image_folder:" + root, train_split="test", eval_split="test",
                           train_examples=64)
     trainer = train.Trainer(config, str(tmp_path))
+    # The paper's RMSProp: TF1's update, epsilon inside the square root as configured.
+    assert isinstance(trainer.optimizer, optimizers.RMSPropTF1)
+    assert trainer.optimizer.epsilon == config.train.rmsprop_epsilon
     metrics = trainer.train()
     losses = np.array([loss for _, loss in trainer.history])
     assert len(losses) == 40 and np.all(np.isfinite(losses))
