@@ -258,26 +258,54 @@ def make_optimizer(name, batch):
 class ModelBench:
     """Compiled train / inference steps of one model at a batch and resolution.
     ``trace_context`` (optional): a context-manager factory the steps are traced in (e.g.
-    ``norm.tensorflow_norm_ops``). ``optimizer``: a ``make_optimizer`` name."""
+    ``norm.tensorflow_norm_ops``). ``optimizer``: a ``make_optimizer`` name.
+    ``gradient_accumulation`` > 1: one training step sums the gradients of that many
+    micro-batches of ``batch`` images before one update, with up to
+    ``micro_batches_in_flight`` of them computed at the same time, as the training program
+    does (``train.Trainer``, ``config.train``); ``images_per_step`` counts them all.
 
-    def __init__(self, model, batch, resolution, trace_context=None, optimizer="rmsprop"):
+    Raises: ValueError if ``gradient_accumulation`` or ``micro_batches_in_flight`` < 1."""
+
+    def __init__(self, model, batch, resolution, trace_context=None, optimizer="rmsprop",
+                 gradient_accumulation=1, micro_batches_in_flight=2):
+        for name, value in (("gradient_accumulation", gradient_accumulation),
+                            ("micro_batches_in_flight", micro_batches_in_flight)):
+            if not (isinstance(value, int) and value >= 1):
+                raise ValueError("%s must be an integer >= 1; got %r" % (name, value))
         self.model = model
         self.images = tf.random.uniform([batch, resolution, resolution, 3], 0, 255)
         self.labels = tf.random.uniform([batch], 0, model.outputs[0].shape[-1], tf.int32)
-        self.optimizer = make_optimizer(optimizer, batch)
+        self.optimizer = make_optimizer(optimizer, batch * gradient_accumulation)
         self.optimizer.build(model.trainable_variables)
+        self.gradient_accumulation = gradient_accumulation
+        self.micro_batches_in_flight = micro_batches_in_flight
+        self.images_per_step = batch * gradient_accumulation
         self.trace_context = trace_context or contextlib.nullcontext
         self.train_step = tf.function(self._train_step)
         self.infer = tf.function(self._infer)
 
+    def _loss_and_gradients(self):
+        with tf.GradientTape() as tape:
+            out = self.model(self.images, training=True)
+            loss = tf.reduce_mean(keras.losses.sparse_categorical_crossentropy(
+                self.labels, tf.cast(out, tf.float32), from_logits=True))
+        return loss, tape.gradient(loss, self.model.trainable_variables)
+
     def _train_step(self):
+        variables = self.model.trainable_variables
         with self.trace_context():
-            with tf.GradientTape() as tape:
-                out = self.model(self.images, training=True)
-                loss = tf.reduce_mean(keras.losses.sparse_categorical_crossentropy(
-                    self.labels, tf.cast(out, tf.float32), from_logits=True))
-            grads = tape.gradient(loss, self.model.trainable_variables)
-            self.optimizer.apply_gradients(zip(grads, self.model.trainable_variables))
+            if self.gradient_accumulation == 1:
+                loss, grads = self._loss_and_gradients()
+            else:  # the same micro-batch each time: only the timing matters here
+                grads = [tf.zeros_like(v) for v in variables]
+                loss = tf.constant(0.0)
+                for _ in tf.range(self.gradient_accumulation):
+                    tf.autograph.experimental.set_loop_options(
+                        parallel_iterations=self.micro_batches_in_flight)
+                    micro_loss, micro_grads = self._loss_and_gradients()
+                    grads = [a + g for a, g in zip(grads, micro_grads)]
+                    loss += micro_loss
+            self.optimizer.apply_gradients(zip(grads, variables))
         return loss
 
     def _infer(self, images):
@@ -320,7 +348,9 @@ def bench_models(models_by_name, batch, args):
     train_times[name] the per-round training step times (s), for ``paired_ratio``."""
     benches = {name: ModelBench(m, batch, name[0], trace_context=(
         L.norm.tensorflow_norm_ops if str(name[-1]).endswith("/tf-norm") else None),
-        optimizer=args.optimizer) for name, m in models_by_name.items()}
+        optimizer=args.optimizer, gradient_accumulation=args.gradient_accumulation,
+        micro_batches_in_flight=args.micro_batches_in_flight)
+        for name, m in models_by_name.items()}
     results = {name: {} for name in benches}
     train_times = {}
     if "train" in args.modes:
@@ -328,7 +358,8 @@ def bench_models(models_by_name, batch, args):
             {n: (lambda b=b: _sync(b.train_step())) for n, b in benches.items()},
             args.steps, args.warmup)
         for name, seconds in train_times.items():
-            results[name]["train_img_s"] = batch / float(np.median(seconds))
+            results[name]["train_img_s"] = (benches[name].images_per_step
+                                            / float(np.median(seconds)))
     if "inference" in args.modes:
         times = interleaved_medians(
             {n: (lambda b=b: _sync(b.infer(b.images))) for n, b in benches.items()},
@@ -537,6 +568,13 @@ def main(argv=None):
     parser.add_argument("--optimizer", default="rmsprop", choices=OPTIMIZERS,
                         help="the update in the timed training step (make_optimizer); "
                              "rmsprop is the training program's")
+    parser.add_argument("--gradient-accumulation", type=int, default=1,
+                        help="micro-batches of --batch images per training step (one "
+                             "optimizer update), as config.train.gradient_accumulation")
+    parser.add_argument("--micro-batches-in-flight", type=int,
+                        default=config_lib.base_config().train.micro_batches_in_flight,
+                        help="micro-batches computed at the same time within a step, as "
+                             "config.train.micro_batches_in_flight")
     parser.add_argument("--optimizers", action="store_true",
                         help="only the optimizer table: the first model's training step "
                              "with each of %s" % ", ".join(OPTIMIZERS))
@@ -549,8 +587,9 @@ def main(argv=None):
     parser.add_argument("--pipeline-split", default="train")
     parser.add_argument("--csv", default="benchmark.csv")
     args = parser.parse_args(argv)
-    if args.batch < 1:
-        parser.error("--batch must be a positive integer")
+    for flag in ("batch", "gradient_accumulation", "micro_batches_in_flight"):
+        if getattr(args, flag) < 1:
+            parser.error("--%s must be a positive integer" % flag.replace("_", "-"))
     sizes = parse_list(args.sizes)
     for size in sizes:
         models.check_size(size)
@@ -561,6 +600,9 @@ def main(argv=None):
 
     print("TensorFlow %s, Keras %s, %d CPU threads" % (
         tf.__version__, getattr(keras, "__version__", "2"), os.cpu_count()))
+    print("Training step: %s update, %d micro-batch(es) of %d per step, up to %d in flight"
+          % (args.optimizer, args.gradient_accumulation, args.batch,
+             args.micro_batches_in_flight))
     if args.norm_layers:
         table = norm_table(args.steps * 4)
         base = table["GN4 reshape+moments (baseline)"]
@@ -671,10 +713,15 @@ def main(argv=None):
         del built, results
         keras.backend.clear_session()
     with open(args.csv, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=header + ("precision", "dense_peak_gflops"))
+        writer = csv.DictWriter(f, fieldnames=header + (
+            "precision", "dense_peak_gflops", "optimizer", "gradient_accumulation",
+            "micro_batches_in_flight"))
         writer.writeheader()
         for row in rows:
-            writer.writerow(dict(row, precision=args.precision, dense_peak_gflops=peak))
+            writer.writerow(dict(row, precision=args.precision, dense_peak_gflops=peak,
+                                 optimizer=args.optimizer,
+                                 gradient_accumulation=args.gradient_accumulation,
+                                 micro_batches_in_flight=args.micro_batches_in_flight))
     print("\nwrote %s" % args.csv)
     print("\nTargets (median over rounds of the paired ratio, its 95 % confidence interval, "
           "and the interquartile range of single rounds; met when the whole interval meets "

@@ -144,6 +144,8 @@ class Trainer:
         total_loss = tf.constant(0.0)
         correct = tf.constant(0.0)
         for i in tf.range(t.gradient_accumulation):
+            tf.autograph.experimental.set_loop_options(
+                parallel_iterations=t.micro_batches_in_flight)
             with tf.GradientTape() as tape:
                 logits = self.model(images[i], training=True)
                 loss = self._loss(labels[i], logits) / float(t.gradient_accumulation)

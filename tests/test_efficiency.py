@@ -170,3 +170,22 @@ def test_benchmark_optimizers_are_the_training_programs_and_keras():
         benchmark.make_optimizer("adam", 32)
     with pytest.raises(SystemExit):  # argparse names the choices
         benchmark.main(["--optimizer=adam", "--conv"])
+
+
+def test_model_bench_accumulates_micro_batches_like_the_training_program():
+    from efficientnet_ipu import models
+    from test_main import _while_loops
+    model = models.EfficientNet("b0", group_size=16, norm="gn", num_classes=10,
+                                input_shape=(32, 32, 3))
+    bench = benchmark.ModelBench(model, 2, 32, gradient_accumulation=3,
+                                 micro_batches_in_flight=2)
+    assert bench.images_per_step == 6
+    loops = _while_loops(bench.train_step)
+    assert len(loops) == 1 and loops[0].get_attr("parallel_iterations") == 2
+    assert not _while_loops(benchmark.ModelBench(model, 2, 32).train_step)
+    before = [v.numpy() for v in model.trainable_variables[:3]]
+    assert np.isfinite(bench.train_step().numpy())
+    assert any(not np.array_equal(b, v.numpy())
+               for b, v in zip(before, model.trainable_variables[:3]))
+    with pytest.raises(ValueError, match="micro_batches_in_flight must be an integer >= 1"):
+        benchmark.ModelBench(model, 2, 32, micro_batches_in_flight=0)

@@ -117,6 +117,8 @@ def test_killed_run_resumes_from_last_checkpoint(tmp_path):
     ("--config.dataset.name=no_such_dataset_xyz", "not a known dataset"),
     ("--config.model.norm=batchnorm", "config.model.norm must be one of"),
     ("--config.model.conv_implementation=fast", "config.model.conv_implementation must be one"),
+    ("--config.train.micro_batches_in_flight=0",
+     "config.train.micro_batches_in_flight must be a positive integer"),
 ])
 def test_bad_input_fails_before_training(tmp_path, override, message):
     workdir = str(tmp_path / "run")
@@ -124,6 +126,24 @@ def test_bad_input_fails_before_training(tmp_path, override, message):
     assert out.returncode != 0
     assert message in out.stdout + out.stderr, (out.stdout + out.stderr)[-3000:]
     assert not os.path.exists(os.path.join(workdir, "checkpoints"))
+
+
+def _while_loops(function, *specs):
+    """The While ops of a tf.function's graph traced for ``specs``."""
+    graph = function.get_concrete_function(*specs).graph
+    return [op for op in graph.get_operations() if op.type in ("While", "StatelessWhile")]
+
+
+@pytest.mark.parametrize("in_flight", [1, 3])
+def test_accumulation_loop_runs_the_configured_micro_batches_in_flight(tmp_path, in_flight):
+    config = small_config("digits")
+    config.train.gradient_accumulation = 4
+    config.train.micro_batches_in_flight = in_flight
+    trainer = train.Trainer(config, str(tmp_path))
+    loops = _while_loops(trainer._train_step, tf.TensorSpec([4, 16, 32, 32, 3]),
+                         tf.TensorSpec([4, 16, 10]))
+    assert len(loops) == 1
+    assert loops[0].get_attr("parallel_iterations") == in_flight
 
 
 def test_unprepared_tfds_dataset_fails_before_training(tmp_path):
