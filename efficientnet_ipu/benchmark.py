@@ -349,7 +349,8 @@ def bench_models(models_by_name, batch, args):
     benches = {name: ModelBench(m, batch, name[0], trace_context=(
         L.norm.tensorflow_norm_ops if str(name[-1]).endswith("/tf-norm") else None),
         optimizer=args.optimizer, gradient_accumulation=args.gradient_accumulation,
-        micro_batches_in_flight=args.micro_batches_in_flight)
+        micro_batches_in_flight=(1 if str(name[-1]).endswith("/1-in-flight")
+                                 else args.micro_batches_in_flight))
         for name, m in models_by_name.items()}
     results = {name: {} for name in benches}
     train_times = {}
@@ -449,6 +450,12 @@ def target_rows(size, resolutions, train_times):
             base = key[:2] + (key[2][:-len("/tf-norm")],)
             if base in train_times:
                 add("fused norm ops vs TF ops, G%d %s, %d px" % (key[1], base[2], res),
+                    speed(base, key), 1.0)
+        for key in sorted(k for k in train_times  # --compare-in-flight
+                          if k[0] == res and str(k[-1]).endswith("/1-in-flight")):
+            base = key[:2] + (key[2][:-len("/1-in-flight")],)
+            if base in train_times:
+                add("micro-batches in flight vs 1, G%d %s, %d px" % (key[1], base[2], res),
                     speed(base, key), 1.0)
     native, half = models.SIZES[size][2], models.HALF_RESOLUTION[size]
     for key in train_times:
@@ -575,6 +582,9 @@ def main(argv=None):
                         default=config_lib.base_config().train.micro_batches_in_flight,
                         help="micro-batches computed at the same time within a step, as "
                              "config.train.micro_batches_in_flight")
+    parser.add_argument("--compare-in-flight", action="store_true",
+                        help="with --gradient-accumulation >= 2, also time each model with "
+                             "one micro-batch in flight (norm shown as e.g. gn/1-in-flight)")
     parser.add_argument("--optimizers", action="store_true",
                         help="only the optimizer table: the first model's training step "
                              "with each of %s" % ", ".join(OPTIMIZERS))
@@ -590,6 +600,9 @@ def main(argv=None):
     for flag in ("batch", "gradient_accumulation", "micro_batches_in_flight"):
         if getattr(args, flag) < 1:
             parser.error("--%s must be a positive integer" % flag.replace("_", "-"))
+    if args.compare_in_flight and args.gradient_accumulation < 2:
+        parser.error("--compare-in-flight needs --gradient-accumulation >= 2 (one micro-batch "
+                     "per step has nothing to overlap)")
     sizes = parse_list(args.sizes)
     for size in sizes:
         models.check_size(size)
@@ -680,6 +693,9 @@ def main(argv=None):
                     if args.compare_proxy and norm.endswith("_pn"):
                         built[(resolution, g, norm + "/tf-proxy")] = models.EfficientNet(
                             size, group_size=g, norm=norm, proxy_implementation="tensorflow")
+                    if args.compare_in_flight:  # same model, one micro-batch in flight
+                        built[(resolution, g, norm + "/1-in-flight")] = models.EfficientNet(
+                            size, group_size=g, norm=norm)
                     if args.compare_norm_ops:  # same model, traced in tensorflow_norm_ops()
                         built[(resolution, g, norm + "/tf-norm")] = models.EfficientNet(
                             size, group_size=g, norm=norm)

@@ -87,6 +87,7 @@ def test_target_rows_from_interleaved_times():
         (native, 16, "gn/tf-conv"): [1.3, 1.3, 1.3, 1.3],  # --compare-conv: 1.3x slower
         (native, 16, "ln_pn/tf-proxy"): [1.21, 1.21, 1.21, 1.21],  # --compare-proxy
         (native, 16, "gn/tf-norm"): [1.15, 1.15, 1.15, 1.15],  # --compare-norm-ops
+        (native, 16, "gn/1-in-flight"): [1.1, 1.1, 1.1, 1.1],  # --compare-in-flight
     }
     rows = {r["target"]: r for r in benchmark.target_rows("b0", [native, half], times)}
     # Four rounds are too few for a 95 % interval of the median: it is their full range.
@@ -95,7 +96,8 @@ def test_target_rows_from_interleaved_times():
                          "half-res speed-up, G16-gn, 160 vs 224 px",
                          "G16 AVX2 kernels vs TF convs, gn, 224 px",
                          "fused proxy stats vs TF ops, G16 ln_pn, 224 px",
-                         "fused norm ops vs TF ops, G16 gn, 224 px"}
+                         "fused norm ops vs TF ops, G16 gn, 224 px",
+                         "micro-batches in flight vs 1, G16 gn, 224 px"}
     keras_row = rows["G1-BN vs keras B0, 224 px"]
     assert keras_row["value"] == pytest.approx(1.2) and keras_row["met"] == "yes"
     g16 = rows["G16 vs G1, bn, 224 px"]
@@ -112,6 +114,8 @@ def test_target_rows_from_interleaved_times():
     assert fused["value"] == pytest.approx(1.1) and fused["met"] == "yes"
     norm_ops = rows["fused norm ops vs TF ops, G16 gn, 224 px"]
     assert norm_ops["value"] == pytest.approx(1.15) and norm_ops["met"] == "yes"
+    in_flight = rows["micro-batches in flight vs 1, G16 gn, 224 px"]
+    assert in_flight["value"] == pytest.approx(1.1) and in_flight["met"] == "yes"
 
 
 def test_fixed_cost_rows_fit_the_per_step_cost_that_does_not_shrink():
@@ -170,6 +174,8 @@ def test_benchmark_optimizers_are_the_training_programs_and_keras():
         benchmark.make_optimizer("adam", 32)
     with pytest.raises(SystemExit):  # argparse names the choices
         benchmark.main(["--optimizer=adam", "--conv"])
+    with pytest.raises(SystemExit):  # one micro-batch per step: nothing in flight to compare
+        benchmark.main(["--compare-in-flight", "--conv"])
 
 
 def test_model_bench_accumulates_micro_batches_like_the_training_program():
