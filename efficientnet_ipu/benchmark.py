@@ -270,7 +270,7 @@ class ModelBench:
                  gradient_accumulation=1, micro_batches_in_flight=2):
         for name, value in (("gradient_accumulation", gradient_accumulation),
                             ("micro_batches_in_flight", micro_batches_in_flight)):
-            if not (isinstance(value, int) and value >= 1):
+            if not (isinstance(value, int) and value >= 1):  # before building anything
                 raise ValueError("%s must be an integer >= 1; got %r" % (name, value))
         self.model = model
         self.images = tf.random.uniform([batch, resolution, resolution, 3], 0, 255)
@@ -297,14 +297,10 @@ class ModelBench:
             if self.gradient_accumulation == 1:
                 loss, grads = self._loss_and_gradients()
             else:  # the same micro-batch each time: only the timing matters here
-                grads = [tf.zeros_like(v) for v in variables]
-                loss = tf.constant(0.0)
-                for _ in tf.range(self.gradient_accumulation):
-                    tf.autograph.experimental.set_loop_options(
-                        parallel_iterations=self.micro_batches_in_flight)
-                    micro_loss, micro_grads = self._loss_and_gradients()
-                    grads = [a + g for a, g in zip(grads, micro_grads)]
-                    loss += micro_loss
+                loss, grads = optimizers.sum_over_micro_batches(
+                    lambda i: self._loss_and_gradients(), self.gradient_accumulation,
+                    self.micro_batches_in_flight,
+                    (tf.constant(0.0), [tf.zeros_like(v) for v in variables]))
             self.optimizer.apply_gradients(zip(grads, variables))
         return loss
 

@@ -140,21 +140,20 @@ class Trainer:
     def _replica_train_step(self, images, labels):
         t = self.config.train
         variables = self.model.trainable_variables
-        accumulated = [tf.zeros_like(v) for v in variables]
-        total_loss = tf.constant(0.0)
-        correct = tf.constant(0.0)
-        for i in tf.range(t.gradient_accumulation):
-            tf.autograph.experimental.set_loop_options(
-                parallel_iterations=t.micro_batches_in_flight)
+
+        def micro_batch(i):
             with tf.GradientTape() as tape:
                 logits = self.model(images[i], training=True)
                 loss = self._loss(labels[i], logits) / float(t.gradient_accumulation)
                 scaled = self._scale_loss(loss)
             grads = self._unscale_gradients(tape.gradient(scaled, variables))
-            accumulated = [a + tf.cast(g, a.dtype) for a, g in zip(accumulated, grads)]
-            total_loss += loss
-            correct += tf.reduce_sum(tf.cast(tf.equal(
+            correct = tf.reduce_sum(tf.cast(tf.equal(
                 tf.argmax(logits, -1), tf.argmax(labels[i], -1)), tf.float32))
+            return [tf.cast(g, v.dtype) for g, v in zip(grads, variables)], loss, correct
+
+        accumulated, total_loss, correct = optimizers.sum_over_micro_batches(
+            micro_batch, t.gradient_accumulation, t.micro_batches_in_flight,
+            ([tf.zeros_like(v) for v in variables], tf.constant(0.0), tf.constant(0.0)))
         if t.weight_decay:  # coupled L2: d/dw of wd/2 |w|^2, once per step (summed over replicas)
             accumulated = [a + (t.weight_decay / self.replicas) * tf.cast(v, a.dtype)
                            if decay else a

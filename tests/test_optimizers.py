@@ -165,3 +165,27 @@ def _replay(w0, xs, steps, lr=0.01, rho=0.9, momentum=0.9, epsilon=1e-3):
         mom = momentum * mom + lr * g / np.sqrt(ms + epsilon)
         w = w - mom
     return w
+
+
+def test_sum_over_micro_batches_sums_every_micro_batch_once():
+    from efficientnet_ipu.optimizers import sum_over_micro_batches
+    data = tf.constant(np.arange(5 * 3, dtype=np.float32).reshape(5, 3))
+
+    @tf.function
+    def total(in_flight):
+        return sum_over_micro_batches(
+            lambda i: (data[i], [tf.reduce_sum(data[i] ** 2)]), 5, in_flight,
+            (tf.zeros([3]), [tf.constant(0.0)]))
+
+    for in_flight in (1, 2, 5):
+        rows, [squares] = total(in_flight)
+        np.testing.assert_array_equal(rows.numpy(), data.numpy().sum(0))
+        assert squares.numpy() == (data.numpy() ** 2).sum()
+    loops = [op for op in total.get_concrete_function(3).graph.get_operations()
+             if op.type in ("While", "StatelessWhile")]
+    assert [op.get_attr("parallel_iterations") for op in loops] == [3]
+    for bad in (dict(count=0), dict(in_flight=0), dict(count=2.0)):
+        args = dict(count=2, in_flight=1)
+        args.update(bad)
+        with pytest.raises(ValueError, match=list(bad)[0]):
+            sum_over_micro_batches(lambda i: tf.constant(1.0), zeros=tf.constant(0.0), **args)
