@@ -243,9 +243,8 @@ def make_optimizer(name, batch):
     The learning rates are tiny: the weights barely move while being timed.
 
     Raises: ValueError naming the allowed names."""
-    train = config_lib.base_config().train
-    rmsprop = dict(learning_rate=1e-6, rho=1.0 - train.rmsprop_decay_per_example * batch,
-                   momentum=train.momentum, epsilon=train.rmsprop_epsilon)
+    rmsprop = dict(learning_rate=1e-6, **optimizers.paper_rmsprop_arguments(
+        config_lib.base_config().train, batch))
     if name == "rmsprop":
         return optimizers.RMSPropTF1(**rmsprop)
     if name == "keras-rmsprop":

@@ -36,6 +36,15 @@ def _resource(variable):
     return variable.handle
 
 
+def paper_rmsprop_arguments(train_config, global_batch):
+    """RMSProp's rho, momentum and epsilon from ``config.train`` (``config.base_config``):
+    rho = 1 - ``rmsprop_decay_per_example`` x ``global_batch`` (images per optimizer step),
+    as the papers' recipe scales it. A dict of keyword arguments for ``RMSPropTF1`` (or
+    Keras' RMSprop)."""
+    return dict(rho=1.0 - train_config.rmsprop_decay_per_example * global_batch,
+                momentum=train_config.momentum, epsilon=train_config.rmsprop_epsilon)
+
+
 class RMSPropTF1(keras.optimizers.RMSprop):
     """Keras RMSprop with TF1's accumulator start (ms = 1) and one fused
     ``ResourceApplyRMSProp`` op per variable (module docstring for the update).

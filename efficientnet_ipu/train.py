@@ -95,8 +95,7 @@ class Trainer:
                 t.lr_decay_epochs * self.steps_per_epoch)
             optimizer = optimizers.RMSPropTF1(
                 learning_rate=self.schedule,
-                rho=1.0 - t.rmsprop_decay_per_example * self.global_batch,
-                momentum=t.momentum, epsilon=t.rmsprop_epsilon)
+                **optimizers.paper_rmsprop_arguments(t, self.global_batch))
             if t.precision == "fp16":
                 optimizer = keras.mixed_precision.LossScaleOptimizer(optimizer)
             self.optimizer = optimizer

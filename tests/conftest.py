@@ -31,6 +31,12 @@ def reference_group_conv(x, kernel, strides, groups, padding="SAME"):
     return tf.concat([tf.nn.conv2d(a, k, strides, padding) for a, k in zip(xs, ks)], -1)
 
 
+def while_loops(function, *specs):
+    """The While ops of a tf.function's graph traced for ``specs``."""
+    graph = function.get_concrete_function(*specs).graph
+    return [op for op in graph.get_operations() if op.type in ("While", "StatelessWhile")]
+
+
 def load_jpegs(paths, size):
     """Decode JPEGs (grayscale -> RGB) and resize to size x size: float32 [N, size, size, 3]
     in [0, 255]."""

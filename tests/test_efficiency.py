@@ -6,7 +6,7 @@ import os
 import numpy as np
 import pytest
 
-from conftest import REPO
+from conftest import REPO, while_loops
 from efficientnet_ipu import benchmark, plots
 
 
@@ -180,15 +180,14 @@ def test_benchmark_optimizers_are_the_training_programs_and_keras():
 
 def test_model_bench_accumulates_micro_batches_like_the_training_program():
     from efficientnet_ipu import models
-    from test_main import _while_loops
     model = models.EfficientNet("b0", group_size=16, norm="gn", num_classes=10,
                                 input_shape=(32, 32, 3))
     bench = benchmark.ModelBench(model, 2, 32, gradient_accumulation=3,
                                  micro_batches_in_flight=2)
     assert bench.images_per_step == 6
-    loops = _while_loops(bench.train_step)
+    loops = while_loops(bench.train_step)
     assert len(loops) == 1 and loops[0].get_attr("parallel_iterations") == 2
-    assert not _while_loops(benchmark.ModelBench(model, 2, 32).train_step)
+    assert not while_loops(benchmark.ModelBench(model, 2, 32).train_step)
     before = [v.numpy() for v in model.trainable_variables[:3]]
     assert np.isfinite(bench.train_step().numpy())
     assert any(not np.array_equal(b, v.numpy())

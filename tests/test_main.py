@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from conftest import REPO, shared_path
+from conftest import REPO, shared_path, while_loops
 from efficientnet_ipu import config as config_lib
 from efficientnet_ipu import optimizers, train
 
@@ -128,19 +128,13 @@ def test_bad_input_fails_before_training(tmp_path, override, message):
     assert not os.path.exists(os.path.join(workdir, "checkpoints"))
 
 
-def _while_loops(function, *specs):
-    """The While ops of a tf.function's graph traced for ``specs``."""
-    graph = function.get_concrete_function(*specs).graph
-    return [op for op in graph.get_operations() if op.type in ("While", "StatelessWhile")]
-
-
 @pytest.mark.parametrize("in_flight", [1, 3])
 def test_accumulation_loop_runs_the_configured_micro_batches_in_flight(tmp_path, in_flight):
     config = small_config("digits")
     config.train.gradient_accumulation = 4
     config.train.micro_batches_in_flight = in_flight
     trainer = train.Trainer(config, str(tmp_path))
-    loops = _while_loops(trainer._train_step, tf.TensorSpec([4, 16, 32, 32, 3]),
+    loops = while_loops(trainer._train_step, tf.TensorSpec([4, 16, 32, 32, 3]),
                          tf.TensorSpec([4, 16, 10]))
     assert len(loops) == 1
     assert loops[0].get_attr("parallel_iterations") == in_flight
