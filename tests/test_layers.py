@@ -217,6 +217,31 @@ def test_mbconv_shapes_residual_and_stochastic_depth(norm):
         assert down.project_norm.beta is None and down.project_norm.gamma is not None
 
 
+def test_drop_path_keeps_or_zeroes_whole_examples_with_one_pass_each_way():
+    rate = 0.25
+    x = tf.constant(np.random.default_rng(3).normal(size=(256, 4, 4, 8)).astype(np.float32))
+    assert L.drop_path(x, rate, training=False) is x
+    assert L.drop_path(x, 0.0, training=True) is x
+    tf.random.set_seed(4)
+    with tf.GradientTape() as tape:
+        tape.watch(x)
+        y = L.drop_path(x, rate, training=True)
+        loss = tf.reduce_sum(y * 2.0)
+    y, dx = y.numpy(), tape.gradient(loss, x).numpy()
+    kept = np.all(np.isclose(y, x.numpy() / (1 - rate), rtol=1e-6), axis=(1, 2, 3))
+    dropped = np.all(y == 0, axis=(1, 2, 3))
+    assert np.all(kept ^ dropped)                      # each example wholly kept or dropped
+    assert 0.15 < dropped.mean() < 0.35                # 64 of 256 expected (binomial sd 7)
+    np.testing.assert_allclose(dx, 2.0 * (y != 0).any(axis=(1, 2, 3), keepdims=True)
+                               / (1 - rate) * np.ones_like(y), rtol=1e-6)
+    # One [N, H, W, C]-sized op forward: the [N, 1, 1, 1] factor is formed first.
+    graph = tf.function(lambda t: L.drop_path(t, rate, True)).get_concrete_function(
+        tf.TensorSpec([None, 4, 4, 8])).graph
+    full = [op.type for op in graph.get_operations() if op.type in ("Mul", "RealDiv")
+            and op.outputs[0].shape.rank == 4 and op.outputs[0].shape[1] == 4]
+    assert full == ["Mul"]
+
+
 ONEDNN_OFF_SCRIPT = r"""
 import os, sys
 os.environ["TF_ENABLE_ONEDNN_OPTS"] = "0"

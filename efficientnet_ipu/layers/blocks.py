@@ -253,13 +253,18 @@ class SqueezeExcite(keras.layers.Layer):
 
 
 def drop_path(x, rate, training):
-    """Stochastic depth (Huang et al., 2016): zero whole examples of the residual branch
-    with probability ``rate`` during training, scaling the kept ones by 1 / (1 - rate)."""
+    """Stochastic depth (Huang et al., 2016; paper 001 sec. 3.4): zero whole examples of
+    the residual branch ``x`` ([N, H, W, C]) with probability ``rate`` during training,
+    scaling the kept ones by 1 / (1 - rate), so that the expectation is ``x``; ``x`` itself
+    when not training or ``rate`` <= 0.
+
+    The [N, 1, 1, 1] factor mask / (1 - rate) is formed first, so that the forward and the
+    backward pass each make one pass over ``x`` (``x / keep * mask`` made two of each)."""
     if not training or rate <= 0:
         return x
     keep = 1.0 - rate
     mask = tf.floor(keep + tf.random.uniform([tf.shape(x)[0], 1, 1, 1], dtype=x.dtype))
-    return x / keep * mask
+    return x * (mask / keep)
 
 
 class MBConvBlock(keras.layers.Layer):
