@@ -36,18 +36,20 @@ def test_kernels_equal_tensorflow_convolution_and_its_gradients(shape, k, stride
     x = tf.constant(rng.normal(size=shape).astype(np.float32))
     kernel = tf.constant(rng.normal(size=(k, k, 16, shape[-1])).astype(np.float32))
     offset = tf.constant(rng.normal(size=shape[-1]).astype(np.float32))  # not on the padding
+    in_scale = tf.constant(rng.uniform(-2.0, 2.0, size=shape[-1]).astype(np.float32))
     with tf.GradientTape(persistent=True) as tape:
-        tape.watch([x, kernel, offset])
-        ours = group_conv16.group_conv16(x, kernel, stride, padding, offset)
-        ref = reference_group_conv(x + offset, kernel, stride, shape[-1] // 16, padding)
+        tape.watch([x, kernel, offset, in_scale])
+        ours = group_conv16.group_conv16(x, kernel, stride, padding, offset, in_scale)
+        ref = reference_group_conv((x + offset) * in_scale, kernel, stride, shape[-1] // 16,
+                                   padding)
         weights = tf.constant(rng.normal(size=ref.shape).astype(np.float32))
         loss_ours = tf.reduce_sum(ours * weights)
         loss_ref = tf.reduce_sum(ref * weights)
     assert ours.shape == ref.shape
     scale = float(tf.reduce_max(tf.abs(ref)))
     np.testing.assert_allclose(ours.numpy(), ref.numpy(), rtol=0, atol=1e-5 * scale)
-    for a, b in zip(tape.gradient(loss_ours, [x, kernel, offset]),
-                    tape.gradient(loss_ref, [x, kernel, offset])):
+    for a, b in zip(tape.gradient(loss_ours, [x, kernel, offset, in_scale]),
+                    tape.gradient(loss_ref, [x, kernel, offset, in_scale])):
         np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=0,
                                    atol=1e-5 * float(tf.reduce_max(tf.abs(b))))
 
@@ -68,7 +70,7 @@ def test_group_conv2d_avx2_equals_split_in_a_tf_function(strides, with_scale):
     'split'."""
     rng = np.random.default_rng(7)
     x = tf.constant(rng.normal(size=(4, 12, 12, 64)).astype(np.float32))
-    scale = tf.constant(rng.uniform(0.5, 2.0, size=64).astype(np.float32)) if with_scale else None
+    scale = tf.Variable(rng.uniform(0.5, 2.0, size=64).astype(np.float32)) if with_scale else None
     offset = tf.Variable(rng.normal(size=64).astype(np.float32)) if with_scale else None
     avx2 = L.GroupConv2D(64, 3, strides=strides, group_size=16, implementation="avx2")
     split = L.GroupConv2D(64, 3, strides=strides, group_size=16, implementation="split")
@@ -82,10 +84,16 @@ def test_group_conv2d_avx2_equals_split_in_a_tf_function(strides, with_scale):
             tape.watch(x)
             y = layer(x, input_scale=scale, input_offset=offset)
             loss = tf.reduce_sum(tf.sin(y))
-        sources = [x, layer.kernel] + ([offset] if offset is not None else [])
+        sources = [x, layer.kernel] + ([offset, scale] if offset is not None else [])
         return [y] + tape.gradient(loss, sources)
     graph = grads.get_concrete_function(avx2).graph
     assert any(op.type == "EfficientnetIpuGroupConv16" for op in graph.get_operations())
+    # The scale goes into the ops as they pack the kernel: no kernel-sized op of its own
+    # (a Mul with its gradient's Mul and Sum, and Transposes, before session 11).
+    kernel_sized = [op.type for op in graph.get_operations()
+                    if op.type in ("Mul", "Transpose", "Sum")
+                    and op.inputs[0].shape.as_list()[:3] == [3, 3, 16]]  # [3, 3, 16, ...]
+    assert kernel_sized == []
     for a, b in zip(grads(avx2), grads(split)):
         np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-4, atol=1e-4)
 

@@ -8,12 +8,15 @@
 // broadcast input value feeds two fused multiply-adds.
 //
 // Layouts (as tf.nn.conv2d): input [N, H, W, C], filter [k, k, 16, C] (filter[:, :, i, o]
-// reads input channel (o / 16) * 16 + i), output [N, OH, OW, C]. The forward op and the
-// kernel gradient take input_offset [C]: they convolve input + input_offset (zero padding
-// stays zero), so that a per-channel shift before the convolution (the proxy-norm mean of
-// paper 002 eq. 7) costs no pass of its own; the input gradient's second output, its
-// sum over H and W [N, C], gives that offset's gradient without a pass either. Padding "SAME" or "VALID"
-// with TensorFlow's rule (SAME: pad_before = pad_total / 2), square stride s >= 1.
+// reads input channel (o / 16) * 16 + i), output [N, OH, OW, C]. All three ops take
+// input_scale [C] and the forward op and the kernel gradient input_offset [C]: they
+// convolve (input + input_offset) * input_scale (zero padding stays zero), so that the
+// proxy-normalized activation of paper 002 eq. 7 (subtract the proxy mean, divide by the
+// proxy std) before the convolution costs no pass and no op of its own. The scale is
+// multiplied into the filter as the ops pack it; the kernel gradient's second output is
+// the scale's gradient, and the input gradient's second output, its sum over H and W
+// [N, C], gives the offset's. Padding "SAME" or "VALID" with TensorFlow's rule (SAME:
+// pad_before = pad_total / 2), square stride s >= 1.
 // Compiled and loaded by efficientnet_ipu/layers/kernels.py.
 
 #include <immintrin.h>
@@ -180,10 +183,10 @@ absl::Status ShapeFromSizes(const Tensor& sizes, const char* name, TensorShape* 
   return tensorflow::TensorShapeUtils::MakeShape(sizes.vec<int32_t>().data(), 4, shape);
 }
 
-absl::Status CheckOffset(const Tensor& offset, const Geometry& g) {
-  if (offset.dims() != 1 || offset.dim_size(0) != g.C)
-    return InvalidArgument("input_offset must be [C] = [", g.C, "], got ",
-                           offset.shape().DebugString());
+// A per-input-channel vector input (``name``: input_offset or input_scale) must be [C].
+absl::Status CheckChannelVector(const Tensor& v, const char* name, const Geometry& g) {
+  if (v.dims() != 1 || v.dim_size(0) != g.C)
+    return InvalidArgument(name, " must be [C] = [", g.C, "], got ", v.shape().DebugString());
   return absl::OkStatus();
 }
 
@@ -194,16 +197,19 @@ void CheckCpu(OpKernelConstruction* ctx) {
                   "FMA; use GroupConv2D implementation='grouped' or 'split'"));
 }
 
-// Packs filter [k, k, 16, C] as [groups][k*k][16][16]; transpose=false gives w[i][o]
-// (forward), transpose=true gives w[o][i] (gradient with respect to the input).
-std::vector<float> PackFilter(const float* f, const Geometry& g, bool transpose) {
+// Packs filter [k, k, 16, C] times scale[input channel] as [groups][k*k][16][16];
+// transpose=false gives w[i][o] (forward), transpose=true gives w[o][i] (gradient with
+// respect to the input).
+std::vector<float> PackFilter(const float* f, const float* scale, const Geometry& g,
+                              bool transpose) {
   const int taps = g.k * g.k;
   std::vector<float> p(static_cast<size_t>(g.groups) * taps * kG * kG);
   for (int gr = 0; gr < g.groups; ++gr)
     for (int t = 0; t < taps; ++t)
       for (int i = 0; i < kG; ++i)
         for (int o = 0; o < kG; ++o) {
-          const float v = f[(static_cast<int64_t>(t) * kG + i) * g.C + gr * kG + o];
+          const float v =
+              f[(static_cast<int64_t>(t) * kG + i) * g.C + gr * kG + o] * scale[gr * kG + i];
           const int64_t base = (static_cast<int64_t>(gr) * taps + t) * kG * kG;
           p[base + (transpose ? o * kG + i : i * kG + o)] = v;
         }
@@ -234,14 +240,17 @@ class GroupConv16Op : public GroupConv16Base {
     const Tensor& x = ctx->input(0);
     const Tensor& f = ctx->input(1);
     const Tensor& offset = ctx->input(2);
+    const Tensor& scale = ctx->input(3);
     Geometry g;
     OP_REQUIRES_OK(ctx, MakeGeometry(x.shape(), f.shape(), stride_, same_, &g));
-    OP_REQUIRES_OK(ctx, CheckOffset(offset, g));
+    OP_REQUIRES_OK(ctx, CheckChannelVector(offset, "input_offset", g));
+    OP_REQUIRES_OK(ctx, CheckChannelVector(scale, "input_scale", g));
     const float* od = offset.flat<float>().data();
     Tensor* y = nullptr;
     OP_REQUIRES_OK(ctx, ctx->allocate_output(0, TensorShape({g.N, g.OH, g.OW, g.C}), &y));
     if (y->NumElements() == 0) return;
-    const std::vector<float> wp = PackFilter(f.flat<float>().data(), g, false);
+    const std::vector<float> wp =
+        PackFilter(f.flat<float>().data(), scale.flat<float>().data(), g, false);
     const float* xd = x.flat<float>().data();
     float* yd = y->flat<float>().data();
     const int width = g.PaddedWidth();  // scratch plane: all input rows, padded columns
@@ -287,10 +296,12 @@ class GroupConv16BackpropInputOp : public GroupConv16Base {
     const Tensor& sizes = ctx->input(0);
     const Tensor& f = ctx->input(1);
     const Tensor& dy = ctx->input(2);
+    const Tensor& scale = ctx->input(3);
     TensorShape in_shape;
     OP_REQUIRES_OK(ctx, ShapeFromSizes(sizes, "input_sizes", &in_shape));
     Geometry g;
     OP_REQUIRES_OK(ctx, MakeGeometry(in_shape, f.shape(), stride_, same_, &g));
+    OP_REQUIRES_OK(ctx, CheckChannelVector(scale, "input_scale", g));
     OP_REQUIRES(ctx, dy.shape() == TensorShape({g.N, g.OH, g.OW, g.C}),
                 InvalidArgument("out_backprop ", dy.shape().DebugString(), " does not match"
                                 " the output of input ", in_shape.DebugString()));
@@ -301,7 +312,8 @@ class GroupConv16BackpropInputOp : public GroupConv16Base {
     float* sumd = dx_sum->flat<float>().data();
     std::fill(sumd, sumd + dx_sum->NumElements(), 0.0f);
     if (dx->NumElements() == 0) return;
-    const std::vector<float> wp = PackFilter(f.flat<float>().data(), g, true);
+    const std::vector<float> wp =
+        PackFilter(f.flat<float>().data(), scale.flat<float>().data(), g, true);
     const float* dyd = dy.flat<float>().data();
     float* dxd = dx->flat<float>().data();
     // dx[ih, iw] = sum over taps (kh, kw) with ih + pt - kh = s * oh and iw + pl - kw =
@@ -397,20 +409,22 @@ class GroupConv16BackpropFilterOp : public GroupConv16Base {
 
   void Compute(OpKernelContext* ctx) override {
     const Tensor& x = ctx->input(0);
-    const Tensor& sizes = ctx->input(1);
+    const Tensor& f = ctx->input(1);
     const Tensor& dy = ctx->input(2);
     const Tensor& offset = ctx->input(3);
-    TensorShape f_shape;
-    OP_REQUIRES_OK(ctx, ShapeFromSizes(sizes, "filter_sizes", &f_shape));
+    const Tensor& scale = ctx->input(4);
     Geometry g;
-    OP_REQUIRES_OK(ctx, MakeGeometry(x.shape(), f_shape, stride_, same_, &g));
+    OP_REQUIRES_OK(ctx, MakeGeometry(x.shape(), f.shape(), stride_, same_, &g));
     OP_REQUIRES(ctx, dy.shape() == TensorShape({g.N, g.OH, g.OW, g.C}),
                 InvalidArgument("out_backprop ", dy.shape().DebugString(), " does not match"
                                 " the output of input ", x.shape().DebugString()));
-    OP_REQUIRES_OK(ctx, CheckOffset(offset, g));
+    OP_REQUIRES_OK(ctx, CheckChannelVector(offset, "input_offset", g));
+    OP_REQUIRES_OK(ctx, CheckChannelVector(scale, "input_scale", g));
     const float* od = offset.flat<float>().data();
     Tensor* df = nullptr;
-    OP_REQUIRES_OK(ctx, ctx->allocate_output(0, f_shape, &df));
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(0, f.shape(), &df));
+    Tensor* dscale = nullptr;
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(1, TensorShape({g.C}), &dscale));
     const int taps = g.k * g.k;
     std::vector<float> packed(static_cast<size_t>(g.groups) * taps * kG * kG, 0.0f);
     const float* xd = x.flat<float>().data();
@@ -457,13 +471,31 @@ class GroupConv16BackpropFilterOp : public GroupConv16Base {
         }
       }
     });
+    // packed is the gradient with respect to the scaled filter f * scale: the filter's is
+    // that times the scale, and the scale's is its product with f summed over taps and
+    // output channels.
+    const float* fd = f.flat<float>().data();
+    const float* sd = scale.flat<float>().data();
     float* dfd = df->flat<float>().data();
+    float* dsd = dscale->flat<float>().data();
+    for (int c = 0; c < g.C; ++c) dsd[c] = 0.0f;
     for (int gr = 0; gr < g.groups; ++gr)
       for (int t = 0; t < taps; ++t)
-        for (int i = 0; i < kG; ++i)
-          std::memcpy(dfd + (static_cast<int64_t>(t) * kG + i) * g.C + gr * kG,
-                      packed.data() + ((static_cast<size_t>(gr) * taps + t) * kG + i) * kG,
-                      sizeof(float) * kG);
+        for (int i = 0; i < kG; ++i) {
+          const int c = gr * kG + i;
+          const int64_t at = (static_cast<int64_t>(t) * kG + i) * g.C + gr * kG;
+          const float* src = packed.data() + ((static_cast<size_t>(gr) * taps + t) * kG + i) * kG;
+          const __m256 s = _mm256_set1_ps(sd[c]);
+          const __m256 d0 = _mm256_loadu_ps(src), d1 = _mm256_loadu_ps(src + 8);
+          _mm256_storeu_ps(dfd + at, _mm256_mul_ps(d0, s));
+          _mm256_storeu_ps(dfd + at + 8, _mm256_mul_ps(d1, s));
+          __m256 p = _mm256_fmadd_ps(d0, _mm256_loadu_ps(fd + at),
+                                     _mm256_mul_ps(d1, _mm256_loadu_ps(fd + at + 8)));
+          __m128 q = _mm_add_ps(_mm256_castps256_ps128(p), _mm256_extractf128_ps(p, 1));
+          q = _mm_hadd_ps(q, q);
+          q = _mm_hadd_ps(q, q);
+          dsd[c] += _mm_cvtss_f32(q);
+        }
   }
 };
 
@@ -501,6 +533,7 @@ REGISTER_OP("EfficientnetIpuGroupConv16")
     .Input("input: float")
     .Input("filter: float")
     .Input("input_offset: float")
+    .Input("input_scale: float")
     .Output("output: float")
     .Attr("stride: int >= 1")
     .Attr("padding: {'SAME', 'VALID'}")
@@ -510,6 +543,7 @@ REGISTER_OP("EfficientnetIpuGroupConv16BackpropInput")
     .Input("input_sizes: int32")
     .Input("filter: float")
     .Input("out_backprop: float")
+    .Input("input_scale: float")
     .Output("output: float")
     .Output("output_sum: float")
     .Attr("stride: int >= 1")
@@ -523,18 +557,23 @@ REGISTER_OP("EfficientnetIpuGroupConv16BackpropInput")
 
 REGISTER_OP("EfficientnetIpuGroupConv16BackpropFilter")
     .Input("input: float")
-    .Input("filter_sizes: int32")
+    .Input("filter: float")
     .Input("out_backprop: float")
     .Input("input_offset: float")
+    .Input("input_scale: float")
     .Output("output: float")
+    .Output("scale_backprop: float")
     .Attr("stride: int >= 1")
     .Attr("padding: {'SAME', 'VALID'}")
-    .SetShapeFn([](InferenceContext* c) { return ShapeFromInput(c, 1); });
+    .SetShapeFn([](InferenceContext* c) {
+      c->set_output(0, c->input(1));
+      c->set_output(1, c->Vector(c->Dim(c->input(1), 3)));
+      return absl::OkStatus();
+    });
 
 REGISTER_KERNEL_BUILDER(Name("EfficientnetIpuGroupConv16").Device(DEVICE_CPU), GroupConv16Op);
 REGISTER_KERNEL_BUILDER(
     Name("EfficientnetIpuGroupConv16BackpropInput").Device(DEVICE_CPU).HostMemory("input_sizes"),
     GroupConv16BackpropInputOp);
-REGISTER_KERNEL_BUILDER(
-    Name("EfficientnetIpuGroupConv16BackpropFilter").Device(DEVICE_CPU).HostMemory("filter_sizes"),
-    GroupConv16BackpropFilterOp);
+REGISTER_KERNEL_BUILDER(Name("EfficientnetIpuGroupConv16BackpropFilter").Device(DEVICE_CPU),
+                        GroupConv16BackpropFilterOp);

@@ -231,14 +231,17 @@ class GroupConv2D(keras.layers.Layer):
 
         ``input_scale`` (optional, [C_in]): a per-input-channel factor folded into the
         kernel, equal to (up to round-off) scaling the inputs but without that pass over
-        them. ``input_offset`` (optional, [C_in]): a per-input-channel shift (the zero
+        them; "avx2" multiplies it in as its kernels pack the kernel (no kernel-sized ops
+        of its own, forward or backward), the others through ``scaled_kernel``. ``input_offset`` (optional, [C_in]): a per-input-channel shift (the zero
         padding is not shifted); "avx2" adds it while its kernels copy the input, the other
         implementations add it first. Both serve the proxy-normalized activation before
         the group conv (paper 002 eq. 7: subtract the proxy mean, divide by its std)."""
-        kernel = self.kernel if input_scale is None else self.scaled_kernel(input_scale)
+        use_avx2 = self.resolved_implementation == "avx2" and not kernels.portable()
+        kernel = self.kernel
+        if input_scale is not None and not use_avx2:  # "avx2" scales as it packs the kernel
+            kernel = self.scaled_kernel(input_scale)
         kernel = tf.cast(kernel, inputs.dtype)
         strides = [1, self.strides, self.strides, 1]
-        use_avx2 = self.resolved_implementation == "avx2" and not kernels.portable()
         if input_offset is not None and not use_avx2:
             inputs = inputs + tf.cast(input_offset, inputs.dtype)
         if self.depthwise:
@@ -247,7 +250,8 @@ class GroupConv2D(keras.layers.Layer):
         elif use_avx2:
             outputs = group_conv16.group_conv16(
                 inputs, kernel, self.strides, self.padding,
-                None if input_offset is None else tf.cast(input_offset, inputs.dtype))
+                None if input_offset is None else tf.cast(input_offset, inputs.dtype),
+                None if input_scale is None else tf.cast(input_scale, inputs.dtype))
         elif self.resolved_implementation == "split" and self.groups > 1:
             outputs = tf.concat([
                 tf.nn.conv2d(x, k, strides, self.padding)

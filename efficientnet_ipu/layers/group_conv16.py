@@ -18,24 +18,28 @@ from efficientnet_ipu.layers import kernels
 
 @tf.RegisterGradient("EfficientnetIpuGroupConv16")
 def _gradient(op, grad):
-    """Gradients of EfficientnetIpuGroupConv16 with respect to its input, kernel and input
-    offset. The offset's is the input gradient summed over N, H and W: the input-gradient
-    op sums each row over W as it writes it (its second output, [N, C]), which saved a
-    65 ms TensorFlow reduction per training step of B0-G16-LN+PN at 224 px, batch 32, on
-    this project's CPU (issue #4, session 7)."""
-    x, kernel, offset = op.inputs
+    """Gradients of EfficientnetIpuGroupConv16 with respect to its input, kernel, input
+    offset and input scale. The offset's is the input gradient summed over N, H and W: the
+    input-gradient op sums each row over W as it writes it (its second output, [N, C]),
+    which saved a 65 ms TensorFlow reduction per training step of B0-G16-LN+PN at 224 px,
+    batch 32, on this project's CPU (issue #4, session 7). The scale's is the kernel
+    gradient op's second output (issue #4, session 11)."""
+    x, kernel, offset, scale = op.inputs
     stride, padding = op.get_attr("stride"), op.get_attr("padding")
-    dx, dx_sum = kernels.load().efficientnet_ipu_group_conv16_backprop_input(
-        tf.shape(x), kernel, grad, stride=stride, padding=padding)
-    dkernel = kernels.load().efficientnet_ipu_group_conv16_backprop_filter(
-        x, tf.shape(kernel), grad, offset, stride=stride, padding=padding)
-    return dx, dkernel, tf.reduce_sum(dx_sum, axis=0)
+    library = kernels.load()
+    dx, dx_sum = library.efficientnet_ipu_group_conv16_backprop_input(
+        tf.shape(x), kernel, grad, scale, stride=stride, padding=padding)
+    dkernel, dscale = library.efficientnet_ipu_group_conv16_backprop_filter(
+        x, kernel, grad, offset, scale, stride=stride, padding=padding)
+    return dx, dkernel, tf.reduce_sum(dx_sum, axis=0), dscale
 
 
-def group_conv16(inputs, kernel, stride, padding, input_offset=None):
-    """``tf.nn.conv2d(inputs + input_offset, kernel, stride, padding)`` for 16-channel
-    groups, on the AVX2 kernels (compiled on first use, see ``kernels.load``). The offset is added
-    while the kernels copy their input, so it costs no pass over ``inputs``.
+def group_conv16(inputs, kernel, stride, padding, input_offset=None, input_scale=None):
+    """``tf.nn.conv2d((inputs + input_offset) * input_scale, kernel, stride, padding)`` for
+    16-channel groups, on the AVX2 kernels (compiled on first use, see ``kernels.load``).
+    The offset is added while the kernels copy their input and the scale is multiplied
+    into the kernel as they pack it, so neither costs a pass over ``inputs`` nor an op of
+    its own (paper 002 eq. 7's proxy-normalized activation, folded into the convolution).
 
     Args:
       inputs: float32 [N, H, W, C], C a multiple of 16.
@@ -44,6 +48,7 @@ def group_conv16(inputs, kernel, stride, padding, input_offset=None):
       stride: int >= 1 (both spatial dimensions); padding: "SAME" or "VALID".
       input_offset: float32 [C] or None (zeros); added to the inputs, not to the zero
         padding.
+      input_scale: float32 [C] or None (ones); multiplies input channel c.
 
     Returns:
       float32 [N, OH, OW, C], OH and OW as ``tf.nn.conv2d`` gives them.
@@ -54,7 +59,10 @@ def group_conv16(inputs, kernel, stride, padding, input_offset=None):
     """
     library = kernels.load("GroupConv2D implementation='avx2'",
                            "implementation='grouped' or 'split'")
+    channels = tf.shape(inputs)[-1:]
     if input_offset is None:
-        input_offset = tf.zeros(tf.shape(inputs)[-1:], inputs.dtype)
-    return library.efficientnet_ipu_group_conv16(inputs, kernel, input_offset,
+        input_offset = tf.zeros(channels, inputs.dtype)
+    if input_scale is None:
+        input_scale = tf.ones(channels, inputs.dtype)
+    return library.efficientnet_ipu_group_conv16(inputs, kernel, input_offset, input_scale,
                                                  stride=int(stride), padding=padding)
