@@ -109,17 +109,24 @@ def paired_ratio(numerator, denominator):
 
 def conv_fwd_bwd_step(layer, shape):
     """A compiled forward + backward (input and kernel gradients) of ``layer`` on a random
-    ``shape`` input; calling the returned function runs it to completion."""
+    ``shape`` input; calling the returned function runs it to completion and returns
+    [loss, input gradient, kernel gradient(s)] as NumPy arrays, where loss = sum(layer(x) *
+    u) for a fixed random u of the output's shape.
+
+    The loss is returned so that the forward convolution runs: until session 11 the step
+    returned only the gradients of sum(layer(x)), whose output gradient (all ones) does
+    not need the forward's value, so TensorFlow pruned the forward convolution and the
+    table timed the two backward passes alone (issue #4)."""
     x = tf.random.normal(shape)
-    layer(x)
+    upstream = tf.random.normal(layer(x).shape)
 
     @tf.function
     def step():
         with tf.GradientTape() as tape:
             tape.watch(x)
-            y = tf.reduce_sum(layer(x))
-        return tape.gradient(y, [x] + layer.trainable_variables)
-    return lambda: _sync(step())
+            loss = tf.reduce_sum(layer(x) * upstream)
+        return [loss] + tape.gradient(loss, [x] + layer.trainable_variables)
+    return lambda: [t.numpy() for t in step()]
 
 
 def conv_macs(layer, shape):

@@ -8,6 +8,7 @@ import pytest
 
 from conftest import REPO, while_loops
 from efficientnet_ipu import benchmark, plots
+from efficientnet_ipu import layers as L
 
 
 def test_pareto_front_keeps_upper_left_points():
@@ -194,3 +195,14 @@ def test_model_bench_accumulates_micro_batches_like_the_training_program():
                for b, v in zip(before, model.trainable_variables[:3]))
     with pytest.raises(ValueError, match="micro_batches_in_flight must be an integer >= 1"):
         benchmark.ModelBench(model, 2, 32, micro_batches_in_flight=0)
+
+
+def test_conv_step_times_the_forward_pass_too():
+    """The conv table's step returns the loss, so the forward convolution runs (a step
+    returning only the gradients of sum(y) let TensorFlow prune it)."""
+    layer = L.GroupConv2D(32, 3, group_size=16, implementation="grouped")
+    step = benchmark.conv_fwd_bwd_step(layer, (2, 6, 6, 32))
+    loss, dx, dkernel = step()
+    assert dx.shape == (2, 6, 6, 32) and dkernel.shape == (3, 3, 16, 32)
+    assert np.isfinite(loss) and loss != 0.0
+    assert np.array_equal(step()[0], loss)       # the same fixed input and output weights

@@ -172,3 +172,29 @@ def test_model_builder_selects_the_conv_implementation_same_function():
     x = tf.constant(np.random.default_rng(4).uniform(0, 255, (2, 64, 64, 3)), tf.float32)
     np.testing.assert_allclose(auto(x, training=False).numpy(),
                                portable(x, training=False).numpy(), rtol=1e-3, atol=1e-3)
+
+
+def _cpu_has_avx512f():
+    try:
+        with open("/proc/cpuinfo") as f:
+            return " avx512f " in " %s " % f.read().replace("\n", " ")
+    except OSError:
+        return False
+
+
+@needs_kernels
+@pytest.mark.skipif(not _cpu_has_avx512f(),
+                    reason="this CPU has no AVX-512F: the AVX2 blocks are the ones the other "
+                           "tests ran")
+def test_avx2_blocks_also_equal_tensorflow_on_an_avx512_cpu():
+    """On an AVX-512 CPU the other tests ran the AVX-512 blocks; the AVX2 ones (what AVX2-only
+    CPUs run, selected by $EFFICIENTNET_IPU_AVX2_ONLY) must give the same results."""
+    import subprocess
+    import sys
+    env = dict(os.environ, EFFICIENTNET_IPU_AVX2_ONLY="1")
+    done = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", __file__,
+         "-k", "kernels_equal_tensorflow or avx2_equals_split"],
+        env=env, cwd=os.path.dirname(__file__), capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "12 passed" in done.stdout

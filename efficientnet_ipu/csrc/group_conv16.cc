@@ -22,6 +22,7 @@
 #include <immintrin.h>
 
 #include <algorithm>
+#include <cstdlib>
 #include <cstring>
 #include <vector>
 
@@ -48,7 +49,19 @@ namespace {
 using efficientnet_ipu::ParallelFor;
 
 constexpr int kG = 16;  // channels per group
-constexpr int kMaxR = 6;  // output pixels per register block: 12 accumulators
+constexpr int kMaxR = 6;  // AVX2: output pixels per register block (12 accumulators)
+constexpr int kMaxR512 = 12;  // AVX-512: output pixels per register block (12 accumulators)
+
+// True where the AVX-512 versions of the inner blocks run: the CPU has AVX-512F and
+// $EFFICIENTNET_IPU_AVX2_ONLY is unset or "0" (it selects the AVX2 versions, for tests and
+// for comparing the two). A 16-channel group is one AVX-512 register, so a block holds
+// twice the pixels per register of AVX2 and every weight or gradient load feeds twice the
+// FLOPs (issue #4, session 11).
+bool UseAvx512() {
+  const char* env = std::getenv("EFFICIENTNET_IPU_AVX2_ONLY");
+  const bool avx2_only = env != nullptr && env[0] != '\0' && std::strcmp(env, "0") != 0;
+  return __builtin_cpu_supports("avx512f") && !avx2_only;
+}
 
 // Output size and padding before the first element, as TensorFlow computes them.
 void OutputSize(int in, int k, int s, bool same, int* out, int* pad_before) {
@@ -103,6 +116,73 @@ void BlockAny(int r, const float* base, const int* offs, const float* const* w, 
     default: Block<1>(base, offs, w, ntaps, rs, dst, dstride); break;
   }
 }
+
+#pragma GCC push_options
+#pragma GCC target("avx512f")
+// BlockAny with AVX-512: one register per output pixel of the block (16 channels).
+template <int R>
+inline void Block512(const float* base, const int* offs, const float* const* w, int ntaps,
+                     int rs, float* dst, int dstride) {
+  __m512 a[R];
+#pragma GCC unroll 16
+  for (int r = 0; r < R; ++r) a[r] = _mm512_setzero_ps();
+  for (int t = 0; t < ntaps; ++t) {
+    const float* s = base + offs[t];
+    const float* wt = w[t];
+#pragma GCC unroll 2
+    for (int i = 0; i < kG; ++i) {
+      const __m512 wv = _mm512_loadu_ps(wt + kG * i);
+#pragma GCC unroll 16
+      for (int r = 0; r < R; ++r)
+        a[r] = _mm512_fmadd_ps(_mm512_set1_ps(s[r * rs + i]), wv, a[r]);
+    }
+  }
+#pragma GCC unroll 16
+  for (int r = 0; r < R; ++r) _mm512_storeu_ps(dst + r * dstride, a[r]);
+}
+
+__attribute__((noinline)) void BlockAny512(int r, const float* base, const int* offs,
+                                           const float* const* w, int ntaps, int rs,
+                                           float* dst, int dstride) {
+  switch (r) {
+    case 12: Block512<12>(base, offs, w, ntaps, rs, dst, dstride); break;
+    case 11: Block512<11>(base, offs, w, ntaps, rs, dst, dstride); break;
+    case 10: Block512<10>(base, offs, w, ntaps, rs, dst, dstride); break;
+    case 9: Block512<9>(base, offs, w, ntaps, rs, dst, dstride); break;
+    case 8: Block512<8>(base, offs, w, ntaps, rs, dst, dstride); break;
+    case 7: Block512<7>(base, offs, w, ntaps, rs, dst, dstride); break;
+    case 6: Block512<6>(base, offs, w, ntaps, rs, dst, dstride); break;
+    case 5: Block512<5>(base, offs, w, ntaps, rs, dst, dstride); break;
+    case 4: Block512<4>(base, offs, w, ntaps, rs, dst, dstride); break;
+    case 3: Block512<3>(base, offs, w, ntaps, rs, dst, dstride); break;
+    case 2: Block512<2>(base, offs, w, ntaps, rs, dst, dstride); break;
+    default: Block512<1>(base, offs, w, ntaps, rs, dst, dstride); break;
+  }
+}
+
+// The kernel gradient's block (WeightBlock below) with AVX-512: all 16 input channels
+// of a group in one pass, one register each.
+__attribute__((noinline)) void WeightBlock512(const float* x, int xs, int64_t xrs,
+                                              const float* dy, int64_t drs, int rows,
+                                              int count, float* dw) {
+  __m512 a[kG];
+#pragma GCC unroll 16
+  for (int i = 0; i < kG; ++i) a[i] = _mm512_setzero_ps();
+  for (int y = 0; y < rows; ++y) {
+    const float* xy = x + y * xrs;
+    const float* dyy = dy + y * drs;
+    for (int q = 0; q < count; ++q) {
+      const __m512 d = _mm512_loadu_ps(dyy + q * kG);
+      const float* xq = xy + q * xs;
+#pragma GCC unroll 16
+      for (int i = 0; i < kG; ++i) a[i] = _mm512_fmadd_ps(_mm512_set1_ps(xq[i]), d, a[i]);
+    }
+  }
+#pragma GCC unroll 16
+  for (int i = 0; i < kG; ++i)
+    _mm512_storeu_ps(dw + i * kG, _mm512_add_ps(_mm512_loadu_ps(dw + i * kG), a[i]));
+}
+#pragma GCC pop_options
 
 // Copies rows [y0, y1) of channels [g*16, g*16+16) of image plane src ([rows, cols, C])
 // into a [rows, width, 16] buffer, columns shifted right by pad_l and zeros around them.
@@ -219,7 +299,8 @@ std::vector<float> PackFilter(const float* f, const float* scale, const Geometry
 // The attributes all three ops share: stride and padding, and the CPU check.
 class GroupConv16Base : public OpKernel {
  public:
-  explicit GroupConv16Base(OpKernelConstruction* ctx) : OpKernel(ctx) {
+  explicit GroupConv16Base(OpKernelConstruction* ctx)
+      : OpKernel(ctx), use_avx512_(UseAvx512()) {
     CheckCpu(ctx);
     std::string padding;
     OP_REQUIRES_OK(ctx, ctx->GetAttr("stride", &stride_));
@@ -230,6 +311,7 @@ class GroupConv16Base : public OpKernel {
  protected:
   int stride_;
   bool same_;
+  const bool use_avx512_;  // UseAvx512() when the kernel was built
 };
 
 class GroupConv16Op : public GroupConv16Base {
@@ -255,6 +337,8 @@ class GroupConv16Op : public GroupConv16Base {
     float* yd = y->flat<float>().data();
     const int width = g.PaddedWidth();  // scratch plane: all input rows, padded columns
     const int64_t cost = static_cast<int64_t>(g.OH) * g.OW * g.k * g.k * kG * kG;
+    const bool use512 = use_avx512_;
+    const int step = use512 ? kMaxR512 : kMaxR;
     ParallelFor(ctx, static_cast<int64_t>(g.N) * g.groups, cost, [&](int64_t b, int64_t e) {
       std::vector<float> plane(static_cast<size_t>(g.H) * width * kG);
       std::vector<int> offs(g.k * g.k);
@@ -277,10 +361,11 @@ class GroupConv16Op : public GroupConv16Base {
             }
           }
           float* yrow = yd + ((static_cast<int64_t>(n) * g.OH + oh) * g.OW) * g.C + gr * kG;
-          for (int ow = 0; ow < g.OW; ow += kMaxR) {
-            const int r = std::min(kMaxR, g.OW - ow);
-            BlockAny(r, plane.data() + ow * g.s * kG, offs.data(), ws.data(), nt, g.s * kG,
-                     yrow + static_cast<int64_t>(ow) * g.C, g.C);
+          for (int ow = 0; ow < g.OW; ow += step) {
+            const int r = std::min(step, g.OW - ow);
+            (use512 ? BlockAny512 : BlockAny)(r, plane.data() + ow * g.s * kG, offs.data(),
+                                              ws.data(), nt, g.s * kG,
+                                              yrow + static_cast<int64_t>(ow) * g.C, g.C);
           }
         }
       }
@@ -320,7 +405,9 @@ class GroupConv16BackpropInputOp : public GroupConv16Base {
     // s * ow of W[kh, kw]^T dy[oh, ow]. Columns with the same remainder px = iw mod s
     // read consecutive dy columns, so they form the register blocks.
     const int pad = g.k + 1;
-    const int width = g.OW + 2 * pad + kMaxR;
+    const int width = g.OW + 2 * pad + kMaxR512;
+    const bool use512 = use_avx512_;
+    const int step = use512 ? kMaxR512 : kMaxR;
     const int64_t cost = static_cast<int64_t>(g.H) * g.W * g.k * g.k * kG * kG / (g.s * g.s);
     ParallelFor(ctx, static_cast<int64_t>(g.N) * g.groups, cost, [&](int64_t b, int64_t e) {
       std::vector<float> plane(static_cast<size_t>(g.OH) * width * kG);
@@ -352,10 +439,11 @@ class GroupConv16BackpropInputOp : public GroupConv16Base {
               }
             }
             const int cols = (g.W - px + g.s - 1) / g.s;  // iw = px + s * j, j < cols
-            for (int j = 0; j < cols; j += kMaxR) {
-              const int r = std::min(kMaxR, cols - j);
-              BlockAny(r, plane.data() + j * kG, offs.data(), ws.data(), nt, kG,
-                       xrow + static_cast<int64_t>(px + g.s * j) * g.C, g.s * g.C);
+            for (int j = 0; j < cols; j += step) {
+              const int r = std::min(step, cols - j);
+              (use512 ? BlockAny512 : BlockAny)(
+                  r, plane.data() + j * kG, offs.data(), ws.data(), nt, kG,
+                  xrow + static_cast<int64_t>(px + g.s * j) * g.C, g.s * g.C);
             }
           }
           // The finished row, still in cache, into the per-channel sum.
@@ -462,6 +550,10 @@ class GroupConv16BackpropFilterOp : public GroupConv16Base {
                 float* dwt = dwg + (kh * g.k + kw) * kG * kG;
                 const float* xr =
                     plane.data() + (static_cast<int64_t>(lo * g.s + kh - g.pt) * width + kw) * kG;
+                if (use_avx512_) {
+                  WeightBlock512(xr, g.s * kG, xrs, dr, drs, hi - lo, g.OW, dwt);
+                  continue;
+                }
                 WeightBlock<6>(xr, g.s * kG, xrs, dr, drs, hi - lo, g.OW, dwt);
                 WeightBlock<6>(xr + 6, g.s * kG, xrs, dr, drs, hi - lo, g.OW, dwt + 6 * kG);
                 WeightBlock<4>(xr + 12, g.s * kG, xrs, dr, drs, hi - lo, g.OW, dwt + 12 * kG);

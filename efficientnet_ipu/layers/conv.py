@@ -38,6 +38,12 @@ def choose_implementation(groups, group_size, filters_per_group=None, dtype="flo
     1.18-1.73x the previous choice per layer, 1.34x summed; whole B0-G16 training
     1.12-1.16x (``--compare-conv``).
 
+    On a 2-core AVX-512 Xeon (session 11), where oneDNN uses AVX-512 and the "avx2" ops
+    their AVX-512 blocks, forward + backward on [32, 28, 28, 240] 3x3 G16: "avx2" 39.5 % of
+    dense, "grouped" 42.7 %, "split" 31.7 %; whole B0-G16 training at 224 / 160 px, "avx2"
+    over "tensorflow": GN 0.995x / 1.020x, LN+PN 1.048x / 1.053x (the proxy-norm folding),
+    so "avx2" stays the choice there too.
+
     Measured on this project's 2-core CPU (TensorFlow 2.21, oneDNN), forward + backward,
     batch 32, split's speed over grouped: B0-G16 at 224 px 1.63-1.78x for the 2-6 group
     layers at 56-112 px, 1.07-1.16x for 10 groups at 28 px, 1.0-1.19x for 15 groups at

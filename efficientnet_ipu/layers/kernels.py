@@ -3,7 +3,8 @@
 ``csrc/`` holds TensorFlow ops for x86-64 CPUs with AVX2 and FMA (issue #4):
 
 - ``group_conv16.cc``: group convolutions with 16 channels per group (paper 001's G16),
-  forward and both gradients; used by ``GroupConv2D`` through ``group_conv16``;
+  forward and both gradients; used by ``GroupConv2D`` through ``group_conv16``; its inner
+  blocks also have AVX-512 versions, chosen at run time on CPUs with AVX-512F;
 - ``proxy_norm.cc``: the proxy statistics of a proxy-normalized activation (paper 002
   eq. 7) and their gradient, one op each instead of about 35 small TensorFlow ops per
   layer; used by ``ProxyNormActivation``;
