@@ -119,26 +119,38 @@ void BlockAny(int r, const float* base, const int* offs, const float* const* w, 
 
 #pragma GCC push_options
 #pragma GCC target("avx512f")
-// BlockAny with AVX-512: one register per output pixel of the block (16 channels).
+// BlockAny with AVX-512: one register per output pixel of the block (16 channels). A
+// block of fewer than 8 pixels keeps two accumulators per pixel (even and odd input
+// channels, added at the end), so that at least 8 independent chains of fused
+// multiply-adds hide their latency: the 5 and 7 pixel rows of B0's last stages at 160
+// and 224 px (issue #4, session 11).
 template <int R>
 inline void Block512(const float* base, const int* offs, const float* const* w, int ntaps,
                      int rs, float* dst, int dstride) {
-  __m512 a[R];
+  constexpr int kSplit = R < 8 ? 2 : 1;
+  __m512 a[kSplit][R];
 #pragma GCC unroll 16
-  for (int r = 0; r < R; ++r) a[r] = _mm512_setzero_ps();
+  for (int r = 0; r < R; ++r) a[0][r] = a[kSplit - 1][r] = _mm512_setzero_ps();
   for (int t = 0; t < ntaps; ++t) {
     const float* s = base + offs[t];
     const float* wt = w[t];
 #pragma GCC unroll 2
-    for (int i = 0; i < kG; ++i) {
-      const __m512 wv = _mm512_loadu_ps(wt + kG * i);
+    for (int i = 0; i < kG; i += 2) {
+      const __m512 w0 = _mm512_loadu_ps(wt + kG * i);
+      const __m512 w1 = _mm512_loadu_ps(wt + kG * (i + 1));
 #pragma GCC unroll 16
       for (int r = 0; r < R; ++r)
-        a[r] = _mm512_fmadd_ps(_mm512_set1_ps(s[r * rs + i]), wv, a[r]);
+        a[0][r] = _mm512_fmadd_ps(_mm512_set1_ps(s[r * rs + i]), w0, a[0][r]);
+#pragma GCC unroll 16
+      for (int r = 0; r < R; ++r)
+        a[kSplit - 1][r] =
+            _mm512_fmadd_ps(_mm512_set1_ps(s[r * rs + i + 1]), w1, a[kSplit - 1][r]);
     }
   }
 #pragma GCC unroll 16
-  for (int r = 0; r < R; ++r) _mm512_storeu_ps(dst + r * dstride, a[r]);
+  for (int r = 0; r < R; ++r)
+    _mm512_storeu_ps(dst + r * dstride,
+                     kSplit == 2 ? _mm512_add_ps(a[0][r], a[kSplit - 1][r]) : a[0][r]);
 }
 
 __attribute__((noinline)) void BlockAny512(int r, const float* base, const int* offs,
