@@ -111,6 +111,8 @@ def test_avx2_implementation_rejects_layers_it_does_not_compute():
 def test_auto_chooses_avx2_only_where_it_applies(monkeypatch):
     cpu_only = all(d.device_type == "CPU" for d in tf.config.list_physical_devices())
     choose = L.conv.choose_implementation
+    flags = kernels.cpu_flags()
+    monkeypatch.setattr(kernels, "cpu_flags", lambda: flags - {"avx512f"})  # AVX2-only rule
     expected = "avx2" if cpu_only and kernels.available() else None
     if expected:
         assert choose(15, 16, 16, "float32") == "avx2"
@@ -136,7 +138,7 @@ def test_missing_compiler_is_a_clear_error_for_explicit_avx2(monkeypatch, tmp_pa
 def test_export_traces_tensorflow_ops_and_serves_the_same_function(tmp_path):
     inputs = keras.Input((16, 16, 3))
     x = keras.layers.Conv2D(32, 1)(inputs)
-    x = L.GroupConv2D(32, 3, group_size=16)(x)
+    x = L.GroupConv2D(32, 3, group_size=16, implementation="avx2")(x)
     outputs = keras.layers.Dense(5)(keras.layers.GlobalAveragePooling2D()(x))
     model = keras.Model(inputs, outputs)
     assert model.layers[2].resolved_implementation == "avx2"
@@ -154,7 +156,9 @@ def test_export_traces_tensorflow_ops_and_serves_the_same_function(tmp_path):
     assert not kernels.portable()
 
 
-def test_model_builder_selects_the_conv_implementation_same_function():
+def test_model_builder_selects_the_conv_implementation_same_function(monkeypatch):
+    flags = kernels.cpu_flags()
+    monkeypatch.setattr(kernels, "cpu_flags", lambda: flags - {"avx512f"})  # AVX2-only rule
     with pytest.raises(ValueError, match="conv_implementation must be one of"):
         models.EfficientNet("b0", group_size=16, conv_implementation="fast")
     portable = models.EfficientNet("b0", group_size=16, norm="gn", num_classes=10,
@@ -174,16 +178,8 @@ def test_model_builder_selects_the_conv_implementation_same_function():
                                portable(x, training=False).numpy(), rtol=1e-3, atol=1e-3)
 
 
-def _cpu_has_avx512f():
-    try:
-        with open("/proc/cpuinfo") as f:
-            return " avx512f " in " %s " % f.read().replace("\n", " ")
-    except OSError:
-        return False
-
-
 @needs_kernels
-@pytest.mark.skipif(not _cpu_has_avx512f(),
+@pytest.mark.skipif("avx512f" not in kernels.cpu_flags(),
                     reason="this CPU has no AVX-512F: the AVX2 blocks are the ones the other "
                            "tests ran")
 def test_avx2_blocks_also_equal_tensorflow_on_an_avx512_cpu():

@@ -468,14 +468,20 @@ def test_batch_norm_fused_kernel_equals_keras(center, scale):
                                rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize("avx512", [False, True])
 @pytest.mark.parametrize("channels,group_size,expected", [
     (32, 16, "split"), (240, 16, "split"), (320, 16, "grouped"), (96, 8, "split"),
     (120, 4, "grouped")])
-def test_auto_implementation_choice_and_equality(channels, group_size, expected):
-    """'auto' picks, on a CPU-only machine, the AVX2 kernels for 16-channel groups where
-    they can be built, split for few, large groups and grouped otherwise (the faster ones
-    there, see conv.choose_implementation); the function is the same."""
-    if any(d.device_type != "CPU" for d in tf.config.list_physical_devices()):
+def test_auto_implementation_choice_and_equality(channels, group_size, expected, avx512,
+                                                 monkeypatch):
+    """'auto' picks, on a CPU-only machine without AVX-512, the AVX2 kernels for 16-channel
+    groups where they can be built, split for few, large groups and grouped otherwise; on
+    an AVX-512 CPU, grouped (the faster ones on each, see conv.choose_implementation); the
+    function is the same. The CPU's flags are faked both ways."""
+    flags = set(L.kernels.cpu_flags()) - {"avx512f"}
+    monkeypatch.setattr(L.kernels, "cpu_flags",
+                        lambda: frozenset(flags | ({"avx512f"} if avx512 else set())))
+    if any(d.device_type != "CPU" for d in tf.config.list_physical_devices()) or avx512:
         expected = "grouped"
     elif group_size == 16 and L.kernels.available():
         expected = "avx2"
@@ -500,6 +506,8 @@ def test_auto_implementation_keeps_grouped_under_an_ipu_strategy(monkeypatch):
     assert L.conv.choose_implementation(groups=2, group_size=16) == "grouped"
     monkeypatch.undo()
     if all(d.device_type == "CPU" for d in tf.config.list_physical_devices()):
+        flags = L.kernels.cpu_flags() - {"avx512f"}  # the rule for CPUs without AVX-512
+        monkeypatch.setattr(L.kernels, "cpu_flags", lambda: flags)
         assert L.conv.choose_implementation(groups=2, group_size=16) == "split"
 
 

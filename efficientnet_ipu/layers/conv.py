@@ -25,11 +25,12 @@ def choose_implementation(groups, group_size, filters_per_group=None, dtype="flo
     """The implementation ``"auto"`` picks for a group convolution (``"tensorflow"``: the
     same with ``allow_avx2=False``).
 
-    On a machine with only CPUs: "avx2" (``group_conv16``) for float32 convolutions with 16
-    input and 16 output channels per group when the CPU has AVX2 and FMA and a C++
-    compiler is present (without a compiler a warning says so and the choice below is
-    made); else "split" when the group size is at least 8 and there are at most 16 groups;
-    else "grouped". With a GPU, TPU or IPU: "grouped".
+    On a machine with only CPUs and a CPU without AVX-512: "avx2" (``group_conv16``) for
+    float32 convolutions with 16 input and 16 output channels per group when the CPU has
+    AVX2 and FMA and a C++ compiler is present (without a compiler a warning says so and
+    the choice below is made); else "split" when the group size is at least 8 and there
+    are at most 16 groups; else "grouped". On a CPU with AVX-512F, and with a GPU, TPU or
+    IPU: "grouped".
 
     "avx2" on this project's 2-core AVX2 CPU (TensorFlow 2.21, oneDNN), forward +
     backward, batch 32: on [32, 28, 28, 240] 3x3 G16, 97 % of the dense convolution's
@@ -38,11 +39,14 @@ def choose_implementation(groups, group_size, filters_per_group=None, dtype="flo
     1.18-1.73x the previous choice per layer, 1.34x summed; whole B0-G16 training
     1.12-1.16x (``--compare-conv``).
 
-    On a 2-core AVX-512 Xeon (session 11), where oneDNN uses AVX-512 and the "avx2" ops
-    their AVX-512 blocks, forward + backward on [32, 28, 28, 240] 3x3 G16: "avx2" 39.5 % of
-    dense, "grouped" 42.7 %, "split" 31.7 %; whole B0-G16 training at 224 / 160 px, "avx2"
-    over "tensorflow": GN 0.995x / 1.020x, LN+PN 1.048x / 1.053x (the proxy-norm folding),
-    so "avx2" stays the choice there too.
+    On a 2-core AVX-512 Xeon (issue #4, session 11), where oneDNN runs AVX-512 kernels and
+    the "avx2" ops their AVX-512 blocks, forward + backward, batch 32: on [32, 28, 28, 240]
+    3x3 G16, "grouped" 42.7 % of the dense convolution's GFLOP/s, "avx2" 39.5 %, "split"
+    31.7 %; on B0-G16's group convolutions at 160 px, "grouped" faster than "avx2" in 11
+    of 12 layer shapes (1.06-1.39x), 240.7 against 274.0 ms summed; whole B0-G16 training
+    at 224 / 160 px, "grouped" over "avx2": GN 1.07x / 1.08x, LN+PN 1.01x / 1.02x (within
+    noise: there our ops' proxy-norm folding makes up the difference); "grouped" over
+    "split" 1.13-1.61x for group sizes 4-64. Hence "grouped" on AVX-512 CPUs.
 
     Measured on this project's 2-core CPU (TensorFlow 2.21, oneDNN), forward + backward,
     batch 32, split's speed over grouped: B0-G16 at 224 px 1.63-1.78x for the 2-6 group
@@ -53,6 +57,8 @@ def choose_implementation(groups, group_size, filters_per_group=None, dtype="flo
     """
     if not kernels.cpu_only():
         return "grouped"
+    if "avx512f" in kernels.cpu_flags():
+        return "grouped"  # oneDNN's AVX-512 group convolutions: faster than ours and split
     if allow_avx2 and avx2_applies(group_size, filters_per_group, dtype):
         if kernels.available():
             return "avx2"

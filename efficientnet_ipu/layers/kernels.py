@@ -55,19 +55,25 @@ _library = None
 _warned = set()
 
 
-def cpu_supported():
-    """True on an x86-64 Linux CPU that reports both AVX2 and FMA (``/proc/cpuinfo``)."""
+def cpu_flags():
+    """The instruction-set flags of this x86-64 Linux CPU (``/proc/cpuinfo``, e.g. "avx2",
+    "fma", "avx512f"); an empty set on other machines or where the file cannot be read."""
     if platform.machine().lower() not in ("x86_64", "amd64"):
-        return False
+        return frozenset()
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
                 if line.startswith("flags"):
-                    flags = set(line.split(":", 1)[1].split())
-                    return "avx2" in flags and "fma" in flags
+                    return frozenset(line.split(":", 1)[1].split())
     except OSError:
-        return False
-    return False
+        pass
+    return frozenset()
+
+
+def cpu_supported():
+    """True on an x86-64 Linux CPU that reports both AVX2 and FMA (``/proc/cpuinfo``)."""
+    flags = cpu_flags()
+    return "avx2" in flags and "fma" in flags
 
 
 def compiler():
