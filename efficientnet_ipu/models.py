@@ -101,7 +101,7 @@ def EfficientNet(size="b0", group_size=1, expansion_ratio=None, norm="bn", norm_
                  activation="swish", proxy_params=True, input_shape=(None, None, 3),
                  include_preprocessing=True, mean=(0.485, 0.456, 0.406),
                  std=(0.229, 0.224, 0.225), classifier_activation=None, name=None,
-                 fold_proxy_norm=True, conv_implementation="auto",
+                 fold_proxy_norm="auto", conv_implementation="auto",
                  proxy_implementation="auto"):
     """Build an EfficientNet as a functional ``keras.Model``.
 
@@ -122,8 +122,9 @@ def EfficientNet(size="b0", group_size=1, expansion_ratio=None, norm="bn", norm_
         with ``mean``/``std`` (in [0, 1] units), as keras.applications' EfficientNet.
       classifier_activation: None for logits (float32) or "softmax" for probabilities.
       fold_proxy_norm: under GN/LN/IN + PN, fold the proxy means and scales into the
-        convolutions and norms around them (same function, faster; see
-        ``layers.MBConvBlock.call_proxy_folded``). False runs the plain composition.
+        convolutions and norms around them (same function, faster on this project's
+        group-conv ops; see ``layers.MBConvBlock.call_proxy_folded``). False runs the plain
+        composition; "auto" (default) folds where the group convs run on the "avx2" ops.
       conv_implementation: the blocks' ``GroupConv2D`` implementation, one of
         ``layers.conv.IMPLEMENTATIONS`` ("auto": this project's AVX2 kernels for G16 on
         CPU where they build, else TensorFlow's convolutions; "tensorflow": TensorFlow's

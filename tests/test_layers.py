@@ -406,9 +406,10 @@ def test_mbconv_proxy_folding_equals_separate_layers(norm, expand_ratio, group_s
     rng = np.random.default_rng(23)
     filters_in = 32 if expand_ratio == 1 else 24
     block = L.MBConvBlock(filters_in, 24 if strides == 1 else 40, 3, strides, expand_ratio,
-                          group_size, norm=norm, name="block2a")
+                          group_size, norm=norm, fold_proxy_norm=True, name="block2a")
     x = tf.constant(rng.normal(size=(3, 10, 10, filters_in)).astype(np.float32))
     block(x)
+    assert block.fold_proxy_norm
     for var in block.trainable_variables:  # move every weight away from its initial value
         var.assign(var + rng.normal(0.0, 0.3, var.shape).astype(np.float32))
 
@@ -553,3 +554,22 @@ def test_pointwise_conv_config_round_trip_and_bad_arguments():
                           (dict(data_format="channels_first"), "data_format")):
         with pytest.raises(ValueError, match=field):
             L.PointwiseConv2D(8, **kwargs)
+
+
+@pytest.mark.parametrize("implementation", ["grouped", "split", "avx2"])
+def test_mbconv_folds_proxy_norm_by_default_only_on_our_group_conv_ops(implementation):
+    """fold_proxy_norm="auto" folds where the group conv takes the proxy mean and scale
+    itself (the "avx2" ops); on TensorFlow's convolutions the plain composition measured
+    faster (issue #4, session 11). True and False are obeyed either way."""
+    if implementation == "avx2" and not L.kernels.available():
+        pytest.skip("needs an x86-64 CPU with AVX2+FMA and a C++ compiler")
+    x = tf.zeros([2, 8, 8, 16])
+    for fold, expected in (("auto", implementation == "avx2"), (True, True), (False, False)):
+        block = L.MBConvBlock(16, 16, expand_ratio=4, group_size=16, norm="ln_pn",
+                              fold_proxy_norm=fold, conv_implementation=implementation)
+        block(x)
+        assert block.group_conv.resolved_implementation == implementation
+        assert block.fold_proxy_norm == expected, fold
+    assert not L.MBConvBlock(16, 16, norm="gn", fold_proxy_norm=True).fold_proxy_norm  # no PN
+    with pytest.raises(ValueError, match="fold_proxy_norm must be one of"):
+        L.MBConvBlock(16, 16, norm="ln_pn", fold_proxy_norm="always")

@@ -252,6 +252,9 @@ class SqueezeExcite(keras.layers.Layer):
         return config
 
 
+FOLD_PROXY_NORM = ("auto", True, False)  # MBConvBlock's fold_proxy_norm values
+
+
 def drop_path(x, rate, training):
     """Stochastic depth (Huang et al., 2016; paper 001 sec. 3.4): zero whole examples of
     the residual branch ``x`` ([N, H, W, C]) with probability ``rate`` during training,
@@ -279,9 +282,15 @@ class MBConvBlock(keras.layers.Layer):
 
     With proxy norm, the expand activation is fully proxy-normalized, the group-conv
     activation is mean-subtracted and its 1/std scale is folded into the SE gate
-    (Graphcore's EfficientNet). With GN/LN/IN + PN and ``fold_proxy_norm`` (default) the
-    remaining proxy means and scales are folded into the neighbouring linear layers
+    (Graphcore's EfficientNet). With GN/LN/IN + PN and ``fold_proxy_norm`` the remaining
+    proxy means and scales are folded into the neighbouring linear layers
     (``call_proxy_folded``): the same function, fewer passes over the activations.
+    ``fold_proxy_norm``: True, False, or "auto" (the default): fold when the group conv
+    runs on this project's "avx2" ops, which take the proxy mean and scale into the
+    convolution. On TensorFlow's convolutions the folded block adds the mean in a pass of
+    its own, and there the plain composition was faster: B0-G16-LN+PN with "grouped"
+    convolutions on a 2-core AVX-512 Xeon trained 1.05x / 1.04x faster unfolded at 224 /
+    160 px, at 0.2 % / 1.4 % over GN instead of 5.3 % / 5.4 % (issue #4, session 11).
 
     ``conv_implementation`` selects the GroupConv2D implementation
     (``conv.IMPLEMENTATIONS``), ``proxy_implementation`` how the proxy statistics are
@@ -298,7 +307,7 @@ class MBConvBlock(keras.layers.Layer):
 
     def __init__(self, filters_in, filters_out, kernel_size=3, strides=1, expand_ratio=6,
                  group_size=1, se_ratio=0.25, norm="bn", norm_groups=4, activation="swish",
-                 drop_rate=0.0, proxy_params=True, fold_proxy_norm=True,
+                 drop_rate=0.0, proxy_params=True, fold_proxy_norm="auto",
                  conv_implementation="auto", proxy_implementation="auto", **kwargs):
         super().__init__(**kwargs)
         for field, value in (("filters_in", filters_in), ("filters_out", filters_out),
@@ -311,6 +320,11 @@ class MBConvBlock(keras.layers.Layer):
             raise ValueError("MBConvBlock drop_rate must be in [0, 1), got %r" % (drop_rate,))
         if not 0 < se_ratio <= 1:
             raise ValueError("MBConvBlock se_ratio must be in (0, 1], got %r" % (se_ratio,))
+        if fold_proxy_norm not in FOLD_PROXY_NORM:
+            raise ValueError("MBConvBlock fold_proxy_norm must be one of %s, got %r"
+                             % (FOLD_PROXY_NORM, fold_proxy_norm))
+        if fold_proxy_norm != "auto":
+            fold_proxy_norm = bool(fold_proxy_norm)
         self.config_args = dict(
             filters_in=filters_in, filters_out=filters_out, kernel_size=kernel_size,
             strides=strides, expand_ratio=expand_ratio, group_size=group_size,
@@ -347,9 +361,14 @@ class MBConvBlock(keras.layers.Layer):
                                       center=not (use_pn and proxy_params), scale=True)
         self.residual = strides == 1 and filters_in == filters_out
         self.drop_rate = drop_rate
-        self.fold_proxy_norm = bool(fold_proxy_norm) and self.norm_act.fused
+        # "auto" is settled in build(), once the group conv's implementation is known.
+        self.fold_proxy_norm = fold_proxy_norm is True and self.norm_act.fused
 
     def build(self, input_shape):
+        if self.config_args["fold_proxy_norm"] == "auto" and self.norm_act.fused:
+            self.group_conv.build((None, None, None, self.config_args["filters_in"]
+                                   * self.config_args["expand_ratio"]))
+            self.fold_proxy_norm = self.group_conv.resolved_implementation == "avx2"
         if self.fold_proxy_norm:
             # call_proxy_folded uses these sublayers' weights without calling them.
             shape = (None, None, None, self.config_args["filters_in"]
