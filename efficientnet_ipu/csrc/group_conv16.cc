@@ -105,21 +105,16 @@ inline void Block(const float* base, const int* offs, const float* const* w, int
   }
 }
 
-void BlockAny(int r, const float* base, const int* offs, const float* const* w, int ntaps,
-              int rs, float* dst, int dstride) {
-  switch (r) {
-    case 6: Block<6>(base, offs, w, ntaps, rs, dst, dstride); break;
-    case 5: Block<5>(base, offs, w, ntaps, rs, dst, dstride); break;
-    case 4: Block<4>(base, offs, w, ntaps, rs, dst, dstride); break;
-    case 3: Block<3>(base, offs, w, ntaps, rs, dst, dstride); break;
-    case 2: Block<2>(base, offs, w, ntaps, rs, dst, dstride); break;
-    default: Block<1>(base, offs, w, ntaps, rs, dst, dstride); break;
-  }
-}
+// A register block of r output pixels (1 <= r <= kMaxR): kBlocks[r], and kBlocks512[r]
+// (r <= kMaxR512) for the AVX-512 version below.
+using BlockFn = void (*)(const float* base, const int* offs, const float* const* w,
+                         int ntaps, int rs, float* dst, int dstride);
+constexpr BlockFn kBlocks[kMaxR + 1] = {nullptr, Block<1>, Block<2>, Block<3>,
+                                        Block<4>, Block<5>, Block<6>};
 
 #pragma GCC push_options
 #pragma GCC target("avx512f")
-// BlockAny with AVX-512: one register per output pixel of the block (16 channels). A
+// Block with AVX-512: one register per output pixel of the block (16 channels). A
 // block of fewer than 8 pixels keeps two accumulators per pixel (even and odd input
 // channels, added at the end), so that at least 8 independent chains of fused
 // multiply-adds hide their latency: the 5 and 7 pixel rows of B0's last stages at 160
@@ -153,24 +148,9 @@ inline void Block512(const float* base, const int* offs, const float* const* w, 
                      kSplit == 2 ? _mm512_add_ps(a[0][r], a[kSplit - 1][r]) : a[0][r]);
 }
 
-__attribute__((noinline)) void BlockAny512(int r, const float* base, const int* offs,
-                                           const float* const* w, int ntaps, int rs,
-                                           float* dst, int dstride) {
-  switch (r) {
-    case 12: Block512<12>(base, offs, w, ntaps, rs, dst, dstride); break;
-    case 11: Block512<11>(base, offs, w, ntaps, rs, dst, dstride); break;
-    case 10: Block512<10>(base, offs, w, ntaps, rs, dst, dstride); break;
-    case 9: Block512<9>(base, offs, w, ntaps, rs, dst, dstride); break;
-    case 8: Block512<8>(base, offs, w, ntaps, rs, dst, dstride); break;
-    case 7: Block512<7>(base, offs, w, ntaps, rs, dst, dstride); break;
-    case 6: Block512<6>(base, offs, w, ntaps, rs, dst, dstride); break;
-    case 5: Block512<5>(base, offs, w, ntaps, rs, dst, dstride); break;
-    case 4: Block512<4>(base, offs, w, ntaps, rs, dst, dstride); break;
-    case 3: Block512<3>(base, offs, w, ntaps, rs, dst, dstride); break;
-    case 2: Block512<2>(base, offs, w, ntaps, rs, dst, dstride); break;
-    default: Block512<1>(base, offs, w, ntaps, rs, dst, dstride); break;
-  }
-}
+constexpr BlockFn kBlocks512[kMaxR512 + 1] = {
+    nullptr,      Block512<1>, Block512<2>, Block512<3>,  Block512<4>,  Block512<5>, Block512<6>,
+    Block512<7>, Block512<8>, Block512<9>, Block512<10>, Block512<11>, Block512<12>};
 
 // The kernel gradient's block (WeightBlock below) with AVX-512: all 16 input channels
 // of a group in one pass, one register each.
@@ -382,9 +362,9 @@ class GroupConv16Op : public GroupConv16Base {
           float* yrow = yd + ((static_cast<int64_t>(n) * g.OH + oh) * g.OW) * g.C + gr * kG;
           for (int ow = 0, left = blocks; ow < g.OW; ow += BalancedBlock(g.OW - ow, left--)) {
             const int r = BalancedBlock(g.OW - ow, left);
-            (use512 ? BlockAny512 : BlockAny)(r, plane.data() + ow * g.s * kG, offs.data(),
-                                              ws.data(), nt, g.s * kG,
-                                              yrow + static_cast<int64_t>(ow) * g.C, g.C);
+            (use512 ? kBlocks512 : kBlocks)[r](plane.data() + ow * g.s * kG, offs.data(),
+                                               ws.data(), nt, g.s * kG,
+                                               yrow + static_cast<int64_t>(ow) * g.C, g.C);
           }
         }
       }
@@ -461,8 +441,8 @@ class GroupConv16BackpropInputOp : public GroupConv16Base {
             for (int j = 0, left = (cols + step - 1) / step; j < cols;
                  j += BalancedBlock(cols - j, left--)) {
               const int r = BalancedBlock(cols - j, left);
-              (use512 ? BlockAny512 : BlockAny)(
-                  r, plane.data() + j * kG, offs.data(), ws.data(), nt, kG,
+              (use512 ? kBlocks512 : kBlocks)[r](
+                  plane.data() + j * kG, offs.data(), ws.data(), nt, kG,
                   xrow + static_cast<int64_t>(px + g.s * j) * g.C, g.s * g.C);
             }
           }

@@ -244,7 +244,8 @@ class GroupConv2D(keras.layers.Layer):
         ``input_scale`` (optional, [C_in]): a per-input-channel factor folded into the
         kernel, equal to (up to round-off) scaling the inputs but without that pass over
         them; "avx2" multiplies it in as its kernels pack the kernel (no kernel-sized ops
-        of its own, forward or backward), the others through ``scaled_kernel``. ``input_offset`` (optional, [C_in]): a per-input-channel shift (the zero
+        of its own, forward or backward), the others through ``scaled_kernel``.
+        ``input_offset`` (optional, [C_in]): a per-input-channel shift (the zero
         padding is not shifted); "avx2" adds it while its kernels copy the input, the other
         implementations add it first. Both serve the proxy-normalized activation before
         the group conv (paper 002 eq. 7: subtract the proxy mean, divide by its std)."""

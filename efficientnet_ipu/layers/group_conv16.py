@@ -6,8 +6,8 @@ written for that case (forward, gradient with respect to the input, gradient wit
 to the kernel): each group is a 16 x 16 matrix per kernel tap, and a block of six output
 pixels x 16 output channels stays in AVX2 registers. On a CPU with AVX-512F the inner
 blocks use AVX-512 instead (one register per pixel, twelve pixels per block; set
-$EFFICIENTNET_IPU_AVX2_ONLY=1 before the ops are first run to keep AVX2): 1.10x (forward),
-1.12x (input gradient) and 1.26x (kernel gradient) the AVX2 blocks on [32, 28, 28, 240]
+$EFFICIENTNET_IPU_AVX2_ONLY=1 before the ops are first run to keep AVX2): 1.20x (forward),
+1.17x (input gradient) and 1.34x (kernel gradient) the AVX2 blocks on [32, 28, 28, 240]
 3x3 on a 2-core AVX-512 Xeon (issue #4, session 11). They compute ``tf.nn.conv2d`` on a
 grouped kernel, up to float32 round-off.
 

@@ -32,6 +32,7 @@ TensorFlow's own ops. Only second-order gradients are missing: differentiating t
 gradient ops raises ``LookupError`` (no gradient defined).
 """
 import contextlib
+import functools
 import hashlib
 import os
 import platform
@@ -55,6 +56,7 @@ _library = None
 _warned = set()
 
 
+@functools.lru_cache(maxsize=None)
 def cpu_flags():
     """The instruction-set flags of this x86-64 Linux CPU (``/proc/cpuinfo``, e.g. "avx2",
     "fma", "avx512f"); an empty set on other machines or where the file cannot be read."""
