@@ -32,9 +32,10 @@ def choose_implementation(groups, group_size, filters_per_group=None, dtype="flo
     are at most 16 groups; else "grouped". On a CPU with AVX-512F, and with a GPU, TPU or
     IPU: "grouped".
 
-    "avx2" on this project's 2-core AVX2 CPU (TensorFlow 2.21, oneDNN), forward +
-    backward, batch 32: on [32, 28, 28, 240] 3x3 G16, 97 % of the dense convolution's
-    GFLOP/s against 69 % ("grouped") and 75 % ("split") (``python -m
+    "avx2" on this project's 2-core AVX2 CPU (TensorFlow 2.21, oneDNN), batch 32, the two
+    backward passes (the conv table's step then let TensorFlow prune the forward, see
+    ``benchmark.conv_fwd_bwd_step``): on [32, 28, 28, 240] 3x3 G16, 97 % of the dense
+    convolution's GFLOP/s against 69 % ("grouped") and 75 % ("split") (``python -m
     efficientnet_ipu.benchmark --conv``); on B0-G16's group convolutions at 224 px,
     1.18-1.73x the previous choice per layer, 1.34x summed; whole B0-G16 training
     1.12-1.16x (``--compare-conv``).
