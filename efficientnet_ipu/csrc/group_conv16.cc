@@ -176,12 +176,6 @@ __attribute__((noinline)) void WeightBlock512(const float* x, int xs, int64_t xr
 }
 #pragma GCC pop_options
 
-// Pixels in the next of ``blocks`` register blocks that cover ``pixels`` pixels: as even
-// as possible (28 pixels in 12-pixel blocks: 10, 9, 9, not 12, 12, 4), because a block
-// of fewer pixels than the FMA units' latency x throughput (8 on AVX-512 CPUs) waits on
-// its accumulators: 1.37x slower per FMA at 4 pixels than at 12 (issue #4, session 11).
-inline int BalancedBlock(int pixels, int blocks) { return (pixels + blocks - 1) / blocks; }
-
 // Copies rows [y0, y1) of channels [g*16, g*16+16) of image plane src ([rows, cols, C])
 // into a [rows, width, 16] buffer, columns shifted right by pad_l and zeros around them.
 // offset (16 floats, or null) is added to the copied values, not to the zeros: the input
@@ -298,7 +292,10 @@ std::vector<float> PackFilter(const float* f, const float* scale, const Geometry
 class GroupConv16Base : public OpKernel {
  public:
   explicit GroupConv16Base(OpKernelConstruction* ctx)
-      : OpKernel(ctx), use_avx512_(UseAvx512()) {
+      : OpKernel(ctx),
+        use_avx512_(UseAvx512()),
+        blocks_(use_avx512_ ? kBlocks512 : kBlocks),
+        max_block_(use_avx512_ ? kMaxR512 : kMaxR) {
     CheckCpu(ctx);
     std::string padding;
     OP_REQUIRES_OK(ctx, ctx->GetAttr("stride", &stride_));
@@ -310,6 +307,22 @@ class GroupConv16Base : public OpKernel {
   int stride_;
   bool same_;
   const bool use_avx512_;  // UseAvx512() when the kernel was built
+  const BlockFn* const blocks_;  // kBlocks512 or kBlocks
+  const int max_block_;          // their largest block
+
+  // Calls fn(first, r) for register blocks of r pixels that cover [0, pixels), as even
+  // as possible (28 pixels in 12-pixel blocks: 10, 9, 9, not 12, 12, 4), because a block
+  // of fewer pixels than the FMA units' latency x throughput (8 on AVX-512 CPUs) waits on
+  // its accumulators: 1.37x slower per FMA at 4 pixels than at 12 (issue #4, session 11).
+  template <typename Fn>
+  void ForEachBlock(int pixels, const Fn& fn) const {
+    int first = 0;
+    for (int left = (pixels + max_block_ - 1) / max_block_; left > 0; --left) {
+      const int r = (pixels - first + left - 1) / left;
+      fn(first, r);
+      first += r;
+    }
+  }
 };
 
 class GroupConv16Op : public GroupConv16Base {
@@ -335,9 +348,6 @@ class GroupConv16Op : public GroupConv16Base {
     float* yd = y->flat<float>().data();
     const int width = g.PaddedWidth();  // scratch plane: all input rows, padded columns
     const int64_t cost = static_cast<int64_t>(g.OH) * g.OW * g.k * g.k * kG * kG;
-    const bool use512 = use_avx512_;
-    const int step = use512 ? kMaxR512 : kMaxR;
-    const int blocks = (g.OW + step - 1) / step;  // register blocks per output row
     ParallelFor(ctx, static_cast<int64_t>(g.N) * g.groups, cost, [&](int64_t b, int64_t e) {
       std::vector<float> plane(static_cast<size_t>(g.H) * width * kG);
       std::vector<int> offs(g.k * g.k);
@@ -360,12 +370,10 @@ class GroupConv16Op : public GroupConv16Base {
             }
           }
           float* yrow = yd + ((static_cast<int64_t>(n) * g.OH + oh) * g.OW) * g.C + gr * kG;
-          for (int ow = 0, left = blocks; ow < g.OW; ow += BalancedBlock(g.OW - ow, left--)) {
-            const int r = BalancedBlock(g.OW - ow, left);
-            (use512 ? kBlocks512 : kBlocks)[r](plane.data() + ow * g.s * kG, offs.data(),
-                                               ws.data(), nt, g.s * kG,
-                                               yrow + static_cast<int64_t>(ow) * g.C, g.C);
-          }
+          ForEachBlock(g.OW, [&](int ow, int r) {
+            blocks_[r](plane.data() + ow * g.s * kG, offs.data(), ws.data(), nt, g.s * kG,
+                       yrow + static_cast<int64_t>(ow) * g.C, g.C);
+          });
         }
       }
     });
@@ -405,8 +413,6 @@ class GroupConv16BackpropInputOp : public GroupConv16Base {
     // read consecutive dy columns, so they form the register blocks.
     const int pad = g.k + 1;
     const int width = g.OW + 2 * pad + kMaxR512;
-    const bool use512 = use_avx512_;
-    const int step = use512 ? kMaxR512 : kMaxR;
     const int64_t cost = static_cast<int64_t>(g.H) * g.W * g.k * g.k * kG * kG / (g.s * g.s);
     ParallelFor(ctx, static_cast<int64_t>(g.N) * g.groups, cost, [&](int64_t b, int64_t e) {
       std::vector<float> plane(static_cast<size_t>(g.OH) * width * kG);
@@ -438,13 +444,10 @@ class GroupConv16BackpropInputOp : public GroupConv16Base {
               }
             }
             const int cols = (g.W - px + g.s - 1) / g.s;  // iw = px + s * j, j < cols
-            for (int j = 0, left = (cols + step - 1) / step; j < cols;
-                 j += BalancedBlock(cols - j, left--)) {
-              const int r = BalancedBlock(cols - j, left);
-              (use512 ? kBlocks512 : kBlocks)[r](
-                  plane.data() + j * kG, offs.data(), ws.data(), nt, kG,
-                  xrow + static_cast<int64_t>(px + g.s * j) * g.C, g.s * g.C);
-            }
+            ForEachBlock(cols, [&](int j, int r) {
+              blocks_[r](plane.data() + j * kG, offs.data(), ws.data(), nt, kG,
+                         xrow + static_cast<int64_t>(px + g.s * j) * g.C, g.s * g.C);
+            });
           }
           // The finished row, still in cache, into the per-channel sum.
           for (int iw = 0; iw < g.W; ++iw) {
