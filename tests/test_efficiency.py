@@ -1,10 +1,12 @@
 """Benchmark CLI and efficiency plots (speed targets are reported by the benchmark, never
 asserted here)."""
+import collections
 import csv
 import os
 
 import numpy as np
 import pytest
+import tensorflow as tf
 
 from conftest import REPO, while_loops
 from efficientnet_ipu import benchmark, plots
@@ -198,11 +200,28 @@ def test_model_bench_accumulates_micro_batches_like_the_training_program():
 
 
 def test_conv_step_times_the_forward_pass_too():
-    """The conv table's step returns the loss, so the forward convolution runs (a step
-    returning only the gradients of sum(y) let TensorFlow prune it)."""
+    """The conv table's step computes the forward y and both gradients with the fixed
+    output gradient u, and its timed call returns the first element of each, so the
+    forward convolution runs (a step returning only the gradients of sum(y) let
+    TensorFlow prune it) without an elementwise loss pass."""
     layer = L.GroupConv2D(32, 3, group_size=16, implementation="grouped")
-    step = benchmark.conv_fwd_bwd_step(layer, (2, 6, 6, 32))
-    loss, dx, dkernel = step()
-    assert dx.shape == (2, 6, 6, 32) and dkernel.shape == (3, 3, 16, 32)
-    assert np.isfinite(loss) and loss != 0.0
-    assert np.array_equal(step()[0], loss)       # the same fixed input and output weights
+    shape = (2, 6, 6, 32)
+    step = benchmark.conv_fwd_bwd_step(layer, shape)
+    y, dx, dkernel = step.outputs()
+    assert y.shape == (2, 6, 6, 32) and dx.shape == shape and dkernel.shape == (3, 3, 16, 32)
+    np.testing.assert_array_equal(step(), [y.flat[0], dx.flat[0], dkernel.flat[0]])
+    # The results are the forward and the gradients of sum(y * u).
+    with tf.GradientTape() as tape:
+        tape.watch(step.x)
+        y_ref = layer(step.x)
+        loss = tf.reduce_sum(y_ref * step.upstream)
+    dx_ref, dkernel_ref = tape.gradient(loss, [step.x, layer.kernel])
+    np.testing.assert_allclose(y, y_ref, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(dx, dx_ref, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(dkernel, dkernel_ref, rtol=1e-4, atol=1e-4)
+    # The three convolution passes and no elementwise loss: no Mul, Sum or Fill.
+    graph = step.step.get_concrete_function().graph
+    ops = collections.Counter(op.type for op in graph.get_operations())
+    assert ops["Conv2D"] == 1 and ops["Conv2DBackpropInput"] == 1
+    assert ops["Conv2DBackpropFilter"] == 1
+    assert ops["Mul"] == 0 and ops["Sum"] == 0 and ops["Fill"] == 0
