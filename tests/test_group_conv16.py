@@ -18,8 +18,7 @@ needs_kernels = pytest.mark.skipif(
     reason="needs an x86-64 CPU with AVX2+FMA and a C++ compiler (g++ or $CXX)")
 
 
-@needs_kernels
-@pytest.mark.parametrize("shape,k,stride,padding", [
+KERNEL_CASES = [
     ((2, 9, 11, 32), 3, 1, "SAME"),      # odd sizes, column tail of 5 = 11 - 6
     ((2, 9, 11, 32), 3, 2, "SAME"),
     ((3, 8, 8, 48), 5, 2, "SAME"),       # even size, stride 2: padding 1 before, 2 after
@@ -29,8 +28,14 @@ needs_kernels = pytest.mark.skipif(
     ((1, 14, 13, 16), 3, 3, "SAME"),     # one group, stride 3
     ((1, 18, 17, 16), 5, 1, "SAME"),     # kernel gradient: five passes of 4 output rows
     ((2, 1, 1, 32), 3, 1, "SAME"),       # only the centre tap
+    ((2, 6, 28, 32), 3, 2, "SAME"),      # stride 2 blocks (pixels 32 floats apart): 7 + 7
+    ((1, 5, 26, 16), 3, 1, "VALID"),     # 24 columns: two blocks of 12 (AVX-512)
     ((2, 2, 3, 32), 5, 2, "SAME"),
-])
+]
+
+
+@needs_kernels
+@pytest.mark.parametrize("shape,k,stride,padding", KERNEL_CASES)
 def test_kernels_equal_tensorflow_convolution_and_its_gradients(shape, k, stride, padding):
     rng = np.random.default_rng(sum(shape) + k + stride)
     x = tf.constant(rng.normal(size=shape).astype(np.float32))
@@ -193,4 +198,4 @@ def test_avx2_blocks_also_equal_tensorflow_on_an_avx512_cpu():
          "-k", "kernels_equal_tensorflow or avx2_equals_split"],
         env=env, cwd=os.path.dirname(__file__), capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    assert "12 passed" in done.stdout
+    assert "%d passed" % (len(KERNEL_CASES) + 2) in done.stdout
