@@ -122,7 +122,7 @@ def conv_fwd_bwd_step(layer, shape):
     of each result is copied out, because the ops compute every result in full anyway
     (issue #4, session 12). Both costs are the same memory passes for every entry of the
     table, so they dilute the gap between a cheap grouped and a costly dense convolution:
-    on [32, 28, 28, 240] they took 6-8 ms per step, against about 25 ms for a G16 entry.
+    on [32, 28, 28, 240] they took 7-8 ms of a G16 entry's 33-35 ms per step.
     Until session 11 the step returned only the gradients of sum(y), whose output gradient
     does not need y, so TensorFlow pruned the forward convolution and the table timed the
     two backward passes alone."""
