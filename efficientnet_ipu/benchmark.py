@@ -107,34 +107,37 @@ def paired_ratio(numerator, denominator):
             + median_ci(ratios))
 
 
-def conv_fwd_bwd_step(layer, shape):
-    """A compiled forward + backward (input and kernel gradients) of ``layer`` on a random
-    ``shape`` input x (NHWC, float32), with a fixed random output gradient u.
+def fwd_bwd_step(fn, x):
+    """A compiled forward + backward of ``fn`` (a layer, or a callable whose default
+    arguments may hold layers) on the tensor ``x`` (NHWC, float32), with a fixed random
+    output gradient u: the gradients with respect to x and to the trainable variables of
+    ``fn`` and of the layers in its default arguments.
 
-    Returns ``run`` (with attributes ``x``, ``upstream`` (u) and ``step``, the compiled
-    tf.function): calling it runs the forward y = layer(x) and both gradients of
-    sum(y * u) to completion and returns the first element of y, of dx and of each kernel
-    gradient (NumPy scalars). ``run.outputs()`` returns the same step's results in full:
-    [y, dx, dkernel...] as NumPy arrays.
+    Returns ``run`` (with attributes ``x``, ``upstream`` (u), ``variables`` and ``step``,
+    the compiled tf.function): calling it runs the forward y = fn(x) and the gradients of
+    sum(y * u) to completion and returns the first element of y and of each gradient
+    (NumPy scalars). ``run.outputs()`` returns the same step's results in full:
+    [y, dx, dvariables...] as NumPy arrays.
 
-    What is timed is the convolution's own three passes. u goes in as the tape's output
-    gradient, so no elementwise loss (y * u, and its gradient) runs, and only one element
-    of each result is copied out, because the ops compute every result in full anyway
-    (issue #4, session 12). Both costs are the same memory passes for every entry of the
-    table, so they dilute the gap between a cheap grouped and a costly dense convolution:
-    on [32, 28, 28, 240] they took 7-8 ms of a G16 entry's 33-35 ms per step.
-    Until session 11 the step returned only the gradients of sum(y), whose output gradient
-    does not need y, so TensorFlow pruned the forward convolution and the table timed the
-    two backward passes alone."""
-    x = tf.random.normal(shape)
-    upstream = tf.random.normal(layer(x).shape)
+    What is timed is fn's own passes. u goes in as the tape's output gradient, so no
+    elementwise loss (y * u, and its gradient) runs, and only one element of each result
+    is copied out, because the ops compute every result in full anyway (issue #4,
+    sessions 12 and 13). Both costs are the same memory passes for every entry of a table,
+    so they dilute the gaps between the entries: on [32, 28, 28, 240] they took 7-8 ms of
+    a G16 convolution's 33-35 ms per step.
+    The forward's first element is returned so that TensorFlow cannot prune it: until
+    session 11 the conv table returned only the gradients of sum(y), whose output gradient
+    does not need y, and timed the two backward passes alone."""
+    upstream = tf.random.normal(tf.shape(fn(x)))  # builds the layers
+    owners = [fn] + list(getattr(fn, "__defaults__", None) or ())
+    variables = [v for obj in owners for v in getattr(obj, "trainable_variables", [])]
 
     @tf.function
     def step():
         with tf.GradientTape() as tape:
             tape.watch(x)
-            y = layer(x)
-        grads = tape.gradient(y, [x] + layer.trainable_variables, output_gradients=upstream)
+            y = fn(x)
+        grads = tape.gradient(y, [x] + variables, output_gradients=upstream)
         return [y] + grads
 
     @tf.function
@@ -144,8 +147,13 @@ def conv_fwd_bwd_step(layer, shape):
     def run():
         return [t.numpy() for t in first_elements()]
     run.outputs = lambda: [t.numpy() for t in step()]
-    run.x, run.upstream, run.step = x, upstream, step
+    run.x, run.upstream, run.variables, run.step = x, upstream, variables, step
     return run
+
+
+def conv_fwd_bwd_step(layer, shape):
+    """``fwd_bwd_step`` of the conv layer ``layer`` on a random ``shape`` input (NHWC)."""
+    return fwd_bwd_step(layer, tf.random.normal(shape))
 
 
 def conv_macs(layer, shape):
@@ -201,8 +209,9 @@ def reshape_moments_group_norm(x, groups, epsilon=1e-3):
 
 
 def norm_table(steps, shape=(32, 56, 56, 96)):
-    """Forward + backward ms of normalization(+activation) variants on ``shape``, measured
-    in interleaved rounds so that machine load affects them alike."""
+    """Forward + backward wall times (s per round, ``_fwd_bwd_table``) of
+    normalization(+activation) variants on ``shape`` (NHWC), measured in interleaved
+    rounds so that machine load affects them alike."""
     cases = {
         "GN4 reshape+moments (baseline)": lambda v: reshape_moments_group_norm(v, 4),
         "GN4 ours": L.GroupNormalization(4, center=False, scale=False),
@@ -217,15 +226,17 @@ def norm_table(steps, shape=(32, 56, 56, 96)):
 
 
 def block_table(steps, shape=(32, 56, 56, 24), group_size=16, expand_ratio=4):
-    """Forward + backward ms of one MBConv block (B0's block2b at 224 px: 24 -> 24 channels,
-    expanded E times, 3x3 group conv of group size G) with GN, and with LN+PN with and
-    without the proxy-norm folding, in interleaved rounds."""
+    """Forward + backward wall times (s per round, ``_fwd_bwd_table``) of one MBConv
+    block (B0's block2b at 224 px: 24 -> 24 channels, expanded E times, 3x3 group conv
+    of group size G) with GN, BN, and LN+PN with and without the proxy-norm folding
+    (``MBConvBlock``'s default, "auto", folds only where the group convolution runs on
+    our "avx2" ops), in interleaved rounds."""
     def block(norm, fold=True):
         return L.MBConvBlock(shape[-1], shape[-1], 3, 1, expand_ratio, group_size, norm=norm,
                              fold_proxy_norm=fold, name="block2b")
     cases = {
         "MBConv GN": block("gn"),
-        "MBConv LN+PN folded (ours)": block("ln_pn"),
+        "MBConv LN+PN folded": block("ln_pn"),
         "MBConv LN+PN unfolded": block("ln_pn", fold=False),
         "MBConv BN": block("bn"),
     }
@@ -233,28 +244,15 @@ def block_table(steps, shape=(32, 56, 56, 24), group_size=16, expand_ratio=4):
 
 
 def _fwd_bwd_table(cases, shape, steps):
-    """Median ms of forward + backward (input and weight gradients) of each callable or
-    layer in ``cases`` on a random ``shape`` input, in interleaved rounds."""
+    """Wall times (s, one per round) of forward + backward (input and weight gradients,
+    ``fwd_bwd_step``) of each callable or layer in ``cases`` on a random ``shape`` input
+    (NHWC, float32), in ``steps`` interleaved rounds (``interleaved_times``). Until
+    session 12 this step took the gradients of sum(sin(f(x))) and copied every gradient
+    out: on [32, 56, 56, 96] a sine, a cosine and a 38 MB copy per step, the same for every
+    entry, which diluted the differences between them."""
     x = tf.random.normal(shape)
-    steps_fn = {}
-    for name, fn in cases.items():
-        fn(x)
-        owners = [fn] + list(getattr(fn, "__defaults__", None) or ())
-        layer_vars = [v for obj in owners for v in getattr(obj, "trainable_variables", [])]
-
-        def make(fn=fn, variables=layer_vars):
-            @tf.function
-            def step():
-                with tf.GradientTape() as tape:
-                    tape.watch(x)
-                    y = tf.reduce_sum(tf.sin(fn(x)))
-                return tape.gradient(y, [x] + variables)
-            return step
-        steps_fn[name] = make()
-        _sync(steps_fn[name]())
-    times = interleaved_medians({n: (lambda f=f: _sync(f())) for n, f in steps_fn.items()},
-                                steps, 0)
-    return {name: 1e3 * t for name, t in times.items()}
+    return interleaved_times({name: fwd_bwd_step(fn, x) for name, fn in cases.items()},
+                             steps, 1)
 
 
 OPTIMIZERS = ("rmsprop", "keras-rmsprop", "sgd")
@@ -638,17 +636,17 @@ def main(argv=None):
           % (args.optimizer, args.gradient_accumulation, args.batch,
              args.micro_batches_in_flight))
     if args.norm_layers:
-        table = norm_table(args.steps * 4)
-        base = table["GN4 reshape+moments (baseline)"]
-        print("Normalization on [32, 56, 56, 96], forward + backward (median of interleaved "
-              "rounds):")
-        for name, ms in table.items():
-            print("  %-36s %8.2f ms  %5.2fx the baseline's speed" % (name, ms, base / ms))
-        table = block_table(args.steps * 4)
-        base = table["MBConv LN+PN unfolded"]
-        print("MBConv block on [32, 56, 56, 24], G16, E4, forward + backward:")
-        for name, ms in table.items():
-            print("  %-36s %8.2f ms  %5.2fx the unfolded LN+PN's speed" % (name, ms, base / ms))
+        for title, table, base in (
+                ("Normalization on [32, 56, 56, 96], forward + backward",
+                 norm_table(args.steps * 4), "GN4 reshape+moments (baseline)"),
+                ("MBConv block on [32, 56, 56, 24], G16, E4, forward + backward",
+                 block_table(args.steps * 4), "MBConv LN+PN unfolded")):
+            print("%s (medians of %d interleaved rounds; speed over %s's in the same round, "
+                  "95 %% CI):" % (title, args.steps * 4, base))
+            for name, times in table.items():
+                ratio = paired_ratio(table[base], times)
+                print("  %-36s %8.2f ms  %5.3fx [%.3f, %.3f]" % (
+                    name, 1e3 * np.median(times), ratio[0], ratio[3], ratio[4]))
         return 0
     if args.optimizers:
         size, g, norm = sizes[0], group_sizes[0], norms[0]

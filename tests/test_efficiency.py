@@ -225,3 +225,29 @@ def test_conv_step_times_the_forward_pass_too():
     assert ops["Conv2D"] == 1 and ops["Conv2DBackpropInput"] == 1
     assert ops["Conv2DBackpropFilter"] == 1
     assert ops["Mul"] == 0 and ops["Sum"] == 0 and ops["Fill"] == 0
+
+
+def test_fwd_bwd_step_finds_the_layers_in_default_arguments():
+    """The norm and block tables' step (``benchmark.fwd_bwd_step``) differentiates the
+    trainable variables of layers held in a callable's default arguments, with the fixed
+    output gradient u, and returns the first element of y and of each gradient."""
+    x = tf.random.normal((2, 4, 4, 8))
+    step = benchmark.fwd_bwd_step(
+        lambda v, n=L.GroupNormalization(4): tf.nn.silu(n(v)), x)
+    assert len(step.variables) == 2  # the norm's gamma and beta
+    y, dx, dgamma, dbeta = step.outputs()
+    np.testing.assert_array_equal(step(), [y.flat[0], dx.flat[0], dgamma.flat[0],
+                                           dbeta.flat[0]])
+    # dbeta of silu(norm(x)) with output gradient u is sum(u * silu'(norm(x))), not 0.
+    assert np.abs(dbeta).min() > 0
+    layer = L.GroupNormalization(4)
+    layer.build(x.shape)
+    for target, source in zip(layer.trainable_variables, step.variables):
+        target.assign(source)
+    with tf.GradientTape() as tape:
+        tape.watch(x)
+        loss = tf.reduce_sum(tf.nn.silu(layer(x)) * step.upstream)
+    refs = tape.gradient(loss, [x] + layer.trainable_variables)
+    np.testing.assert_allclose(y, tf.nn.silu(layer(x)), rtol=1e-5, atol=1e-5)
+    for got, ref in zip([dx, dgamma, dbeta], refs):
+        np.testing.assert_allclose(got, ref, rtol=1e-4, atol=1e-4)
