@@ -28,8 +28,9 @@ KERNEL_CASES = [
     ((1, 14, 13, 16), 3, 3, "SAME"),     # one group, stride 3
     ((1, 18, 17, 16), 5, 1, "SAME"),     # kernel gradient: five passes of 4 output rows
     ((2, 1, 1, 32), 3, 1, "SAME"),       # only the centre tap
-    ((2, 6, 28, 32), 3, 2, "SAME"),      # stride 2, 14 output columns (AVX-512 blocks: 7 + 7)
+    ((2, 6, 28, 32), 3, 2, "SAME"),      # stride 2, 14 output columns (AVX-512: one block)
     ((1, 5, 26, 16), 3, 1, "VALID"),     # 24 columns: two blocks of 12 (AVX-512)
+    ((1, 4, 27, 16), 3, 1, "SAME"),      # 27 columns: blocks of 14 and 13 (AVX-512)
     ((2, 2, 3, 32), 5, 2, "SAME"),
 ]
 

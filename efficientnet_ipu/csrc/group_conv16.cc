@@ -50,7 +50,7 @@ using efficientnet_ipu::ParallelFor;
 
 constexpr int kG = 16;  // channels per group
 constexpr int kMaxR = 6;  // AVX2: output pixels per register block (12 accumulators)
-constexpr int kMaxR512 = 12;  // AVX-512: output pixels per register block (12 accumulators)
+constexpr int kMaxR512 = 14;  // AVX-512: output pixels per register block (14 accumulators)
 
 // True where the AVX-512 versions of the inner blocks run: the CPU has AVX-512F and
 // $EFFICIENTNET_IPU_AVX2_ONLY is unset or "0" (it selects the AVX2 versions, for tests and
@@ -76,10 +76,12 @@ void OutputSize(int in, int k, int s, bool same, int* out, int* pad_before) {
 }
 
 // acc[r] (16 floats) = sum over taps t and channels i of src(t, r)[i] * w[t][i][0:16],
-// where src(t, r) = base + offs[t] + r * rs; stores acc[r] at dst + r * dstride.
+// where src(t, r) = base + offs[t] + r * rs; stores acc[r] at dst + r * dstride, and if
+// ``sum`` is not null adds the sum over r of acc[r] to sum[0:16] (the input gradient's sum
+// over H and W, taken from the registers instead of reading the stored rows back).
 template <int R>
 inline void Block(const float* base, const int* offs, const float* const* w, int ntaps,
-                  int rs, float* dst, int dstride) {
+                  int rs, float* dst, int dstride, float* sum) {
   __m256 a0[R], a1[R];
 #pragma GCC unroll 8
   for (int r = 0; r < R; ++r) a0[r] = a1[r] = _mm256_setzero_ps();
@@ -103,12 +105,22 @@ inline void Block(const float* base, const int* offs, const float* const* w, int
     _mm256_storeu_ps(dst + r * dstride, a0[r]);
     _mm256_storeu_ps(dst + r * dstride + 8, a1[r]);
   }
+  if (sum != nullptr) {
+    __m256 s0 = _mm256_loadu_ps(sum), s1 = _mm256_loadu_ps(sum + 8);
+#pragma GCC unroll 8
+    for (int r = 0; r < R; ++r) {
+      s0 = _mm256_add_ps(s0, a0[r]);
+      s1 = _mm256_add_ps(s1, a1[r]);
+    }
+    _mm256_storeu_ps(sum, s0);
+    _mm256_storeu_ps(sum + 8, s1);
+  }
 }
 
-// A register block of r output pixels (1 <= r <= kMaxR): kBlocks[r], and kBlocks512[r]
+// A register block of r output pixels (1 <= r <= kMaxR): kBlocks[r], and kBlocks512[.][r]
 // (r <= kMaxR512) for the AVX-512 version below.
 using BlockFn = void (*)(const float* base, const int* offs, const float* const* w,
-                         int ntaps, int rs, float* dst, int dstride);
+                         int ntaps, int rs, float* dst, int dstride, float* sum);
 constexpr BlockFn kBlocks[kMaxR + 1] = {nullptr, Block<1>, Block<2>, Block<3>,
                                         Block<4>, Block<5>, Block<6>};
 
@@ -119,9 +131,16 @@ constexpr BlockFn kBlocks[kMaxR + 1] = {nullptr, Block<1>, Block<2>, Block<3>,
 // channels, added at the end), so that at least 8 independent chains of fused
 // multiply-adds hide their latency: the 5 and 7 pixel rows of B0's last stages at 160
 // and 224 px (issue #4, session 11).
-template <int R>
+// RS > 0 fixes the pixel stride rs at compile time (16 or 32 floats: stride 1 or 2 in the
+// forward, and every gradient block), so that every broadcast address is the row pointer
+// plus a constant. With the stride known only at run time, the compiler keeps the R row
+// pointers in vector registers and moves them back with vmovq on the FMA ports (11 moves
+// per 12 FMAs at R = 12): 135 against 187 GFLOP/s on cached data, and 1.12x in the
+// forward op once the plane copy no longer stalls the blocks (issue #4, sessions 12-13).
+template <int R, int RS>
 inline void Block512(const float* base, const int* offs, const float* const* w, int ntaps,
-                     int rs, float* dst, int dstride) {
+                     int rs_arg, float* dst, int dstride, float* sum) {
+  const int rs = RS > 0 ? RS : rs_arg;
   constexpr int kSplit = R < 8 ? 2 : 1;
   __m512 a[kSplit][R];
 #pragma GCC unroll 16
@@ -142,15 +161,26 @@ inline void Block512(const float* base, const int* offs, const float* const* w, 
             _mm512_fmadd_ps(_mm512_set1_ps(s[r * rs + i + 1]), w1, a[kSplit - 1][r]);
     }
   }
+  __m512 total = sum != nullptr ? _mm512_loadu_ps(sum) : _mm512_setzero_ps();
 #pragma GCC unroll 16
-  for (int r = 0; r < R; ++r)
-    _mm512_storeu_ps(dst + r * dstride,
-                     kSplit == 2 ? _mm512_add_ps(a[0][r], a[kSplit - 1][r]) : a[0][r]);
+  for (int r = 0; r < R; ++r) {
+    const __m512 v = kSplit == 2 ? _mm512_add_ps(a[0][r], a[kSplit - 1][r]) : a[0][r];
+    _mm512_storeu_ps(dst + r * dstride, v);
+    if (sum != nullptr) total = _mm512_add_ps(total, v);
+  }
+  if (sum != nullptr) _mm512_storeu_ps(sum, total);
 }
 
-constexpr BlockFn kBlocks512[kMaxR512 + 1] = {
-    nullptr,      Block512<1>, Block512<2>, Block512<3>,  Block512<4>,  Block512<5>, Block512<6>,
-    Block512<7>, Block512<8>, Block512<9>, Block512<10>, Block512<11>, Block512<12>};
+#define EFFICIENTNET_IPU_BLOCKS512(RS)                                                   \
+  {nullptr,           Block512<1, RS>,  Block512<2, RS>,  Block512<3, RS>,  Block512<4, RS>, \
+   Block512<5, RS>,  Block512<6, RS>,  Block512<7, RS>,  Block512<8, RS>,  Block512<9, RS>, \
+   Block512<10, RS>, Block512<11, RS>, Block512<12, RS>, Block512<13, RS>, Block512<14, RS>}
+// kBlocks512[k][r]: r pixels, pixel stride any (k = 0, given at run time), 16 floats
+// (k = 1) or 32 floats (k = 2).
+constexpr BlockFn kBlocks512[3][kMaxR512 + 1] = {EFFICIENTNET_IPU_BLOCKS512(0),
+                                                 EFFICIENTNET_IPU_BLOCKS512(16),
+                                                 EFFICIENTNET_IPU_BLOCKS512(32)};
+#undef EFFICIENTNET_IPU_BLOCKS512
 
 // The kernel gradient's block (WeightBlock below) with AVX-512: all 16 input channels
 // of a group in one pass, one register each.
@@ -196,25 +226,6 @@ void CopyRows(const float* src, int y0, int y1, int cols, int C, int g, int pad_
     }
   }
 }
-
-// One image's group plane, copied row by row as the rows are first needed, so that they
-// are still in cache when the register blocks read them.
-struct LazyPlane {
-  const float* src;
-  int rows, cols, C, g, pad_l, width;
-  const float* offset;
-  float* dst;
-  int done;
-  LazyPlane(const float* src, int rows, int cols, int C, int g, int pad_l, int width,
-            const float* offset, float* dst)
-      : src(src), rows(rows), cols(cols), C(C), g(g), pad_l(pad_l), width(width),
-        offset(offset), dst(dst), done(0) {}
-  void CopyUpTo(int row_end) {  // rows [0, row_end) are in dst afterwards
-    row_end = std::min(row_end, rows);
-    if (row_end > done) CopyRows(src, done, row_end, cols, C, g, pad_l, width, offset, dst);
-    done = std::max(done, row_end);
-  }
-};
 
 struct Geometry {
   int N, H, W, C, k, s, OH, OW, pt, pl, groups;
@@ -294,7 +305,6 @@ class GroupConv16Base : public OpKernel {
   explicit GroupConv16Base(OpKernelConstruction* ctx)
       : OpKernel(ctx),
         use_avx512_(UseAvx512()),
-        blocks_(use_avx512_ ? kBlocks512 : kBlocks),
         max_block_(use_avx512_ ? kMaxR512 : kMaxR) {
     CheckCpu(ctx);
     std::string padding;
@@ -307,8 +317,13 @@ class GroupConv16Base : public OpKernel {
   int stride_;
   bool same_;
   const bool use_avx512_;  // UseAvx512() when the kernel was built
-  const BlockFn* const blocks_;  // kBlocks512 or kBlocks
-  const int max_block_;          // their largest block
+  const int max_block_;  // the largest register block: kMaxR512 or kMaxR
+
+  // The register blocks for pixel stride rs (floats): kBlocks512's row for rs, or kBlocks.
+  const BlockFn* Blocks(int rs) const {
+    if (!use_avx512_) return kBlocks;
+    return kBlocks512[rs == 16 ? 1 : rs == 32 ? 2 : 0];
+  }
 
   // Calls fn(first, r) for register blocks of r pixels that cover [0, pixels), as even
   // as possible (28 pixels in 12-pixel blocks: 10, 9, 9, not 12, 12, 4), because a block
@@ -348,17 +363,19 @@ class GroupConv16Op : public GroupConv16Base {
     float* yd = y->flat<float>().data();
     const int width = g.PaddedWidth();  // scratch plane: all input rows, padded columns
     const int64_t cost = static_cast<int64_t>(g.OH) * g.OW * g.k * g.k * kG * kG;
+    const BlockFn* blocks = Blocks(g.s * kG);
     ParallelFor(ctx, static_cast<int64_t>(g.N) * g.groups, cost, [&](int64_t b, int64_t e) {
       std::vector<float> plane(static_cast<size_t>(g.H) * width * kG);
       std::vector<int> offs(g.k * g.k);
       std::vector<const float*> ws(g.k * g.k);
       for (int64_t u = b; u < e; ++u) {
         const int n = u / g.groups, gr = u % g.groups;
-        LazyPlane in(xd + static_cast<int64_t>(n) * g.H * g.W * g.C, g.H, g.W, g.C, gr, g.pl,
-                     width, od + gr * kG, plane.data());
+        // The whole plane first: copying its rows between the rows of blocks made every
+        // row of blocks wait on the copy's loads from memory (1.12x, issue #4, session 13).
+        CopyRows(xd + static_cast<int64_t>(n) * g.H * g.W * g.C, 0, g.H, g.W, g.C, gr, g.pl,
+                 width, od + gr * kG, plane.data());
         const float* wg = wp.data() + static_cast<size_t>(gr) * g.k * g.k * kG * kG;
         for (int oh = 0; oh < g.OH; ++oh) {
-          in.CopyUpTo(oh * g.s - g.pt + g.k);
           int nt = 0;
           for (int kh = 0; kh < g.k; ++kh) {
             const int ih = oh * g.s + kh - g.pt;
@@ -371,8 +388,8 @@ class GroupConv16Op : public GroupConv16Base {
           }
           float* yrow = yd + ((static_cast<int64_t>(n) * g.OH + oh) * g.OW) * g.C + gr * kG;
           ForEachBlock(g.OW, [&](int ow, int r) {
-            blocks_[r](plane.data() + ow * g.s * kG, offs.data(), ws.data(), nt, g.s * kG,
-                       yrow + static_cast<int64_t>(ow) * g.C, g.C);
+            blocks[r](plane.data() + ow * g.s * kG, offs.data(), ws.data(), nt, g.s * kG,
+                       yrow + static_cast<int64_t>(ow) * g.C, g.C, nullptr);
           });
         }
       }
@@ -414,18 +431,19 @@ class GroupConv16BackpropInputOp : public GroupConv16Base {
     const int pad = g.k + 1;
     const int width = g.OW + 2 * pad + kMaxR512;
     const int64_t cost = static_cast<int64_t>(g.H) * g.W * g.k * g.k * kG * kG / (g.s * g.s);
+    const BlockFn* blocks = Blocks(kG);
     ParallelFor(ctx, static_cast<int64_t>(g.N) * g.groups, cost, [&](int64_t b, int64_t e) {
       std::vector<float> plane(static_cast<size_t>(g.OH) * width * kG);
       std::vector<int> offs(g.k * g.k);
       std::vector<const float*> ws(g.k * g.k);
       for (int64_t u = b; u < e; ++u) {
         const int n = u / g.groups, gr = u % g.groups;
-        LazyPlane out(dyd + static_cast<int64_t>(n) * g.OH * g.OW * g.C, g.OH, g.OW, g.C, gr,
-                      pad, width, nullptr, plane.data());
+        CopyRows(dyd + static_cast<int64_t>(n) * g.OH * g.OW * g.C, 0, g.OH, g.OW, g.C, gr, pad,
+                 width, nullptr, plane.data());  // the whole plane first, as in the forward
         const float* wg = wp.data() + static_cast<size_t>(gr) * g.k * g.k * kG * kG;
-        __m256 sum0 = _mm256_setzero_ps(), sum1 = _mm256_setzero_ps();
+        // The blocks add their outputs to this unit's slice of the sum over H and W.
+        float* sum = sumd + static_cast<int64_t>(n) * g.C + gr * kG;
         for (int ih = 0; ih < g.H; ++ih) {
-          out.CopyUpTo((ih + g.pt) / g.s + 1);
           float* xrow = dxd + ((static_cast<int64_t>(n) * g.H + ih) * g.W) * g.C + gr * kG;
           for (int px = 0; px < g.s && px < g.W; ++px) {
             int nt = 0;
@@ -445,19 +463,11 @@ class GroupConv16BackpropInputOp : public GroupConv16Base {
             }
             const int cols = (g.W - px + g.s - 1) / g.s;  // iw = px + s * j, j < cols
             ForEachBlock(cols, [&](int j, int r) {
-              blocks_[r](plane.data() + j * kG, offs.data(), ws.data(), nt, kG,
-                         xrow + static_cast<int64_t>(px + g.s * j) * g.C, g.s * g.C);
+              blocks[r](plane.data() + j * kG, offs.data(), ws.data(), nt, kG,
+                         xrow + static_cast<int64_t>(px + g.s * j) * g.C, g.s * g.C, sum);
             });
           }
-          // The finished row, still in cache, into the per-channel sum.
-          for (int iw = 0; iw < g.W; ++iw) {
-            sum0 = _mm256_add_ps(sum0, _mm256_loadu_ps(xrow + static_cast<int64_t>(iw) * g.C));
-            sum1 = _mm256_add_ps(sum1,
-                                 _mm256_loadu_ps(xrow + static_cast<int64_t>(iw) * g.C + 8));
-          }
         }
-        _mm256_storeu_ps(sumd + static_cast<int64_t>(n) * g.C + gr * kG, sum0);
-        _mm256_storeu_ps(sumd + static_cast<int64_t>(n) * g.C + gr * kG + 8, sum1);
       }
     });
   }
@@ -517,7 +527,13 @@ class GroupConv16BackpropFilterOp : public GroupConv16Base {
     Tensor* dscale = nullptr;
     OP_REQUIRES_OK(ctx, ctx->allocate_output(1, TensorShape({g.C}), &dscale));
     const int taps = g.k * g.k;
-    std::vector<float> packed(static_cast<size_t>(g.groups) * taps * kG * kG, 0.0f);
+    // Units: a group and a chunk of the images, each summing into its own slice of
+    // ``packed``; the chunks are added at the end. With fewer than ~16 groups, one unit per
+    // group left threads idle at the end: 15 groups on 2 threads ran as 8 + 7 (issue #4,
+    // session 13).
+    const int chunks = std::min(g.N, std::max(1, (16 + g.groups - 1) / g.groups));
+    const size_t slice = static_cast<size_t>(taps) * kG * kG;  // one group's gradient
+    std::vector<float> packed(static_cast<size_t>(chunks) * g.groups * slice, 0.0f);
     const float* xd = x.flat<float>().data();
     const float* dyd = dy.flat<float>().data();
     const int width = g.PaddedWidth();
@@ -526,22 +542,21 @@ class GroupConv16BackpropFilterOp : public GroupConv16Base {
     const int rows_per_pass = std::max(4, (64 + g.OW - 1) / g.OW);
     const int64_t xrs = static_cast<int64_t>(g.s) * width * kG;  // input rows per output row
     const int64_t drs = static_cast<int64_t>(g.OW) * kG;         // output row stride
-    const int64_t cost = static_cast<int64_t>(g.N) * g.OH * g.OW * taps * kG * kG;
-    // One unit per group: each owns its slice of the packed gradient, so no reduction.
-    ParallelFor(ctx, g.groups, cost, [&](int64_t b, int64_t e) {
+    const int64_t cost = static_cast<int64_t>(g.N) * g.OH * g.OW * taps * kG * kG / chunks;
+    ParallelFor(ctx, static_cast<int64_t>(g.groups) * chunks, cost, [&](int64_t b, int64_t e) {
       std::vector<float> plane(static_cast<size_t>(g.H) * width * kG);
       std::vector<float> dplane(static_cast<size_t>(g.OH) * g.OW * kG);
-      for (int64_t gr = b; gr < e; ++gr) {
-        float* dwg = packed.data() + static_cast<size_t>(gr) * taps * kG * kG;
-        for (int n = 0; n < g.N; ++n) {
-          LazyPlane in(xd + static_cast<int64_t>(n) * g.H * g.W * g.C, g.H, g.W, g.C, gr,
-                       g.pl, width, od + gr * kG, plane.data());
-          LazyPlane out(dyd + static_cast<int64_t>(n) * g.OH * g.OW * g.C, g.OH, g.OW, g.C,
-                        gr, 0, g.OW, nullptr, dplane.data());
+      for (int64_t u = b; u < e; ++u) {
+        const int gr = u / chunks, chunk = u % chunks;
+        float* dwg = packed.data() + (static_cast<size_t>(chunk) * g.groups + gr) * slice;
+        for (int n = g.N * chunk / chunks; n < g.N * (chunk + 1) / chunks; ++n) {
+          // Both planes whole first, as in the forward.
+          CopyRows(xd + static_cast<int64_t>(n) * g.H * g.W * g.C, 0, g.H, g.W, g.C, gr, g.pl,
+                   width, od + gr * kG, plane.data());
+          CopyRows(dyd + static_cast<int64_t>(n) * g.OH * g.OW * g.C, 0, g.OH, g.OW, g.C, gr, 0,
+                   g.OW, nullptr, dplane.data());
           for (int oh0 = 0; oh0 < g.OH; oh0 += rows_per_pass) {
             const int oh1 = std::min(g.OH, oh0 + rows_per_pass);
-            in.CopyUpTo((oh1 - 1) * g.s - g.pt + g.k);
-            out.CopyUpTo(oh1);
             for (int kh = 0; kh < g.k; ++kh) {
               // Output rows oh in [lo, hi) read input row ih = oh * s + kh - pt in [0, H).
               int lo = oh0, hi = oh1;
@@ -566,6 +581,10 @@ class GroupConv16BackpropFilterOp : public GroupConv16Base {
         }
       }
     });
+    for (int chunk = 1; chunk < chunks; ++chunk) {  // the chunks' sums into the first
+      const float* part = packed.data() + static_cast<size_t>(chunk) * g.groups * slice;
+      for (size_t j = 0; j < g.groups * slice; ++j) packed[j] += part[j];
+    }
     // packed is the gradient with respect to the scaled filter f * scale: the filter's is
     // that times the scale, and the scale's is its product with f summed over taps and
     // output channels.
