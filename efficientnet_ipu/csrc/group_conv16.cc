@@ -598,16 +598,25 @@ class GroupConv16BackpropFilterOp : public GroupConv16Base {
               if (lo == hi) continue;
               const float* dr = dplane.data() + static_cast<int64_t>(lo) * drs;
               for (int kw = 0; kw < g.k; ++kw) {
+                // Only output columns q whose input column q * s + kw - pl is in the image:
+                // the padding's zeros add nothing (a quarter of the work of a 5x5 kernel on
+                // B0's 5x5 px stage; issue #4, session 13).
+                const int q0 = kw >= g.pl ? 0 : (g.pl - kw + g.s - 1) / g.s;
+                const int last = g.W - 1 + g.pl - kw;  // q * s <= last
+                const int q1 = last < 0 ? 0 : std::min(g.OW, last / g.s + 1);
+                if (q0 >= q1) continue;
                 float* dwt = dwg + (kh * g.k + kw) * kG * kG;
-                const float* xr =
-                    plane.data() + (static_cast<int64_t>(lo * g.s + kh - g.pt) * width + kw) * kG;
+                const float* xr = plane.data() +
+                    (static_cast<int64_t>(lo * g.s + kh - g.pt) * width + kw + q0 * g.s) * kG;
+                const float* dq = dr + q0 * kG;
                 if (use_avx512_) {
-                  WeightBlock512(xr, g.s * kG, xrs, dr, drs, hi - lo, g.OW, dwt);
+                  WeightBlock512(xr, g.s * kG, xrs, dq, drs, hi - lo, q1 - q0, dwt);
                   continue;
                 }
-                WeightBlock<6>(xr, g.s * kG, xrs, dr, drs, hi - lo, g.OW, dwt);
-                WeightBlock<6>(xr + 6, g.s * kG, xrs, dr, drs, hi - lo, g.OW, dwt + 6 * kG);
-                WeightBlock<4>(xr + 12, g.s * kG, xrs, dr, drs, hi - lo, g.OW, dwt + 12 * kG);
+                WeightBlock<6>(xr, g.s * kG, xrs, dq, drs, hi - lo, q1 - q0, dwt);
+                WeightBlock<6>(xr + 6, g.s * kG, xrs, dq, drs, hi - lo, q1 - q0, dwt + 6 * kG);
+                WeightBlock<4>(xr + 12, g.s * kG, xrs, dq, drs, hi - lo, q1 - q0,
+                               dwt + 12 * kG);
               }
             }
           }
