@@ -31,6 +31,7 @@ KERNEL_CASES = [
     ((2, 6, 28, 32), 3, 2, "SAME"),      # stride 2, 14 output columns (AVX-512: one block)
     ((1, 5, 26, 16), 3, 1, "VALID"),     # 24 columns: two blocks of 12 (AVX-512)
     ((1, 4, 27, 16), 3, 1, "SAME"),      # 27 columns: blocks of 14 and 13 (AVX-512)
+    ((9, 5, 5, 32), 5, 1, "SAME"),       # 5x5 kernel on 5x5 px: padding columns skipped
     ((2, 2, 3, 32), 5, 2, "SAME"),
 ]
 
