@@ -50,10 +50,11 @@ def choose_implementation(groups, group_size, filters_per_group=None, dtype="flo
     "split" 1.13-1.61x for group sizes 4-64. Hence "grouped" on AVX-512 CPUs. Timed without
     the elementwise loss and the copies out that the conv table's step ran until session
     12: "grouped" 52.5 %, "avx2" 47.2 %, "split" 36.1 % of dense. Session 13's kernels
-    (whole-plane copies, fixed-stride AVX-512 blocks): "avx2" 54.3 % against "grouped"
-    51.3 % on [32, 28, 28, 240], and faster than "grouped" at five B0 layer shapes; but
-    whole B0-G16 training at 160 px still runs 0.987x (GN) and 0.969x (LN+PN) as fast with
-    "avx2" as with "grouped", so "grouped" stays.
+    (whole-plane copies, fixed-stride AVX-512 blocks, a reworked kernel gradient): "avx2"
+    56.0 % against "grouped" 49.6 % on [32, 28, 28, 240], and faster than "grouped" at five
+    3x3 B0 layer shapes; but slower at the 5x5 kernels and the 7-14 px images, and whole
+    B0-G16 training at 160 px runs 0.995x (GN) and 0.992x (LN+PN) as fast with "avx2" as
+    with "grouped" (within noise), so "grouped" stays.
 
     Measured on this project's 2-core CPU (TensorFlow 2.21, oneDNN), forward + backward,
     batch 32, split's speed over grouped: B0-G16 at 224 px 1.63-1.78x for the 2-6 group

@@ -5,11 +5,12 @@ convolution's FLOP rate (issue #4). ``csrc/group_conv16.cc`` holds three TensorF
 written for that case (forward, gradient with respect to the input, gradient with respect
 to the kernel): each group is a 16 x 16 matrix per kernel tap, and a block of six output
 pixels x 16 output channels stays in AVX2 registers. On a CPU with AVX-512F the inner
-blocks use AVX-512 instead (one register per pixel, twelve pixels per block; set
+blocks use AVX-512 instead (one register per pixel, up to fourteen pixels per block; set
 $EFFICIENTNET_IPU_AVX2_ONLY=1 before the ops are first run to keep AVX2): 1.20x (forward),
 1.17x (input gradient) and 1.34x (kernel gradient) the AVX2 blocks on [32, 28, 28, 240]
-3x3 on a 2-core AVX-512 Xeon (issue #4, session 11). They compute ``tf.nn.conv2d`` on a
-grouped kernel, up to float32 round-off.
+3x3 on a 2-core AVX-512 Xeon (issue #4, session 11; session 13 made the AVX-512 path
+another 1.09-1.23x faster). They compute ``tf.nn.conv2d`` on a grouped kernel, up to
+float32 round-off.
 
 They are part of this project's CPU op library (``kernels``: compiled on first use with
 the machine's C++ compiler, cached, and kept out of SavedModels by
