@@ -341,7 +341,7 @@ class GroupConv16Base : public OpKernel {
   }
 
   // Calls fn(first, r) for register blocks of r pixels that cover [0, pixels), as even
-  // as possible (28 pixels in 12-pixel blocks: 10, 9, 9, not 12, 12, 4), because a block
+  // as possible (30 pixels in 14-pixel blocks: 10, 10, 10, not 14, 14, 2), because a block
   // of fewer pixels than the FMA units' latency x throughput (8 on AVX-512 CPUs) waits on
   // its accumulators: 1.37x slower per FMA at 4 pixels than at 12 (issue #4, session 11).
   template <typename Fn>
@@ -546,9 +546,10 @@ class GroupConv16BackpropFilterOp : public GroupConv16Base {
     // one by one and, for each, its groups one after another, so that consecutive plane
     // copies read neighbouring cache lines of one image, as the forward's do; each
     // (chunk, group) sums into its own slice of ``packed``, and the chunks are added at
-    // the end. One unit per group, each over all images, ran 1.2x slower, and 15 groups
-    // on 2 threads ran as 8 + 7 (issue #4, session 13). Groups are split into blocks only
-    // when there are fewer images than 2 units per thread.
+    // the end. Against one unit per group, each over all images: 1.06-1.08x at
+    // [32, 56, 56, 96] and [32, 28, 28, 240], within noise on 14x14 px and smaller images,
+    // and 15 groups on 2 threads no longer run as 8 + 7 (issue #4, session 13). Groups are
+    // split into blocks only when there are fewer images than 2 units per thread.
     const int threads = ctx->device()->tensorflow_cpu_worker_threads()->num_threads;
     const int chunks = std::min(g.N, 2 * std::max(1, threads));
     const int group_blocks = std::min(g.groups, (2 * std::max(1, threads) + chunks - 1) / chunks);
@@ -570,18 +571,18 @@ class GroupConv16BackpropFilterOp : public GroupConv16Base {
       for (int64_t u = b; u < e; ++u) {
         const int chunk = u / group_blocks, block = u % group_blocks;
         const int g0 = g.groups * block / group_blocks, g1 = g.groups * (block + 1) / group_blocks;
-        for (int n = g.N * chunk / chunks; n < g.N * (chunk + 1) / chunks; ++n)
-        for (int gr = g0; gr < g1; ++gr) {
+        const int n0 = g.N * chunk / chunks, n1 = g.N * (chunk + 1) / chunks;
+        for (int pair = 0; pair < (n1 - n0) * (g1 - g0); ++pair) {  // images outer
+          const int n = n0 + pair / (g1 - g0), gr = g0 + pair % (g1 - g0);
           float* dwg = packed.data() + (static_cast<size_t>(chunk) * g.groups + gr) * slice;
           // Both planes whole first, as in the forward.
           CopyRows(xd + static_cast<int64_t>(n) * g.H * g.W * g.C, 0, g.H, g.W, g.C, gr, g.pl,
                    width, od + gr * kG, plane.data());
           CopyRows(dyd + static_cast<int64_t>(n) * g.OH * g.OW * g.C, 0, g.OH, g.OW, g.C, gr, 0,
                    g.OW, nullptr, dplane.data());
-          // The next image-group's planes, spread over this one's passes.
-          const bool last_group = gr + 1 == g1;
-          const int next_n = last_group ? n + 1 : n, next_gr = last_group ? g0 : gr + 1;
-          const bool prefetch = next_n < g.N * (chunk + 1) / chunks;
+          // The next pair's planes, spread over this one's passes.
+          const int next_n = n0 + (pair + 1) / (g1 - g0), next_gr = g0 + (pair + 1) % (g1 - g0);
+          const bool prefetch = next_n < n1;
           for (int oh0 = 0; oh0 < g.OH; oh0 += rows_per_pass) {
             const int oh1 = std::min(g.OH, oh0 + rows_per_pass);
             if (prefetch) {
@@ -623,13 +624,10 @@ class GroupConv16BackpropFilterOp : public GroupConv16Base {
         }
       }
     });
-    for (int chunk = 1; chunk < chunks; ++chunk) {  // the chunks' sums into the first
-      const float* part = packed.data() + static_cast<size_t>(chunk) * g.groups * slice;
-      for (size_t j = 0; j < g.groups * slice; ++j) packed[j] += part[j];
-    }
-    // packed is the gradient with respect to the scaled filter f * scale: the filter's is
-    // that times the scale, and the scale's is its product with f summed over taps and
-    // output channels.
+    // packed, summed over the chunks, is the gradient with respect to the scaled filter
+    // f * scale: the filter's is that times the scale, and the scale's is its product with
+    // f summed over taps and output channels.
+    const size_t chunk_stride = static_cast<size_t>(g.groups) * slice;
     const float* fd = f.flat<float>().data();
     const float* sd = scale.flat<float>().data();
     float* dfd = df->flat<float>().data();
@@ -642,7 +640,11 @@ class GroupConv16BackpropFilterOp : public GroupConv16Base {
           const int64_t at = (static_cast<int64_t>(t) * kG + i) * g.C + gr * kG;
           const float* src = packed.data() + ((static_cast<size_t>(gr) * taps + t) * kG + i) * kG;
           const __m256 s = _mm256_set1_ps(sd[c]);
-          const __m256 d0 = _mm256_loadu_ps(src), d1 = _mm256_loadu_ps(src + 8);
+          __m256 d0 = _mm256_loadu_ps(src), d1 = _mm256_loadu_ps(src + 8);
+          for (int chunk = 1; chunk < chunks; ++chunk) {
+            d0 = _mm256_add_ps(d0, _mm256_loadu_ps(src + chunk * chunk_stride));
+            d1 = _mm256_add_ps(d1, _mm256_loadu_ps(src + chunk * chunk_stride + 8));
+          }
           _mm256_storeu_ps(dfd + at, _mm256_mul_ps(d0, s));
           _mm256_storeu_ps(dfd + at + 8, _mm256_mul_ps(d1, s));
           __m256 p = _mm256_fmadd_ps(d0, _mm256_loadu_ps(fd + at),
