@@ -370,6 +370,57 @@ class GroupConv16Base : public OpKernel {
     return std::min(g.N, max_block_);
   }
 
+  // One pass with image-stacked blocks. Units are R images x one group: the unit's group
+  // planes of src ([N, src_rows, src_cols, C]) are copied stacked (CopyStacked, adding
+  // offset[gr * 16 ...] if offset is not null), and each pixel (a, b) of dst ([N, dst_rows,
+  // dst_cols, C]) gets one block over the taps (kh, kw) with src_row(a, kh) >= 0 and
+  // src_col(b, kw) >= 0: the source row and column the tap reads, or a negative value
+  // where it reads none. wp: the packed filter (PackFilter). after_unit(n0, nb, gr) runs
+  // after each unit of nb images from n0.
+  template <typename SrcRow, typename SrcCol, typename AfterUnit>
+  void StackedPass(OpKernelContext* ctx, const Geometry& g, int R, int64_t cost,
+                   const float* src, int src_rows, int src_cols, const float* offset,
+                   const std::vector<float>& wp, float* dst, int dst_rows, int dst_cols,
+                   const SrcRow& src_row, const SrcCol& src_col,
+                   const AfterUnit& after_unit) const {
+    const BlockFn* blocks = Blocks(kG);
+    const int stacks = (g.N + R - 1) / R;
+    const int64_t src_image = static_cast<int64_t>(src_rows) * src_cols * g.C;
+    const int dst_image = dst_rows * dst_cols * g.C;  // < 2^30: StackSize
+    ParallelFor(ctx, static_cast<int64_t>(stacks) * g.groups, cost * R,
+                [&](int64_t b, int64_t e) {
+      std::vector<float> plane(static_cast<size_t>(src_rows) * src_cols * R * kG);
+      std::vector<int> offs(g.k * g.k);
+      std::vector<const float*> ws(g.k * g.k);
+      for (int64_t u = b; u < e; ++u) {
+        const int n0 = u / g.groups * R, gr = u % g.groups, nb = std::min(R, g.N - n0);
+        CopyStacked(src + n0 * src_image, nb, R, src_rows, src_cols, g.C, gr,
+                    offset ? offset + gr * kG : nullptr, plane.data());
+        const float* wg = wp.data() + static_cast<size_t>(gr) * g.k * g.k * kG * kG;
+        float* dst0 = dst + static_cast<int64_t>(n0) * dst_image + gr * kG;
+        for (int a = 0; a < dst_rows; ++a)
+          for (int c = 0; c < dst_cols; ++c) {
+            int nt = 0;
+            for (int kh = 0; kh < g.k; ++kh) {
+              const int row = src_row(a, kh);
+              if (row < 0) continue;
+              for (int kw = 0; kw < g.k; ++kw) {
+                const int col = src_col(c, kw);
+                if (col < 0) continue;
+                offs[nt] = (row * src_cols + col) * R * kG;
+                ws[nt] = wg + (kh * g.k + kw) * kG * kG;
+                ++nt;
+              }
+            }
+            blocks[nb](plane.data(), offs.data(), ws.data(), nt, kG,
+                       dst0 + (static_cast<int64_t>(a) * dst_cols + c) * g.C, dst_image,
+                       nullptr);
+          }
+        after_unit(n0, nb, gr);
+      }
+    });
+  }
+
   // Calls fn(first, r) for register blocks of r pixels that cover [0, pixels), as even
   // as possible (30 pixels in 14-pixel blocks: 10, 10, 10, not 14, 14, 2), because a block
   // of fewer pixels than the FMA units' latency x throughput (8 on AVX-512 CPUs) waits on
@@ -409,39 +460,17 @@ class GroupConv16Op : public GroupConv16Base {
     const int64_t cost = static_cast<int64_t>(g.OH) * g.OW * g.k * g.k * kG * kG;
     const int R = StackSize(g, static_cast<int64_t>(g.OH) * g.OW * g.C);
     if (R > 0) {  // image-stacked blocks: one per output pixel, R images deep
-      const BlockFn* blocks = Blocks(kG);
-      const int stacks = (g.N + R - 1) / R;
-      ParallelFor(ctx, static_cast<int64_t>(stacks) * g.groups, cost * R,
-                  [&](int64_t b, int64_t e) {
-        std::vector<float> plane(static_cast<size_t>(g.H) * g.W * R * kG);
-        std::vector<int> offs(g.k * g.k);
-        std::vector<const float*> ws(g.k * g.k);
-        for (int64_t u = b; u < e; ++u) {
-          const int n0 = u / g.groups * R, gr = u % g.groups, nb = std::min(R, g.N - n0);
-          CopyStacked(xd + static_cast<int64_t>(n0) * g.H * g.W * g.C, nb, R, g.H, g.W, g.C,
-                      gr, od + gr * kG, plane.data());
-          const float* wg = wp.data() + static_cast<size_t>(gr) * g.k * g.k * kG * kG;
-          for (int oh = 0; oh < g.OH; ++oh)
-            for (int ow = 0; ow < g.OW; ++ow) {
-              int nt = 0;  // the taps inside the image
-              for (int kh = 0; kh < g.k; ++kh) {
-                const int ih = oh * g.s + kh - g.pt;
-                if (ih < 0 || ih >= g.H) continue;
-                for (int kw = 0; kw < g.k; ++kw) {
-                  const int iw = ow * g.s + kw - g.pl;
-                  if (iw < 0 || iw >= g.W) continue;
-                  offs[nt] = (ih * g.W + iw) * R * kG;
-                  ws[nt] = wg + (kh * g.k + kw) * kG * kG;
-                  ++nt;
-                }
-              }
-              blocks[nb](plane.data(), offs.data(), ws.data(), nt, kG,
-                         yd + ((static_cast<int64_t>(n0) * g.OH + oh) * g.OW + ow) * g.C +
-                             gr * kG,
-                         g.OH * g.OW * g.C, nullptr);
-            }
-        }
-      });
+      StackedPass(
+          ctx, g, R, cost, xd, g.H, g.W, od, wp, yd, g.OH, g.OW,
+          [&](int oh, int kh) {  // a negative row or column is outside the image
+            const int ih = oh * g.s + kh - g.pt;
+            return ih < g.H ? ih : -1;
+          },
+          [&](int ow, int kw) {
+            const int iw = ow * g.s + kw - g.pl;
+            return iw < g.W ? iw : -1;
+          },
+          [](int, int, int) {});
       return;
     }
     const int width = g.PaddedWidth();  // scratch plane: all input rows, padded columns
@@ -513,48 +542,27 @@ class GroupConv16BackpropInputOp : public GroupConv16Base {
     const BlockFn* blocks = Blocks(kG);
     const int R = StackSize(g, static_cast<int64_t>(g.H) * g.W * g.C);
     if (R > 0) {  // image-stacked blocks, as in the forward: one per input pixel
-      const int stacks = (g.N + R - 1) / R;
-      ParallelFor(ctx, static_cast<int64_t>(stacks) * g.groups, cost * R,
-                  [&](int64_t b, int64_t e) {
-        std::vector<float> plane(static_cast<size_t>(g.OH) * g.OW * R * kG);
-        std::vector<int> offs(g.k * g.k);
-        std::vector<const float*> ws(g.k * g.k);
-        for (int64_t u = b; u < e; ++u) {
-          const int n0 = u / g.groups * R, gr = u % g.groups, nb = std::min(R, g.N - n0);
-          CopyStacked(dyd + static_cast<int64_t>(n0) * g.OH * g.OW * g.C, nb, R, g.OH, g.OW,
-                      g.C, gr, nullptr, plane.data());
-          const float* wg = wp.data() + static_cast<size_t>(gr) * g.k * g.k * kG * kG;
-          float* dx0 = dxd + static_cast<int64_t>(n0) * g.H * g.W * g.C + gr * kG;
-          for (int ih = 0; ih < g.H; ++ih)
-            for (int iw = 0; iw < g.W; ++iw) {
-              int nt = 0;  // the taps that reach an output pixel
-              for (int kh = 0; kh < g.k; ++kh) {
-                const int num_h = ih + g.pt - kh;
-                if (num_h < 0 || num_h % g.s || num_h / g.s >= g.OH) continue;
-                for (int kw = 0; kw < g.k; ++kw) {
-                  const int num_w = iw + g.pl - kw;
-                  if (num_w < 0 || num_w % g.s || num_w / g.s >= g.OW) continue;
-                  offs[nt] = (num_h / g.s * g.OW + num_w / g.s) * R * kG;
-                  ws[nt] = wg + (kh * g.k + kw) * kG * kG;
-                  ++nt;
-                }
+      // The output row (column) a tap reaches from input row ih (column iw), or -1.
+      auto out_index = [&](int i, int k, int pad, int size) {
+        const int num = i + pad - k;
+        return num < 0 || num % g.s || num / g.s >= size ? -1 : num / g.s;
+      };
+      StackedPass(
+          ctx, g, R, cost, dyd, g.OH, g.OW, nullptr, wp, dxd, g.H, g.W,
+          [&](int ih, int kh) { return out_index(ih, kh, g.pt, g.OH); },
+          [&](int iw, int kw) { return out_index(iw, kw, g.pl, g.OW); },
+          [&](int n0, int nb, int gr) {  // the sums over H and W, from the cached rows
+            for (int m = 0; m < nb; ++m) {
+              const float* d = dxd + static_cast<int64_t>(n0 + m) * g.H * g.W * g.C + gr * kG;
+              __m256 s0 = _mm256_setzero_ps(), s1 = _mm256_setzero_ps();
+              for (int64_t p = 0; p < static_cast<int64_t>(g.H) * g.W; ++p) {
+                s0 = _mm256_add_ps(s0, _mm256_loadu_ps(d + p * g.C));
+                s1 = _mm256_add_ps(s1, _mm256_loadu_ps(d + p * g.C + 8));
               }
-              blocks[nb](plane.data(), offs.data(), ws.data(), nt, kG,
-                         dx0 + (static_cast<int64_t>(ih) * g.W + iw) * g.C, g.H * g.W * g.C,
-                         nullptr);
+              _mm256_storeu_ps(sumd + static_cast<int64_t>(n0 + m) * g.C + gr * kG, s0);
+              _mm256_storeu_ps(sumd + static_cast<int64_t>(n0 + m) * g.C + gr * kG + 8, s1);
             }
-          for (int m = 0; m < nb; ++m) {  // the sums over H and W, from the cached rows
-            const float* d = dx0 + static_cast<int64_t>(m) * g.H * g.W * g.C;
-            __m256 s0 = _mm256_setzero_ps(), s1 = _mm256_setzero_ps();
-            for (int64_t p = 0; p < static_cast<int64_t>(g.H) * g.W; ++p) {
-              s0 = _mm256_add_ps(s0, _mm256_loadu_ps(d + p * g.C));
-              s1 = _mm256_add_ps(s1, _mm256_loadu_ps(d + p * g.C + 8));
-            }
-            _mm256_storeu_ps(sumd + static_cast<int64_t>(n0 + m) * g.C + gr * kG, s0);
-            _mm256_storeu_ps(sumd + static_cast<int64_t>(n0 + m) * g.C + gr * kG + 8, s1);
-          }
-        }
-      });
+          });
       return;
     }
     // Along rows: columns with the same remainder px = iw mod s read consecutive dy
