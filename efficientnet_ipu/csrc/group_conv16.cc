@@ -124,6 +124,22 @@ using BlockFn = void (*)(const float* base, const int* offs, const float* const*
 constexpr BlockFn kBlocks[kMaxR + 1] = {nullptr, Block<1>, Block<2>, Block<3>,
                                         Block<4>, Block<5>, Block<6>};
 
+// Cache lines to bring into L2 a few at a time from inside the kernel gradient's blocks:
+// line i is base0 + i * stride for i < n0, else base1 + (i - n0) * stride. Tick(q), called
+// for pixel q of a block's row, issues the next line when (q & mask) == 0.
+struct PrefetchStream {
+  const char* base0 = nullptr;
+  const char* base1 = nullptr;
+  int64_t stride = 0, i = 0, n0 = 0, n = 0;
+  int mask = 0;
+
+  inline void Tick(int q) {
+    if ((q & mask) != 0 || i >= n) return;
+    _mm_prefetch(i < n0 ? base0 + i * stride : base1 + (i - n0) * stride, _MM_HINT_T1);
+    ++i;
+  }
+};
+
 #pragma GCC push_options
 #pragma GCC target("avx512f")
 // Block with AVX-512: one register per output pixel of the block (16 channels). A
@@ -184,9 +200,10 @@ constexpr BlockFn kBlocks512[3][kMaxR512 + 1] = {EFFICIENTNET_IPU_BLOCKS512(0),
 
 // The kernel gradient's block (WeightBlock below) with AVX-512: all 16 input channels
 // of a group in one pass, one register each.
-__attribute__((noinline)) void WeightBlock512(const float* x, int xs, int64_t xrs,
-                                              const float* dy, int64_t drs, int rows,
-                                              int count, float* dw) {
+__attribute__((noinline)) void WeightBlock512(const float* x, int64_t xs, int64_t xrs,
+                                              const float* dy, int64_t ds, int64_t drs,
+                                              int rows, int count, float* dw,
+                                              PrefetchStream* pf) {
   __m512 a[kG];
 #pragma GCC unroll 16
   for (int i = 0; i < kG; ++i) a[i] = _mm512_setzero_ps();
@@ -194,8 +211,9 @@ __attribute__((noinline)) void WeightBlock512(const float* x, int xs, int64_t xr
     const float* xy = x + y * xrs;
     const float* dyy = dy + y * drs;
     for (int q = 0; q < count; ++q) {
-      const __m512 d = _mm512_loadu_ps(dyy + q * kG);
+      const __m512 d = _mm512_loadu_ps(dyy + q * ds);
       const float* xq = xy + q * xs;
+      pf->Tick(q);
 #pragma GCC unroll 16
       for (int i = 0; i < kG; ++i) a[i] = _mm512_fmadd_ps(_mm512_set1_ps(xq[i]), d, a[i]);
     }
@@ -224,21 +242,6 @@ void CopyRows(const float* src, int y0, int y1, int cols, int C, int g, int pad_
       _mm256_storeu_ps(d + x * kG, _mm256_add_ps(_mm256_loadu_ps(s + x * C), o0));
       _mm256_storeu_ps(d + x * kG + 8, _mm256_add_ps(_mm256_loadu_ps(s + x * C + 8), o1));
     }
-  }
-}
-
-// Asks for rows [y0, y1) of channels [g*16, g*16+16) of image plane src ([rows, cols, C])
-// to be brought into the L2 cache (software prefetch, no copy), for a CopyRows to come:
-// the copies' loads, 64 bytes every C floats, otherwise wait on memory. In the kernel
-// gradient, prefetching the next image-group's planes during this one's passes: 1.04-1.09x
-// (into L1 instead: 0.95-1.06x; issue #4, session 13). The same prefetch of the next
-// unit's plane in the forward and the input gradient gained nothing at four B0 shapes
-// and lost 5 % at [32, 56, 56, 96], so they do without.
-void PrefetchRows(const float* src, int y0, int y1, int cols, int C, int g) {
-  for (int y = y0; y < y1; ++y) {
-    const float* s = src + (static_cast<int64_t>(y) * cols) * C + g * kG;
-    for (int x = 0; x < cols; ++x)
-      _mm_prefetch(reinterpret_cast<const char*>(s + static_cast<int64_t>(x) * C), _MM_HINT_T1);
   }
 }
 
@@ -611,12 +614,12 @@ class GroupConv16BackpropInputOp : public GroupConv16Base {
 };
 
 // dW[t][i][0:16] += sum over rows y < rows and pixels q < count of x(y, q)[i] * dy(y, q)[0:16]
-// for i in [i0, i0 + IB); x(y, q) = x + y * xrs + q * xs, dy(y, q) = dy + y * drs + q * 16.
+// for i in [i0, i0 + IB); x(y, q) = x + y * xrs + q * xs, dy(y, q) = dy + y * drs + q * ds.
 // Summing several rows per call keeps the accumulators in registers for longer, which
 // matters for the small images of the late stages (5x5 or 7x7 pixels).
 template <int IB>
-inline void WeightBlock(const float* x, int xs, int64_t xrs, const float* dy, int64_t drs,
-                        int rows, int count, float* dw) {
+inline void WeightBlock(const float* x, int64_t xs, int64_t xrs, const float* dy, int64_t ds,
+                        int64_t drs, int rows, int count, float* dw, PrefetchStream* pf) {
   __m256 a0[IB], a1[IB];
 #pragma GCC unroll 8
   for (int i = 0; i < IB; ++i) a0[i] = a1[i] = _mm256_setzero_ps();
@@ -624,8 +627,9 @@ inline void WeightBlock(const float* x, int xs, int64_t xrs, const float* dy, in
     const float* xy = x + y * xrs;
     const float* dyy = dy + y * drs;
     for (int q = 0; q < count; ++q) {
-      const __m256 d0 = _mm256_loadu_ps(dyy + q * kG);
-      const __m256 d1 = _mm256_loadu_ps(dyy + q * kG + 8);
+      const __m256 d0 = _mm256_loadu_ps(dyy + q * ds);
+      const __m256 d1 = _mm256_loadu_ps(dyy + q * ds + 8);
+      pf->Tick(q);
 #pragma GCC unroll 8
       for (int i = 0; i < IB; ++i) {
         const __m256 b = _mm256_broadcast_ss(xy + q * xs + i);
@@ -665,10 +669,10 @@ class GroupConv16BackpropFilterOp : public GroupConv16Base {
     OP_REQUIRES_OK(ctx, ctx->allocate_output(1, TensorShape({g.C}), &dscale));
     const int taps = g.k * g.k;
     // Units: a chunk of the images times a block of the groups. A unit takes its images
-    // one by one and, for each, its groups one after another, so that consecutive plane
-    // copies read neighbouring cache lines of one image, as the forward's do; each
-    // (chunk, group) sums into its own slice of ``packed``, and the chunks are added at
-    // the end. Against one unit per group, each over all images: 1.06-1.08x at
+    // one by one and, for each, its groups one after another, so that consecutive
+    // (image, group) pairs read neighbouring cache lines of one image, as the forward's
+    // do; each (chunk, group) sums into its own slice of ``packed``, and the chunks are
+    // added at the end. Against one unit per group, each over all images: 1.06-1.08x at
     // [32, 56, 56, 96] and [32, 28, 28, 240], within noise on 14x14 px and smaller images,
     // and 15 groups on 2 threads no longer run as 8 + 7 (issue #4, session 13). Groups are
     // split into blocks only when there are fewer images than 2 units per thread.
@@ -684,12 +688,38 @@ class GroupConv16BackpropFilterOp : public GroupConv16Base {
     // per pass so that small images sum many pixels per accumulator load and store.
     const int rows_per_pass = std::max(4, (64 + g.OW - 1) / g.OW);
     const int64_t xrs = static_cast<int64_t>(g.s) * width * kG;  // input rows per output row
-    const int64_t drs = static_cast<int64_t>(g.OW) * kG;         // output row stride
+    const int64_t x_image = static_cast<int64_t>(g.H) * g.W * g.C;
+    const int64_t dy_image = static_cast<int64_t>(g.OH) * g.OW * g.C;
+    const int64_t drs = static_cast<int64_t>(g.OW) * g.C;  // output row stride, in place
+    // The output gradient is read in place, 64 bytes (a group's 16 channels) every C
+    // floats; the input plane is copied (zero padding, offset added) as in the forward.
+    // Against copying both planes first and prefetching the next pair's in bursts, as
+    // until session 13: 1.04-1.20x at four B0 shapes (issue #4, session 14). Reading the
+    // input in place too lost (0.79-1.0x against that): its rows span 3-4 times the pages.
+    int64_t pixels_summed = 0;  // per (image, group) pair, over all taps
+    for (int kh = 0; kh < g.k; ++kh)
+      for (int kw = 0; kw < g.k; ++kw) {
+        int rows = 0;
+        for (int oh = 0; oh < g.OH; ++oh) {
+          const int ih = oh * g.s + kh - g.pt;
+          rows += ih >= 0 && ih < g.H;
+        }
+        const int q0 = kw >= g.pl ? 0 : (g.pl - kw + g.s - 1) / g.s;
+        const int last = g.W - 1 + g.pl - kw;
+        const int q1 = last < 0 ? 0 : std::min(g.OW, last / g.s + 1);
+        pixels_summed += static_cast<int64_t>(rows) * std::max(0, q1 - q0);
+      }
+    const int64_t pair_lines = static_cast<int64_t>(g.H) * g.W + static_cast<int64_t>(g.OH) * g.OW;
+    // The next pair's lines go one per ``period`` pixels of a block's row: 4 where that
+    // covers them (3x3 stride 1: 4.3 pixels summed per line), else 2 (stride 2: 1.8),
+    // else 1. Every 2 pixels at 3x3 stride 1 lost 5 % against every 4, every 6-8 lost
+    // 10-25 %; at stride 2, every 2 gained 1.17x over every 4 (issue #4, session 14).
+    const int64_t ratio10 = 10 * pixels_summed / std::max<int64_t>(1, pair_lines);
+    const int period = ratio10 >= 30 ? 4 : ratio10 >= 15 ? 2 : 1;
     const int64_t cost = static_cast<int64_t>(g.N) * g.groups * g.OH * g.OW * taps * kG * kG /
                          (static_cast<int64_t>(chunks) * group_blocks);
     ParallelFor(ctx, static_cast<int64_t>(chunks) * group_blocks, cost, [&](int64_t b, int64_t e) {
       std::vector<float> plane(static_cast<size_t>(g.H) * width * kG);
-      std::vector<float> dplane(static_cast<size_t>(g.OH) * g.OW * kG);
       for (int64_t u = b; u < e; ++u) {
         const int chunk = u / group_blocks, block = u % group_blocks;
         const int g0 = g.groups * block / group_blocks, g1 = g.groups * (block + 1) / group_blocks;
@@ -697,29 +727,28 @@ class GroupConv16BackpropFilterOp : public GroupConv16Base {
         for (int pair = 0; pair < (n1 - n0) * (g1 - g0); ++pair) {  // images outer
           const int n = n0 + pair / (g1 - g0), gr = g0 + pair % (g1 - g0);
           float* dwg = packed.data() + (static_cast<size_t>(chunk) * g.groups + gr) * slice;
-          // Both planes whole first, as in the forward.
-          CopyRows(xd + static_cast<int64_t>(n) * g.H * g.W * g.C, 0, g.H, g.W, g.C, gr, g.pl,
-                   width, od + gr * kG, plane.data());
-          CopyRows(dyd + static_cast<int64_t>(n) * g.OH * g.OW * g.C, 0, g.OH, g.OW, g.C, gr, 0,
-                   g.OW, nullptr, dplane.data());
-          // The next pair's planes, spread over this one's passes.
+          CopyRows(xd + n * x_image, 0, g.H, g.W, g.C, gr, g.pl, width, od + gr * kG,
+                   plane.data());
+          const float* dg = dyd + n * dy_image + gr * kG;
+          // The next pair's lines of both tensors, spread over this pair's blocks.
+          PrefetchStream pf, none;
           const int next_n = n0 + (pair + 1) / (g1 - g0), next_gr = g0 + (pair + 1) % (g1 - g0);
-          const bool prefetch = next_n < n1;
+          if (next_n < n1) {
+            pf.base0 = reinterpret_cast<const char*>(xd + next_n * x_image + next_gr * kG);
+            pf.base1 = reinterpret_cast<const char*>(dyd + next_n * dy_image + next_gr * kG);
+            pf.stride = static_cast<int64_t>(g.C) * sizeof(float);
+            pf.n0 = static_cast<int64_t>(g.H) * g.W;
+            pf.n = pair_lines;
+            pf.mask = period - 1;
+          }
           for (int oh0 = 0; oh0 < g.OH; oh0 += rows_per_pass) {
             const int oh1 = std::min(g.OH, oh0 + rows_per_pass);
-            if (prefetch) {
-              PrefetchRows(dyd + static_cast<int64_t>(next_n) * g.OH * g.OW * g.C, oh0, oh1, g.OW,
-                           g.C, next_gr);
-              PrefetchRows(xd + static_cast<int64_t>(next_n) * g.H * g.W * g.C,
-                           g.H * oh0 / g.OH, g.H * oh1 / g.OH, g.W, g.C, next_gr);
-            }
             for (int kh = 0; kh < g.k; ++kh) {
               // Output rows oh in [lo, hi) read input row ih = oh * s + kh - pt in [0, H).
               int lo = oh0, hi = oh1;
               while (lo < hi && lo * g.s + kh - g.pt < 0) ++lo;
               while (hi > lo && (hi - 1) * g.s + kh - g.pt >= g.H) --hi;
               if (lo == hi) continue;
-              const float* dr = dplane.data() + static_cast<int64_t>(lo) * drs;
               for (int kw = 0; kw < g.k; ++kw) {
                 // Only output columns q whose input column q * s + kw - pl is in the image:
                 // the padding's zeros add nothing (a quarter of the work of a 5x5 kernel on
@@ -731,15 +760,16 @@ class GroupConv16BackpropFilterOp : public GroupConv16Base {
                 float* dwt = dwg + (kh * g.k + kw) * kG * kG;
                 const float* xr = plane.data() +
                     (static_cast<int64_t>(lo * g.s + kh - g.pt) * width + kw + q0 * g.s) * kG;
-                const float* dq = dr + q0 * kG;
+                const float* dq = dg + (static_cast<int64_t>(lo) * g.OW + q0) * g.C;
+                const int rows = hi - lo, count = q1 - q0, xs = g.s * kG;
                 if (use_avx512_) {
-                  WeightBlock512(xr, g.s * kG, xrs, dq, drs, hi - lo, q1 - q0, dwt);
+                  WeightBlock512(xr, xs, xrs, dq, g.C, drs, rows, count, dwt, &pf);
                   continue;
                 }
-                WeightBlock<6>(xr, g.s * kG, xrs, dq, drs, hi - lo, q1 - q0, dwt);
-                WeightBlock<6>(xr + 6, g.s * kG, xrs, dq, drs, hi - lo, q1 - q0, dwt + 6 * kG);
-                WeightBlock<4>(xr + 12, g.s * kG, xrs, dq, drs, hi - lo, q1 - q0,
-                               dwt + 12 * kG);
+                // AVX2: three blocks per pixel; the first issues the prefetches.
+                WeightBlock<6>(xr, xs, xrs, dq, g.C, drs, rows, count, dwt, &pf);
+                WeightBlock<6>(xr + 6, xs, xrs, dq, g.C, drs, rows, count, dwt + 6 * kG, &none);
+                WeightBlock<4>(xr + 12, xs, xrs, dq, g.C, drs, rows, count, dwt + 12 * kG, &none);
               }
             }
           }
