@@ -25,48 +25,42 @@ def choose_implementation(groups, group_size, filters_per_group=None, dtype="flo
     """The implementation ``"auto"`` picks for a group convolution (``"tensorflow"``: the
     same with ``allow_avx2=False``).
 
-    On a machine with only CPUs and a CPU without AVX-512: "avx2" (``group_conv16``) for
-    float32 convolutions with 16 input and 16 output channels per group when the CPU has
-    AVX2 and FMA and a C++ compiler is present (without a compiler a warning says so and
-    the choice below is made); else "split" when the group size is at least 8 and there
-    are at most 16 groups; else "grouped". On a CPU with AVX-512F, and with a GPU, TPU or
-    IPU: "grouped".
+    On a machine with only CPUs: "avx2" (``group_conv16``) for float32 convolutions with 16
+    input and 16 output channels per group when the CPU has AVX2 and FMA and a C++ compiler
+    is present (without a compiler a warning says so and the choice below is made). Else,
+    on a CPU with AVX-512F, "grouped"; without AVX-512, "split" when the group size is at
+    least 8 and there are at most 16 groups, else "grouped". With a GPU, TPU or IPU:
+    "grouped".
 
     "avx2" on this project's 2-core AVX2 CPU (TensorFlow 2.21, oneDNN), batch 32, the two
-    backward passes (the conv table's step then let TensorFlow prune the forward, see
-    ``benchmark.conv_fwd_bwd_step``): on [32, 28, 28, 240] 3x3 G16, 97 % of the dense
-    convolution's GFLOP/s against 69 % ("grouped") and 75 % ("split") (``python -m
+    backward passes: on [32, 28, 28, 240] 3x3 G16, 97 % of the dense convolution's
+    GFLOP/s against 69 % ("grouped") and 75 % ("split") (``python -m
     efficientnet_ipu.benchmark --conv``); on B0-G16's group convolutions at 224 px,
     1.18-1.73x the previous choice per layer, 1.34x summed; whole B0-G16 training
     1.12-1.16x (``--compare-conv``).
 
-    On a 2-core AVX-512 Xeon (issue #4, session 11), where oneDNN runs AVX-512 kernels and
-    the "avx2" ops their AVX-512 blocks, forward + backward, batch 32: on [32, 28, 28, 240]
-    3x3 G16, "grouped" 42.7 % of the dense convolution's GFLOP/s, "avx2" 39.5 %, "split"
-    31.7 %; on B0-G16's group convolutions at 160 px, "grouped" faster than "avx2" in 11
-    of 12 layer shapes (1.06-1.39x), 240.7 against 274.0 ms summed; whole B0-G16 training
-    at 224 / 160 px, "grouped" over "avx2": GN 1.07x / 1.08x, LN+PN 1.01x / 1.02x (within
-    noise: there our ops' proxy-norm folding makes up the difference); "grouped" over
-    "split" 1.13-1.61x for group sizes 4-64. Hence "grouped" on AVX-512 CPUs. Timed without
-    the elementwise loss and the copies out that the conv table's step ran until session
-    12: "grouped" 52.5 %, "avx2" 47.2 %, "split" 36.1 % of dense. Session 13's kernels
-    (whole-plane copies, fixed-stride AVX-512 blocks, a reworked kernel gradient): "avx2"
-    56.0 % against "grouped" 49.6 % on [32, 28, 28, 240], and faster than "grouped" at five
-    3x3 B0 layer shapes; but slower at the 5x5 kernels and the 7-14 px images, and whole
-    B0-G16 training at 160 px runs 0.995x (GN) and 0.992x (LN+PN) as fast with "avx2" as
-    with "grouped" (within noise), so "grouped" stays.
+    On a 2-core AVX-512 Xeon (issue #4, sessions 11-14), where oneDNN runs AVX-512 kernels
+    and the "avx2" ops their AVX-512 blocks, forward + backward, batch 32: until session 13
+    oneDNN's "grouped" was as fast or faster for whole models (B0-G16 at 160 px: 0.995x
+    GN, 0.992x LN+PN with "avx2"). Session 14's kernels (the next planes prefetched from
+    inside the register blocks, the kernel gradient reading the output gradient in place):
+    B0-G16's group convolutions at 224 px 344 against 366 ms summed (1.05-1.21x at the
+    56-112 px layers, 0.95-1.04x at 7-28 px); whole training step, "avx2" over "grouped",
+    with 95 % CIs: B0-G16-GN 1.038x (1.016-1.053) at 224 px and 1.023x (1.003-1.059) at
+    160 px, B0-G16-LN+PN 1.021x (1.008-1.050) and 1.037x (1.014-1.054), B2-G16-GN at
+    224 px 1.025x (1.003-1.088). Hence "avx2" there too. "grouped" over "split" on that
+    CPU: 1.13-1.61x for group sizes 4-64, hence no "split" on AVX-512.
 
-    Measured on this project's 2-core CPU (TensorFlow 2.21, oneDNN), forward + backward,
-    batch 32, split's speed over grouped: B0-G16 at 224 px 1.63-1.78x for the 2-6 group
-    layers at 56-112 px, 1.07-1.16x for 10 groups at 28 px, 1.0-1.19x for 15 groups at
-    28 px, but 0.5-0.96x for 20-48 groups at 7-14 px; G4 (20-100 groups) mixed, 0.47-1.31x.
-    Whole B0-G16-GN training: 1.11x. GPUs, TPUs and IPUs run grouped convolutions
-    natively, so a visible non-CPU device or an IPU/TPU strategy in scope keeps "grouped".
+    Measured on this project's 2-core AVX2 CPU (TensorFlow 2.21, oneDNN), forward +
+    backward, batch 32, split's speed over grouped: B0-G16 at 224 px 1.63-1.78x for the 2-6
+    group layers at 56-112 px, 1.07-1.16x for 10 groups at 28 px, 1.0-1.19x for 15 groups
+    at 28 px, but 0.5-0.96x for 20-48 groups at 7-14 px; G4 (20-100 groups) mixed,
+    0.47-1.31x. Whole B0-G16-GN training: 1.11x. GPUs, TPUs and IPUs run grouped
+    convolutions natively, so a visible non-CPU device or an IPU/TPU strategy in scope
+    keeps "grouped".
     """
     if not kernels.cpu_only():
         return "grouped"
-    if "avx512f" in kernels.cpu_flags():
-        return "grouped"  # oneDNN's AVX-512 group convolutions: faster than ours and split
     if allow_avx2 and avx2_applies(group_size, filters_per_group, dtype):
         if kernels.available():
             return "avx2"
@@ -75,6 +69,8 @@ def choose_implementation(groups, group_size, filters_per_group=None, dtype="flo
             "kernels (AVX2+FMA: %s, C++ compiler: %s), so implementation='auto' uses "
             "TensorFlow's convolutions, which are slower here"
             % (kernels.cpu_supported(), kernels.compiler()))
+    if "avx512f" in kernels.cpu_flags():
+        return "grouped"  # oneDNN's AVX-512 group convolutions: faster than split
     if group_size < 8 or groups > 16:
         return "grouped"
     return "split"
