@@ -382,12 +382,17 @@ class GroupConv16Base : public OpKernel {
   // gradient, batch 32 (issue #4, session 13): 1.25x / 1.19x for a 5x5 kernel on 5x5 px,
   // 1.05x / 1.05x on 10x10 px; for 3x3 kernels 1.00x / 1.02x on 7x7 px, 0.96x (input
   // gradient) on 10x10 and 0.95x / 0.91x on 14x14 px. Hence rows of at most 2k pixels.
+  // The stacks are as even as possible (32 images in 11 + 11 + 10, not 14 + 14 + 4: a
+  // stack of fewer images than 8 waits on its accumulators, see ForEachBlock), so R is
+  // the largest stack's size.
   int StackSize(const Geometry& g, int64_t image_floats) const {
     if (g.N < 2 || g.OW > 2 * g.k || image_floats > (int64_t{1} << 30)) return 0;
-    return std::min(g.N, max_block_);
+    const int stacks = (g.N + max_block_ - 1) / max_block_;
+    return (g.N + stacks - 1) / stacks;
   }
 
-  // One pass with image-stacked blocks. Units are R images x one group: the unit's group
+  // One pass with image-stacked blocks. Units are a stack of at most R images x one group
+  // (StackSize): the unit's group
   // planes of src ([N, src_rows, src_cols, C]) are copied stacked (CopyStacked, adding
   // offset[gr * 16 ...] if offset is not null), and each pixel (a, b) of dst ([N, dst_rows,
   // dst_cols, C]) gets one block over the taps (kh, kw) with src_row(a, kh) >= 0 and
@@ -401,31 +406,48 @@ class GroupConv16Base : public OpKernel {
                    const SrcRow& src_row, const SrcCol& src_col,
                    const AfterUnit& after_unit) const {
     const BlockFn* blocks = Blocks(kG);
-    const int stacks = (g.N + R - 1) / R;
+    const int stacks = (g.N + R - 1) / R;  // stack m: images [N * m / stacks, N * (m + 1) / stacks)
     const int64_t src_image = static_cast<int64_t>(src_rows) * src_cols * g.C;
     const int dst_image = dst_rows * dst_cols * g.C;  // < 2^30: StackSize
-    // The next unit's planes of src and dst (its R images' lines are consecutive) are
+    // Each dst pixel's taps, the same for every unit: their plane offsets (offs) and
+    // kernel taps (tap), from taps[p] on for ntaps[p] entries.
+    const int pixels = dst_rows * dst_cols, kk = g.k * g.k;
+    std::vector<int> offs(static_cast<size_t>(pixels) * kk), tap(offs.size()), ntaps(pixels);
+    for (int p = 0; p < pixels; ++p) {
+      int nt = 0;
+      for (int kh = 0; kh < g.k; ++kh) {
+        const int row = src_row(p / dst_cols, kh);
+        if (row < 0) continue;
+        for (int kw = 0; kw < g.k; ++kw) {
+          const int col = src_col(p % dst_cols, kw);
+          if (col < 0) continue;
+          offs[p * kk + nt] = (row * src_cols + col) * R * kG;
+          tap[p * kk + nt] = kh * g.k + kw;
+          ++nt;
+        }
+      }
+      ntaps[p] = nt;
+    }
+    // The next unit's planes of src and dst (its images' lines are consecutive) are
     // prefetched from inside the blocks, as along rows (NextPlanes): Every() runs 8 times
     // per tap and block.
     int64_t ticks = 0;
-    for (int a = 0; a < dst_rows; ++a)
-      for (int c = 0; c < dst_cols; ++c)
-        for (int kh = 0; kh < g.k; ++kh)
-          for (int kw = 0; kw < g.k; ++kw) ticks += 8 * (src_row(a, kh) >= 0 && src_col(c, kw) >= 0);
+    for (int p = 0; p < pixels; ++p) ticks += 8 * ntaps[p];
     const int64_t src_lines = static_cast<int64_t>(R) * src_rows * src_cols;
     const int64_t dst_lines = static_cast<int64_t>(R) * dst_rows * dst_cols;
     const int interval = static_cast<int>(std::max<int64_t>(1, ticks / (src_lines + dst_lines)));
+    auto first_image = [&](int64_t m) { return static_cast<int>(g.N * m / stacks); };
     ParallelFor(ctx, static_cast<int64_t>(stacks) * g.groups, cost * R,
                 [&](int64_t b, int64_t e) {
       std::vector<float> plane(static_cast<size_t>(src_rows) * src_cols * R * kG);
-      std::vector<int> offs(g.k * g.k);
-      std::vector<const float*> ws(g.k * g.k);
+      std::vector<const float*> ws(kk);
       for (int64_t u = b; u < e; ++u) {
-        const int n0 = u / g.groups * R, gr = u % g.groups, nb = std::min(R, g.N - n0);
+        const int stack = u / g.groups, gr = u % g.groups;
+        const int n0 = first_image(stack), nb = first_image(stack + 1) - n0;
         PrefetchStream pf;
         if (u + 1 < e && src_lines + dst_lines <= 8192) {
-          const int64_t n1 = (u + 1) / g.groups * R, g1 = (u + 1) % g.groups;
-          const int64_t nb1 = std::min<int64_t>(R, g.N - n1);
+          const int64_t n1 = first_image((u + 1) / g.groups), g1 = (u + 1) % g.groups;
+          const int64_t nb1 = first_image((u + 1) / g.groups + 1) - n1;
           pf.base0 = reinterpret_cast<const char*>(src + n1 * src_image + g1 * kG);
           pf.base1 = reinterpret_cast<const char*>(dst + n1 * dst_image + g1 * kG);
           pf.stride = static_cast<int64_t>(g.C) * sizeof(float);
@@ -435,26 +457,14 @@ class GroupConv16Base : public OpKernel {
         }
         CopyStacked(src + n0 * src_image, nb, R, src_rows, src_cols, g.C, gr,
                     offset ? offset + gr * kG : nullptr, plane.data());
-        const float* wg = wp.data() + static_cast<size_t>(gr) * g.k * g.k * kG * kG;
+        const float* wg = wp.data() + static_cast<size_t>(gr) * kk * kG * kG;
         float* dst0 = dst + static_cast<int64_t>(n0) * dst_image + gr * kG;
-        for (int a = 0; a < dst_rows; ++a)
-          for (int c = 0; c < dst_cols; ++c) {
-            int nt = 0;
-            for (int kh = 0; kh < g.k; ++kh) {
-              const int row = src_row(a, kh);
-              if (row < 0) continue;
-              for (int kw = 0; kw < g.k; ++kw) {
-                const int col = src_col(c, kw);
-                if (col < 0) continue;
-                offs[nt] = (row * src_cols + col) * R * kG;
-                ws[nt] = wg + (kh * g.k + kw) * kG * kG;
-                ++nt;
-              }
-            }
-            blocks[nb](plane.data(), offs.data(), ws.data(), nt, kG,
-                       dst0 + (static_cast<int64_t>(a) * dst_cols + c) * g.C, dst_image,
-                       nullptr, &pf);
-          }
+        for (int p = 0; p < pixels; ++p) {
+          const int* tp = tap.data() + p * kk;
+          for (int j = 0; j < ntaps[p]; ++j) ws[j] = wg + tp[j] * kG * kG;
+          blocks[nb](plane.data(), offs.data() + p * kk, ws.data(), ntaps[p], kG,
+                     dst0 + static_cast<int64_t>(p) * g.C, dst_image, nullptr, &pf);
+        }
         after_unit(n0, nb, gr);
       }
     });
