@@ -105,7 +105,8 @@ struct PrefetchStream {
 // acc[r] (16 floats) = sum over taps t and channels i of src(t, r)[i] * w[t][i][0:16],
 // where src(t, r) = base + offs[t] + r * rs; stores acc[r] at dst + r * dstride, and if
 // ``sum`` is not null adds the sum over r of acc[r] to sum[0:16] (the input gradient's sum
-// over H and W, taken from the registers instead of reading the stored rows back).
+// over H and W, taken from the registers instead of reading the stored rows back). Calls
+// pf->Every() once per 2 input channels of each tap.
 template <int R>
 inline void Block(const float* base, const int* offs, const float* const* w, int ntaps,
                   int rs, float* dst, int dstride, float* sum, PrefetchStream* pf) {
@@ -406,7 +407,8 @@ class GroupConv16Base : public OpKernel {
                    const SrcRow& src_row, const SrcCol& src_col,
                    const AfterUnit& after_unit) const {
     const BlockFn* blocks = Blocks(kG);
-    const int stacks = (g.N + R - 1) / R;  // stack m: images [N * m / stacks, N * (m + 1) / stacks)
+    // Stack m holds images [N * m / stacks, N * (m + 1) / stacks).
+    const int stacks = (g.N + R - 1) / R;
     const int64_t src_image = static_cast<int64_t>(src_rows) * src_cols * g.C;
     const int dst_image = dst_rows * dst_cols * g.C;  // < 2^30: StackSize
     // Each dst pixel's taps, the same for every unit: their plane offsets (offs) and
@@ -481,7 +483,8 @@ class GroupConv16Base : public OpKernel {
                                    int dst_rows, int dst_cols, const Geometry& g, int64_t u,
                                    int64_t e, int interval) {
     PrefetchStream pf;
-    const int64_t lines = static_cast<int64_t>(rows) * cols + static_cast<int64_t>(dst_rows) * dst_cols;
+    const int64_t lines =
+        static_cast<int64_t>(rows) * cols + static_cast<int64_t>(dst_rows) * dst_cols;
     if (u + 1 >= e || lines > 8192) return pf;
     const int64_t n = (u + 1) / g.groups, gr = (u + 1) % g.groups;
     pf.base0 = reinterpret_cast<const char*>(src + n * rows * cols * g.C + gr * kG);
