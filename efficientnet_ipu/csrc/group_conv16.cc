@@ -87,6 +87,25 @@ struct PrefetchStream {
   int mask = 0;
   int interval = 1 << 30, countdown = 1 << 30;
 
+  // The lines of a group's 16 channels (one line per pixel, C floats apart) of na pixels
+  // from a, then nb pixels from b.
+  static PrefetchStream Pixels(const float* a, int64_t na, const float* b, int64_t nb,
+                               int C) {
+    PrefetchStream pf;
+    pf.base0 = reinterpret_cast<const char*>(a);
+    pf.base1 = reinterpret_cast<const char*>(b);
+    pf.stride = static_cast<int64_t>(C) * sizeof(float);
+    pf.n0 = na;
+    pf.n = na + nb;
+    return pf;
+  }
+  // One line every ``calls / lines`` calls of Every() (at least 1): ``lines`` spread
+  // over ``calls``.
+  void Spread(int64_t calls, int64_t lines) {
+    interval = countdown =
+        static_cast<int>(std::max<int64_t>(1, calls / std::max<int64_t>(1, lines)));
+  }
+
   inline void Issue() {
     if (i >= n) return;
     _mm_prefetch(i < n0 ? base0 + i * stride : base1 + (i - n0) * stride, _MM_HINT_T1);
@@ -283,6 +302,18 @@ struct Geometry {
   // Columns of an input plane padded so that every tap of every output column reads
   // inside it (zeros outside the image).
   int PaddedWidth() const { return std::max((OW - 1) * s + k, W + pl); }
+  // True where tap row kh of output row oh reads an input row inside the image.
+  bool RowInside(int oh, int kh) const {
+    const int ih = oh * s + kh - pt;
+    return ih >= 0 && ih < H;
+  }
+  // The output columns [*q0, *q1) whose tap column kw reads an input column inside the
+  // image (q * s + kw - pl in [0, W)); empty where *q0 >= *q1.
+  void InsideColumns(int kw, int* q0, int* q1) const {
+    *q0 = kw >= pl ? 0 : (pl - kw + s - 1) / s;
+    const int last = W - 1 + pl - kw;  // q * s <= last
+    *q1 = last < 0 ? 0 : std::min(OW, last / s + 1);
+  }
 };
 
 absl::Status MakeGeometry(const TensorShape& in, const TensorShape& filter, int stride,
@@ -437,7 +468,6 @@ class GroupConv16Base : public OpKernel {
     for (int p = 0; p < pixels; ++p) ticks += 8 * ntaps[p];
     const int64_t src_lines = static_cast<int64_t>(R) * src_rows * src_cols;
     const int64_t dst_lines = static_cast<int64_t>(R) * dst_rows * dst_cols;
-    const int interval = static_cast<int>(std::max<int64_t>(1, ticks / (src_lines + dst_lines)));
     auto first_image = [&](int64_t m) { return static_cast<int>(g.N * m / stacks); };
     ParallelFor(ctx, static_cast<int64_t>(stacks) * g.groups, cost * R,
                 [&](int64_t b, int64_t e) {
@@ -450,12 +480,10 @@ class GroupConv16Base : public OpKernel {
         if (u + 1 < e && src_lines + dst_lines <= 8192) {
           const int64_t n1 = first_image((u + 1) / g.groups), g1 = (u + 1) % g.groups;
           const int64_t nb1 = first_image((u + 1) / g.groups + 1) - n1;
-          pf.base0 = reinterpret_cast<const char*>(src + n1 * src_image + g1 * kG);
-          pf.base1 = reinterpret_cast<const char*>(dst + n1 * dst_image + g1 * kG);
-          pf.stride = static_cast<int64_t>(g.C) * sizeof(float);
-          pf.n0 = nb1 * src_rows * src_cols;
-          pf.n = pf.n0 + nb1 * dst_rows * dst_cols;
-          pf.interval = pf.countdown = interval;
+          pf = PrefetchStream::Pixels(src + n1 * src_image + g1 * kG, nb1 * src_rows * src_cols,
+                                      dst + n1 * dst_image + g1 * kG, nb1 * dst_rows * dst_cols,
+                                      g.C);
+          pf.Spread(ticks, src_lines + dst_lines);
         }
         CopyStacked(src + n0 * src_image, nb, R, src_rows, src_cols, g.C, gr,
                     offset ? offset + gr * kG : nullptr, plane.data());
@@ -474,25 +502,23 @@ class GroupConv16Base : public OpKernel {
 
   // The prefetch stream of a unit (image n, group gr) of a pass that reads planes of
   // ``src`` ([N, rows, cols, C]) and writes planes of ``dst`` ([N, dst_rows, dst_cols, C]):
-  // the lines of the next unit's planes of both, u + 1 < e (u = n * groups + gr), one per
-  // ``interval`` calls of Every(). The output lines come into L2 before the blocks store
-  // to them, instead of each store waiting on its line. None where the two planes exceed
-  // 512 kB (8192 lines), as at 112x112 px: there, with this unit's plane, its outputs and
-  // the scratch copy, they would not fit the 2 MB L2 together (0.95-0.97x).
+  // the lines of the next unit's planes of both, u + 1 < e (u = n * groups + gr), spread
+  // over the unit's ``ticks`` calls of Every(). The output lines come into L2 before the
+  // blocks store to them, instead of each store waiting on its line. None where the two
+  // planes exceed 512 kB (8192 lines), as at 112x112 px: there, with this unit's plane,
+  // its outputs and the scratch copy, they would not fit the 2 MB L2 together
+  // (0.95-0.97x).
   static PrefetchStream NextPlanes(const float* src, int rows, int cols, const float* dst,
                                    int dst_rows, int dst_cols, const Geometry& g, int64_t u,
-                                   int64_t e, int interval) {
-    PrefetchStream pf;
-    const int64_t lines =
-        static_cast<int64_t>(rows) * cols + static_cast<int64_t>(dst_rows) * dst_cols;
-    if (u + 1 >= e || lines > 8192) return pf;
+                                   int64_t e, int64_t ticks) {
+    const int64_t src_lines = static_cast<int64_t>(rows) * cols;
+    const int64_t dst_lines = static_cast<int64_t>(dst_rows) * dst_cols;
+    if (u + 1 >= e || src_lines + dst_lines > 8192) return PrefetchStream();
     const int64_t n = (u + 1) / g.groups, gr = (u + 1) % g.groups;
-    pf.base0 = reinterpret_cast<const char*>(src + n * rows * cols * g.C + gr * kG);
-    pf.base1 = reinterpret_cast<const char*>(dst + n * dst_rows * dst_cols * g.C + gr * kG);
-    pf.stride = static_cast<int64_t>(g.C) * sizeof(float);
-    pf.n0 = static_cast<int64_t>(rows) * cols;
-    pf.n = pf.n0 + static_cast<int64_t>(dst_rows) * dst_cols;
-    pf.interval = pf.countdown = interval;
+    PrefetchStream pf = PrefetchStream::Pixels(src + n * src_lines * g.C + gr * kG, src_lines,
+                                               dst + n * dst_lines * g.C + gr * kG, dst_lines,
+                                               g.C);
+    pf.Spread(ticks, src_lines + dst_lines);
     return pf;
   }
 
@@ -553,16 +579,9 @@ class GroupConv16Op : public GroupConv16Base {
     // The next unit's input plane is prefetched from inside the blocks: Every() runs 8
     // times per tap and block (once per 2 input channels).
     int64_t ticks = 0;  // Every() calls per unit
-    for (int oh = 0; oh < g.OH; ++oh) {
-      int nt = 0;
-      for (int kh = 0; kh < g.k; ++kh) {
-        const int ih = oh * g.s + kh - g.pt;
-        nt += ih >= 0 && ih < g.H ? g.k : 0;
-      }
-      ticks += static_cast<int64_t>(8) * nt * ((g.OW + max_block_ - 1) / max_block_);
-    }
-    const int64_t lines = static_cast<int64_t>(g.H) * g.W + static_cast<int64_t>(g.OH) * g.OW;
-    const int interval = static_cast<int>(std::max<int64_t>(1, ticks / lines));
+    for (int oh = 0; oh < g.OH; ++oh)
+      for (int kh = 0; kh < g.k; ++kh)
+        ticks += g.RowInside(oh, kh) ? 8 * g.k * ((g.OW + max_block_ - 1) / max_block_) : 0;
     ParallelFor(ctx, static_cast<int64_t>(g.N) * g.groups, cost, [&](int64_t b, int64_t e) {
       std::vector<float> plane(static_cast<size_t>(g.H) * width * kG);
       std::vector<int> offs(g.k * g.k);
@@ -574,12 +593,12 @@ class GroupConv16Op : public GroupConv16Base {
         CopyRows(xd + static_cast<int64_t>(n) * g.H * g.W * g.C, 0, g.H, g.W, g.C, gr, g.pl,
                  width, od + gr * kG, plane.data());
         const float* wg = wp.data() + static_cast<size_t>(gr) * g.k * g.k * kG * kG;
-        PrefetchStream pf = NextPlanes(xd, g.H, g.W, yd, g.OH, g.OW, g, u, e, interval);
+        PrefetchStream pf = NextPlanes(xd, g.H, g.W, yd, g.OH, g.OW, g, u, e, ticks);
         for (int oh = 0; oh < g.OH; ++oh) {
           int nt = 0;
           for (int kh = 0; kh < g.k; ++kh) {
+            if (!g.RowInside(oh, kh)) continue;
             const int ih = oh * g.s + kh - g.pt;
-            if (ih < 0 || ih >= g.H) continue;
             for (int kw = 0; kw < g.k; ++kw) {
               offs[nt] = (ih * width + kw) * kG;  // column of output 0, tap kw
               ws[nt] = wg + (kh * g.k + kw) * kG * kG;
@@ -663,8 +682,6 @@ class GroupConv16BackpropInputOp : public GroupConv16Base {
     // k * k / (s * s).
     const int64_t ticks = static_cast<int64_t>(8) * g.k * g.k * g.H *
                           ((g.W + max_block_ - 1) / max_block_) / (g.s * g.s);
-    const int64_t lines = static_cast<int64_t>(g.H) * g.W + static_cast<int64_t>(g.OH) * g.OW;
-    const int interval = static_cast<int>(std::max<int64_t>(1, ticks / lines));
     ParallelFor(ctx, static_cast<int64_t>(g.N) * g.groups, cost, [&](int64_t b, int64_t e) {
       std::vector<float> plane(static_cast<size_t>(g.OH) * width * kG);
       std::vector<int> offs(g.k * g.k);
@@ -676,7 +693,7 @@ class GroupConv16BackpropInputOp : public GroupConv16Base {
         const float* wg = wp.data() + static_cast<size_t>(gr) * g.k * g.k * kG * kG;
         // The blocks add their outputs to this unit's slice of the sum over H and W.
         float* sum = sumd + static_cast<int64_t>(n) * g.C + gr * kG;
-        PrefetchStream pf = NextPlanes(dyd, g.OH, g.OW, dxd, g.H, g.W, g, u, e, interval);
+        PrefetchStream pf = NextPlanes(dyd, g.OH, g.OW, dxd, g.H, g.W, g, u, e, ticks);
         for (int ih = 0; ih < g.H; ++ih) {
           float* xrow = dxd + ((static_cast<int64_t>(n) * g.H + ih) * g.W) * g.C + gr * kG;
           for (int px = 0; px < g.s && px < g.W; ++px) {
@@ -793,14 +810,9 @@ class GroupConv16BackpropFilterOp : public GroupConv16Base {
     int64_t pixels_summed = 0;  // per (image, group) pair, over all taps
     for (int kh = 0; kh < g.k; ++kh)
       for (int kw = 0; kw < g.k; ++kw) {
-        int rows = 0;
-        for (int oh = 0; oh < g.OH; ++oh) {
-          const int ih = oh * g.s + kh - g.pt;
-          rows += ih >= 0 && ih < g.H;
-        }
-        const int q0 = kw >= g.pl ? 0 : (g.pl - kw + g.s - 1) / g.s;
-        const int last = g.W - 1 + g.pl - kw;
-        const int q1 = last < 0 ? 0 : std::min(g.OW, last / g.s + 1);
+        int rows = 0, q0, q1;
+        for (int oh = 0; oh < g.OH; ++oh) rows += g.RowInside(oh, kh);
+        g.InsideColumns(kw, &q0, &q1);
         pixels_summed += static_cast<int64_t>(rows) * std::max(0, q1 - q0);
       }
     const int64_t pair_lines = static_cast<int64_t>(g.H) * g.W + static_cast<int64_t>(g.OH) * g.OW;
@@ -828,11 +840,10 @@ class GroupConv16BackpropFilterOp : public GroupConv16Base {
           PrefetchStream pf, none;
           const int next_n = n0 + (pair + 1) / (g1 - g0), next_gr = g0 + (pair + 1) % (g1 - g0);
           if (next_n < n1) {
-            pf.base0 = reinterpret_cast<const char*>(xd + next_n * x_image + next_gr * kG);
-            pf.base1 = reinterpret_cast<const char*>(dyd + next_n * dy_image + next_gr * kG);
-            pf.stride = static_cast<int64_t>(g.C) * sizeof(float);
-            pf.n0 = static_cast<int64_t>(g.H) * g.W;
-            pf.n = pair_lines;
+            pf = PrefetchStream::Pixels(xd + next_n * x_image + next_gr * kG,
+                                        static_cast<int64_t>(g.H) * g.W,
+                                        dyd + next_n * dy_image + next_gr * kG,
+                                        static_cast<int64_t>(g.OH) * g.OW, g.C);
             pf.mask = period - 1;
           }
           for (int oh0 = 0; oh0 < g.OH; oh0 += rows_per_pass) {
@@ -840,16 +851,15 @@ class GroupConv16BackpropFilterOp : public GroupConv16Base {
             for (int kh = 0; kh < g.k; ++kh) {
               // Output rows oh in [lo, hi) read input row ih = oh * s + kh - pt in [0, H).
               int lo = oh0, hi = oh1;
-              while (lo < hi && lo * g.s + kh - g.pt < 0) ++lo;
-              while (hi > lo && (hi - 1) * g.s + kh - g.pt >= g.H) --hi;
+              while (lo < hi && !g.RowInside(lo, kh)) ++lo;
+              while (hi > lo && !g.RowInside(hi - 1, kh)) --hi;
               if (lo == hi) continue;
               for (int kw = 0; kw < g.k; ++kw) {
                 // Only output columns q whose input column q * s + kw - pl is in the image:
                 // the padding's zeros add nothing (a quarter of the work of a 5x5 kernel on
                 // B0's 5x5 px stage; issue #4, session 13).
-                const int q0 = kw >= g.pl ? 0 : (g.pl - kw + g.s - 1) / g.s;
-                const int last = g.W - 1 + g.pl - kw;  // q * s <= last
-                const int q1 = last < 0 ? 0 : std::min(g.OW, last / g.s + 1);
+                int q0, q1;
+                g.InsideColumns(kw, &q0, &q1);
                 if (q0 >= q1) continue;
                 float* dwt = dwg + (kh * g.k + kw) * kG * kG;
                 const float* xr = plane.data() +
