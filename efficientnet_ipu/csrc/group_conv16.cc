@@ -258,15 +258,17 @@ __attribute__((noinline)) void WeightBlock512(const float* x, int64_t xs, int64_
 }
 #pragma GCC pop_options
 
-// Copies rows [y0, y1) of channels [g*16, g*16+16) of image plane src ([rows, cols, C])
-// into a [rows, width, 16] buffer, columns shifted right by pad_l and zeros around them.
-// offset (16 floats, or null) is added to the copied values, not to the zeros: the input
-// of conv(x + offset) with zero padding.
-void CopyRows(const float* src, int y0, int y1, int cols, int C, int g, int pad_l, int width,
-              const float* offset, float* dst) {
+// Copies channels [g*16, g*16+16) of image plane src ([rows, cols, C]) into a
+// [rows, width, 16] buffer, columns shifted right by pad_l and zeros around them. offset
+// (16 floats, or null) is added to the copied values, not to the zeros: the input of
+// conv(x + offset) with zero padding. Whole planes, before their blocks: copying rows
+// between the rows of blocks made every row of blocks wait on the copy's loads from
+// memory (1.12x, issue #4, session 13).
+void CopyPlane(const float* src, int rows, int cols, int C, int g, int pad_l, int width,
+               const float* offset, float* dst) {
   const __m256 o0 = offset ? _mm256_loadu_ps(offset) : _mm256_setzero_ps();
   const __m256 o1 = offset ? _mm256_loadu_ps(offset + 8) : _mm256_setzero_ps();
-  for (int y = y0; y < y1; ++y) {
+  for (int y = 0; y < rows; ++y) {
     const float* s = src + (static_cast<int64_t>(y) * cols) * C + g * kG;
     float* row = dst + static_cast<int64_t>(y) * width * kG;
     std::memset(row, 0, sizeof(float) * pad_l * kG);
@@ -588,10 +590,8 @@ class GroupConv16Op : public GroupConv16Base {
       std::vector<const float*> ws(g.k * g.k);
       for (int64_t u = b; u < e; ++u) {
         const int n = u / g.groups, gr = u % g.groups;
-        // The whole plane first: copying its rows between the rows of blocks made every
-        // row of blocks wait on the copy's loads from memory (1.12x, issue #4, session 13).
-        CopyRows(xd + static_cast<int64_t>(n) * g.H * g.W * g.C, 0, g.H, g.W, g.C, gr, g.pl,
-                 width, od + gr * kG, plane.data());
+        CopyPlane(xd + static_cast<int64_t>(n) * g.H * g.W * g.C, g.H, g.W, g.C, gr, g.pl,
+                  width, od + gr * kG, plane.data());
         const float* wg = wp.data() + static_cast<size_t>(gr) * g.k * g.k * kG * kG;
         PrefetchStream pf = NextPlanes(xd, g.H, g.W, yd, g.OH, g.OW, g, u, e, ticks);
         for (int oh = 0; oh < g.OH; ++oh) {
@@ -688,8 +688,8 @@ class GroupConv16BackpropInputOp : public GroupConv16Base {
       std::vector<const float*> ws(g.k * g.k);
       for (int64_t u = b; u < e; ++u) {
         const int n = u / g.groups, gr = u % g.groups;
-        CopyRows(dyd + static_cast<int64_t>(n) * g.OH * g.OW * g.C, 0, g.OH, g.OW, g.C, gr, pad,
-                 width, nullptr, plane.data());  // the whole plane first, as in the forward
+        CopyPlane(dyd + static_cast<int64_t>(n) * g.OH * g.OW * g.C, g.OH, g.OW, g.C, gr, pad,
+                  width, nullptr, plane.data());
         const float* wg = wp.data() + static_cast<size_t>(gr) * g.k * g.k * kG * kG;
         // The blocks add their outputs to this unit's slice of the sum over H and W.
         float* sum = sumd + static_cast<int64_t>(n) * g.C + gr * kG;
@@ -833,8 +833,8 @@ class GroupConv16BackpropFilterOp : public GroupConv16Base {
         for (int pair = 0; pair < (n1 - n0) * (g1 - g0); ++pair) {  // images outer
           const int n = n0 + pair / (g1 - g0), gr = g0 + pair % (g1 - g0);
           float* dwg = packed.data() + (static_cast<size_t>(chunk) * g.groups + gr) * slice;
-          CopyRows(xd + n * x_image, 0, g.H, g.W, g.C, gr, g.pl, width, od + gr * kG,
-                   plane.data());
+          CopyPlane(xd + n * x_image, g.H, g.W, g.C, gr, g.pl, width, od + gr * kG,
+                    plane.data());
           const float* dg = dyd + n * dy_image + gr * kG;
           // The next pair's lines of both tensors, spread over this pair's blocks.
           PrefetchStream pf, none;

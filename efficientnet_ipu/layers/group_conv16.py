@@ -11,8 +11,7 @@ $EFFICIENTNET_IPU_AVX2_ONLY=1 before the ops are first run to keep AVX2): 1.20x 
 3x3 on a 2-core AVX-512 Xeon (issue #4, session 11; session 13 made the AVX-512 path
 another 1.09-1.23x faster, session 14 1.04-1.27x in the kernel gradient and up to 1.1x
 in the forward and input gradient by prefetching the next planes from inside the
-blocks). They compute ``tf.nn.conv2d`` on a grouped kernel, up to
-float32 round-off.
+blocks). They compute ``tf.nn.conv2d`` on a grouped kernel, up to float32 round-off.
 
 They are part of this project's CPU op library (``kernels``: compiled on first use with
 the machine's C++ compiler, cached, and kept out of SavedModels by
