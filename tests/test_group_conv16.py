@@ -33,6 +33,11 @@ KERNEL_CASES = [
     ((1, 4, 27, 16), 3, 1, "SAME"),      # 27 columns: blocks of 14 and 13 (AVX-512)
     ((9, 5, 5, 32), 5, 1, "SAME"),       # 5x5 kernel on 5x5 px: padding columns skipped
     ((2, 2, 3, 32), 5, 2, "SAME"),
+    # 3x3, stride 1, SAME on AVX-512: Winograd F(2x2, 3x3), 2x2 output tiles in chunks of
+    # up to 14 tiles
+    ((2, 28, 30, 32), 3, 1, "SAME"),     # 14 x 15 tiles: chunks across tile rows
+    ((1, 1, 9, 16), 3, 1, "SAME"),       # one row: every tile at the top and bottom border
+    ((1, 7, 7, 32), 3, 1, "SAME"),       # odd: the last tile row and column half outside
 ]
 
 
@@ -189,12 +194,17 @@ def test_model_builder_selects_the_conv_implementation_same_function(monkeypatch
 @pytest.mark.skipif("avx512f" not in kernels.cpu_flags(),
                     reason="this CPU has no AVX-512F: the AVX2 blocks are the ones the other "
                            "tests ran")
-def test_avx2_blocks_also_equal_tensorflow_on_an_avx512_cpu():
-    """On an AVX-512 CPU the other tests ran the AVX-512 blocks; the AVX2 ones (what AVX2-only
-    CPUs run, selected by $EFFICIENTNET_IPU_AVX2_ONLY) must give the same results."""
+@pytest.mark.parametrize("variable", ["EFFICIENTNET_IPU_AVX2_ONLY=1",
+                                      "EFFICIENTNET_IPU_WINOGRAD=0"])
+def test_other_blocks_also_equal_tensorflow_on_an_avx512_cpu(variable):
+    """On an AVX-512 CPU the other tests ran the AVX-512 blocks, with Winograd F(2x2, 3x3) for
+    3x3 kernels at stride 1. The AVX2 blocks (what AVX2-only CPUs run, selected by
+    $EFFICIENTNET_IPU_AVX2_ONLY) and the direct AVX-512 blocks for those kernels
+    ($EFFICIENTNET_IPU_WINOGRAD=0) must give the same results."""
     import subprocess
     import sys
-    env = dict(os.environ, EFFICIENTNET_IPU_AVX2_ONLY="1")
+    name, value = variable.split("=")
+    env = dict(os.environ, **{name: value})
     done = subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", __file__,
          "-k", "kernels_equal_tensorflow or avx2_equals_split"],
