@@ -8,7 +8,8 @@
 // broadcast input value feeds two fused multiply-adds.
 //
 // With AVX-512, 3x3 kernels at stride 1 (SAME) run the forward and the input gradient as
-// Winograd F(2x2, 3x3) (WinogradPass): 2.25x fewer multiply-adds.
+// Winograd F(2x2, 3x3) (WinogradPass), and the kernel gradient too on images of at least
+// 400 pixels: 2.25x fewer multiply-adds.
 //
 // Layouts (as tf.nn.conv2d): input [N, H, W, C], filter [k, k, 16, C] (filter[:, :, i, o]
 // reads input channel (o / 16) * 16 + i), output [N, OH, OW, C]. All three ops take
@@ -262,7 +263,7 @@ __attribute__((noinline)) void WeightBlock512(const float* x, int64_t xs, int64_
 }
 
 // Winograd F(2x2, 3x3) (Lavin and Gray, "Fast Algorithms for Convolutional Neural
-// Networks", CVPR 2016, arXiv:1509.09308, sec. 4.1 and eq. 8), for 3x3 kernels at stride 1
+// Networks", CVPR 2016, arXiv:1509.09308, their F(2x2, 3x3)), for 3x3 kernels at stride 1
 // with SAME padding, in the forward and the input gradient: a 2x2 tile of outputs is
 // Y = A^T [U . V] A, with U = G w G^T (WinogradFilter) and V = B^T d B for the 4x4 tile d
 // of inputs around it, where (.) is, at each of the 16 positions of the 4x4 tile, a
@@ -399,6 +400,71 @@ void WinogradOutput(const float* M, int tiles_w, int t0, int r, int oh_size, int
   }
   if (sum != nullptr) _mm512_storeu_ps(sum, total);
 }
+
+// The kernel gradient's Winograd transforms (F(2x2, 3x3) read backwards: with T(d, w, h) = sum_i h_i y_i = sum_p (A h)_p (G w)_p (B^T d)_p, the gradient
+// of a 3x3 tile of weights from one 2x2 tile of output gradients h and its 4x4 tile of
+// inputs d is G^T [(A h A^T) . (B^T d B)] G, with (.) an outer product over the 16 input
+// and 16 output channels at each position). D = A' h A'^T for the chunk's tiles, A' = A
+// with its last row's sign turned (A'[3] = [0 1]); the final transform
+// (WinogradFilterGradient) puts the sign back. h: the output gradient plane ([OH, OW, C]
+// at a group's first channel), zero outside it.
+void WinogradGradientInput(const float* dy, int OH, int OW, int C, int tiles_w, int t0,
+                           int r, float* D) {
+  for (int j = 0; j < r; ++j) {
+    const int t = t0 + j, a = t / tiles_w, b = t % tiles_w;
+    const float* p = dy + (static_cast<int64_t>(2 * a) * OW + 2 * b) * C;
+    const bool right = 2 * b + 1 < OW, down = 2 * a + 1 < OH;
+    const __m512 h00 = _mm512_loadu_ps(p);
+    const __m512 h01 = right ? _mm512_loadu_ps(p + C) : _mm512_setzero_ps();
+    const __m512 h10 = down ? _mm512_loadu_ps(p + static_cast<int64_t>(OW) * C) : _mm512_setzero_ps();
+    const __m512 h11 = right && down ? _mm512_loadu_ps(p + (static_cast<int64_t>(OW) + 1) * C)
+                                     : _mm512_setzero_ps();
+    // Rows: A' h, 4 x 2.
+    const __m512 e[4][2] = {{h00, h01},
+                            {_mm512_add_ps(h00, h10), _mm512_add_ps(h01, h11)},
+                            {_mm512_sub_ps(h00, h10), _mm512_sub_ps(h01, h11)},
+                            {h10, h11}};
+    float* out = D + j * kG;
+#pragma GCC unroll 4
+    for (int u = 0; u < 4; ++u) {  // (A' h) A'^T: columns
+      _mm512_storeu_ps(out + (4 * u + 0) * kTileStride, e[u][0]);
+      _mm512_storeu_ps(out + (4 * u + 1) * kTileStride, _mm512_add_ps(e[u][0], e[u][1]));
+      _mm512_storeu_ps(out + (4 * u + 2) * kTileStride, _mm512_sub_ps(e[u][0], e[u][1]));
+      _mm512_storeu_ps(out + (4 * u + 3) * kTileStride, e[u][1]);
+    }
+  }
+}
+
+// S[p][i][0:16] += sum over the chunk's R tiles of V[p][tile][i] * D[p][tile][0:16], for
+// the 16 positions p (S: [16][16][16]). Calls pf->Every() once per position and tile.
+template <int R>
+void WinogradOuterProducts(const float* V, const float* D, float* S, PrefetchStream* pf) {
+  for (int p = 0; p < 16; ++p) {
+    const float* v = V + p * kTileStride;
+    const float* d = D + p * kTileStride;
+    float* sp = S + p * kG * kG;
+    __m512 acc[kG];
+#pragma GCC unroll 16
+    for (int i = 0; i < kG; ++i) acc[i] = _mm512_loadu_ps(sp + i * kG);
+#pragma GCC unroll 2
+    for (int j = 0; j < R; ++j) {
+      pf->Every();
+      const __m512 dj = _mm512_loadu_ps(d + j * kG);
+#pragma GCC unroll 16
+      for (int i = 0; i < kG; ++i)
+        acc[i] = _mm512_fmadd_ps(_mm512_set1_ps(v[j * kG + i]), dj, acc[i]);
+    }
+#pragma GCC unroll 16
+    for (int i = 0; i < kG; ++i) _mm512_storeu_ps(sp + i * kG, acc[i]);
+  }
+}
+using OuterFn = void (*)(const float*, const float*, float*, PrefetchStream*);
+constexpr OuterFn kOuters[kMaxR512 + 1] = {
+    nullptr, WinogradOuterProducts<1>, WinogradOuterProducts<2>, WinogradOuterProducts<3>,
+    WinogradOuterProducts<4>, WinogradOuterProducts<5>, WinogradOuterProducts<6>,
+    WinogradOuterProducts<7>, WinogradOuterProducts<8>, WinogradOuterProducts<9>,
+    WinogradOuterProducts<10>, WinogradOuterProducts<11>, WinogradOuterProducts<12>,
+    WinogradOuterProducts<13>, WinogradOuterProducts<14>};
 #pragma GCC pop_options
 
 // Copies channels [g*16, g*16+16) of image plane src ([rows, cols, C]) into a
@@ -548,6 +614,26 @@ std::vector<float> WinogradFilter(const std::vector<float>& packed, int groups, 
           }
       }
   return u;
+}
+
+
+// dW[tap = 3 kh + kw] += sum over positions (p, q) of sign G[p][kh] G[q][kw] S[4p + q] for
+// one group (S: [16][16][16] from WinogradOuterProducts, dw: [9][16][16]), sign = -1 for
+// each of p, q equal to 3 (A' in WinogradGradientInput).
+void WinogradFilterGradient(const float* S, float* dw) {
+  static const float G[4][3] = {{1.0f, 0.0f, 0.0f}, {0.5f, 0.5f, 0.5f},
+                                {0.5f, -0.5f, 0.5f}, {0.0f, 0.0f, -1.0f}};  // sign in row 3
+  for (int kh = 0; kh < 3; ++kh)
+    for (int kw = 0; kw < 3; ++kw) {
+      float* d = dw + (3 * kh + kw) * kG * kG;
+      for (int p = 0; p < 4; ++p)
+        for (int q = 0; q < 4; ++q) {
+          const float c = G[p][kh] * G[q][kw];
+          if (c == 0.0f) continue;
+          const float* sp = S + (4 * p + q) * kG * kG;
+          for (int i = 0; i < kG * kG; ++i) d[i] += c * sp[i];
+        }
+    }
 }
 
 // True unless $EFFICIENTNET_IPU_WINOGRAD is "0", which keeps the direct blocks for 3x3
@@ -1053,6 +1139,55 @@ class GroupConv16BackpropFilterOp : public GroupConv16Base {
     const int period = ratio10 >= 30 ? 4 : ratio10 >= 15 ? 2 : 1;
     const int64_t cost = static_cast<int64_t>(g.N) * g.groups * g.OH * g.OW * taps * kG * kG /
                          (static_cast<int64_t>(chunks) * group_blocks);
+    // Winograd F(2x2, 3x3) read backwards (WinogradGradientInput) on images of at least
+    // 400 pixels: units and pairs as below, each pair's tiles in chunks of up to 14, and
+    // S, the sums of the transformed outer products, per (chunk, group) until the end.
+    // Against the direct blocks: 1.16x at [32, 28, 28, 240], 1.14x at [32, 56, 56, 96],
+    // 1.25x and 1.43x at 80 and 112 px (32 channels), 1.08x at [32, 40, 40, 96]; but
+    // 0.94-0.99x at 10-14 px and 0.74x at 7 px, where S's loads and stores per chunk
+    // weigh more than the multiply-adds saved (issue #4, session 15).
+    if (WinogradApplies(g) && g.H * g.W >= 400) {
+      const int tiles_w = (g.W + 1) / 2, tiles = (g.H + 1) / 2 * tiles_w;
+      const int64_t wcost = static_cast<int64_t>(g.N) * g.groups * tiles * 16 * kG * kG /
+                            (static_cast<int64_t>(chunks) * group_blocks);
+      // S of each (chunk, group), as packed's slices are: [chunks][groups][16][16][16].
+      // Images outer, as in the direct passes; groups outer, with one S in L1, lost
+      // 0.84-0.99x at 28-112 px (the pairs no longer read neighbouring lines of one image).
+      std::vector<float> sums(static_cast<size_t>(chunks) * g.groups * 16 * kG * kG, 0.0f);
+      ParallelFor(ctx, static_cast<int64_t>(chunks) * group_blocks, wcost, [&](int64_t b, int64_t e) {
+        std::vector<float> V(16 * kTileStride), D(16 * kTileStride);
+        for (int64_t u = b; u < e; ++u) {
+          const int chunk = u / group_blocks, block = u % group_blocks;
+          const int g0 = g.groups * block / group_blocks, g1 = g.groups * (block + 1) / group_blocks;
+          const int n0 = g.N * chunk / chunks, n1 = g.N * (chunk + 1) / chunks;
+          for (int pair = 0; pair < (n1 - n0) * (g1 - g0); ++pair) {  // images outer
+            const int n = n0 + pair / (g1 - g0), gr = g0 + pair % (g1 - g0);
+            PrefetchStream pf;
+            const int next_n = n0 + (pair + 1) / (g1 - g0), next_gr = g0 + (pair + 1) % (g1 - g0);
+            if (next_n < n1) {
+              pf = PrefetchStream::Pixels(xd + next_n * x_image + next_gr * kG,
+                                          static_cast<int64_t>(g.H) * g.W,
+                                          dyd + next_n * dy_image + next_gr * kG,
+                                          static_cast<int64_t>(g.OH) * g.OW, g.C);
+              pf.Spread(static_cast<int64_t>(16) * tiles, pf.n);
+            }
+            const float* xg = xd + n * x_image + gr * kG;
+            const float* dg = dyd + n * dy_image + gr * kG;
+            float* S = sums.data() + (static_cast<size_t>(chunk) * g.groups + gr) * 16 * kG * kG;
+            ForEachBlock(tiles, [&](int t0, int r) {
+              WinogradInput(xg, g.H, g.W, g.C, od + gr * kG, tiles_w, t0, r, V.data());
+              WinogradGradientInput(dg, g.OH, g.OW, g.C, tiles_w, t0, r, D.data());
+              kOuters[r](V.data(), D.data(), S, &pf);
+            });
+          }
+        }
+      });
+      for (int chunk = 0; chunk < chunks; ++chunk)
+        for (int gr = 0; gr < g.groups; ++gr) {
+          const size_t at = static_cast<size_t>(chunk) * g.groups + gr;
+          WinogradFilterGradient(sums.data() + at * 16 * kG * kG, packed.data() + at * slice);
+        }
+    } else
     ParallelFor(ctx, static_cast<int64_t>(chunks) * group_blocks, cost, [&](int64_t b, int64_t e) {
       std::vector<float> plane(static_cast<size_t>(g.H) * width * kG);
       for (int64_t u = b; u < e; ++u) {
