@@ -8,7 +8,7 @@
 // broadcast input value feeds two fused multiply-adds.
 //
 // With AVX-512, 3x3 kernels at stride 1 (SAME) run the forward and the input gradient as
-// Winograd F(2x2, 3x3) (WinogradPass), and the kernel gradient too on images of at least
+// Winograd F(2x2, 3x3) (WinogradPass), and the kernel gradient too, on images of at least
 // 400 pixels: 2.25x fewer multiply-adds.
 //
 // Layouts (as tf.nn.conv2d): input [N, H, W, C], filter [k, k, 16, C] (filter[:, :, i, o]
@@ -274,9 +274,9 @@ __attribute__((noinline)) void WeightBlock512(const float* x, int64_t xs, int64_
 // convolution's 576, plus 56 additions for the two transforms. The tiles go in chunks of
 // up to kMaxR512 (a register block): V and M hold a chunk, position p's 16-channel
 // vectors at p * kTileStride + tile * 16, and M overwrites V. Against the direct blocks on
-// [32, 28, 28, 240]: forward 1.45x, input gradient 1.53x; the three ops of a layer's
-// forward + backward 1.35x (issue #4, session 15). The results differ from the direct
-// sums by float32 round-off only (relative 5e-7 on that tensor).
+// [32, 28, 28, 240] (issue #4, session 15): forward 1.45x, input gradient 1.53x (with
+// non-temporal stores, since dropped: see WinogradPass). The results differ from the
+// direct sums by float32 round-off only (relative 5e-7 on that tensor).
 constexpr int kTileStride = kMaxR512 * kG;  // floats between positions in V and M
 
 // V = B^T d B for tiles t0 .. t0 + r - 1 (tile t at tile row a = t / tiles_w, column
@@ -365,10 +365,10 @@ constexpr ProductFn kProducts[kMaxR512 + 1] = {
     WinogradProduct<13>, WinogradProduct<14>};
 
 // Y = A^T M A for the chunk's tiles, stored at out + (oh * ow_size + ow) * C for the
-// outputs inside [oh_size, ow_size); ``stream``: non-temporal stores (out 64-byte
-// aligned). If ``sum`` is not null, adds the stored outputs to sum[0:16].
+// outputs inside [oh_size, ow_size). If ``sum`` is not null, adds the stored outputs to
+// sum[0:16].
 void WinogradOutput(const float* M, int tiles_w, int t0, int r, int oh_size, int ow_size,
-                    int C, float* out, float* sum, bool stream) {
+                    int C, float* out, float* sum) {
   __m512 total = sum != nullptr ? _mm512_loadu_ps(sum) : _mm512_setzero_ps();
   for (int j = 0; j < r; ++j) {
     const int t = t0 + j, a = t / tiles_w, b = t % tiles_w;
@@ -390,10 +390,10 @@ void WinogradOutput(const float* M, int tiles_w, int t0, int r, int oh_size, int
       const __m512 y0 = _mm512_add_ps(_mm512_add_ps(s[u][0], s[u][1]), s[u][2]);
       const __m512 y1 = _mm512_sub_ps(_mm512_sub_ps(s[u][1], s[u][2]), s[u][3]);
       float* o = out + (static_cast<int64_t>(oh) * ow_size + 2 * b) * C;
-      if (stream) _mm512_stream_ps(o, y0); else _mm512_storeu_ps(o, y0);
+      _mm512_storeu_ps(o, y0);
       total = _mm512_add_ps(total, y0);
       if (2 * b + 1 < ow_size) {
-        if (stream) _mm512_stream_ps(o + C, y1); else _mm512_storeu_ps(o + C, y1);
+        _mm512_storeu_ps(o + C, y1);
         total = _mm512_add_ps(total, y1);
       }
     }
@@ -787,28 +787,32 @@ class GroupConv16Base : public OpKernel {
   }
 
 
-  // True where the forward and the input gradient use Winograd F(2x2, 3x3) (WinogradPass):
-  // 3x3 kernels, stride 1, SAME padding, AVX-512 blocks. Both are then the same
+  // True where the three ops use Winograd F(2x2, 3x3) (WinogradPass, and the kernel
+  // gradient's WinogradOuterProducts): 3x3 kernels, stride 1, SAME padding, AVX-512 blocks,
+  // images of at least 400 pixels. The forward and the input gradient are then the same
   // convolution: the input gradient's filter is the transposed one rotated by 180 degrees.
+  // Forward with a ReLU after it, against the direct blocks (session 15): 1.05-1.16x at
+  // 20-112 px, but 0.86x at 14 px and 0.88x at 7 px, where a unit is a few dozen tiles;
+  // the kernel gradient 0.74-0.99x at 7-14 px.
   bool WinogradApplies(const Geometry& g) const {
     return use_winograd_ && g.k == 3 && g.s == 1 && same_ && g.pt == 1 && g.pl == 1 &&
-           g.OH == g.H && g.OW == g.W;
+           g.OH == g.H && g.OW == g.W && g.H * g.W >= 400;
   }
 
   // dst = the 3x3 stride-1 SAME convolution of src (both [N, H, W, C]; of src + offset[c]
   // where offset is not null, zero padding) with the Winograd filter U (WinogradFilter),
   // by units of (image, group), as the direct passes; sum (not null: [N, C], zeroed) gets
   // dst summed over H and W. The transforms read src in place, where the next unit's
-  // lines were prefetched (NextPlanes), and the outputs go to memory with non-temporal
-  // stores (where dst is 64-byte aligned, as TensorFlow allocates): no read for ownership,
-  // and no line of this unit's output evicts the next unit's input from L2. Copying the
-  // plane first, as the direct passes do, with V and M apart: 1.20-1.27x slower.
+  // lines were prefetched (NextPlanes). Copying the plane first, as the direct passes do,
+  // with V and M apart: 1.20-1.27x slower. Non-temporal output stores were 1.0-1.1x faster
+  // alone but left the next op to read the output from memory: with a ReLU after the
+  // convolution, 0.93-1.03x the direct blocks at 40-112 px against 1.03-1.11x with these
+  // stores; prefetching the next unit's output lines too: 0.97-1.01x (session 15).
   void WinogradPass(OpKernelContext* ctx, const Geometry& g, const float* src,
                     const float* offset, const std::vector<float>& U, float* dst,
                     float* sum) const {
     const int tiles_h = (g.H + 1) / 2, tiles_w = (g.W + 1) / 2, tiles = tiles_h * tiles_w;
     const int64_t image = static_cast<int64_t>(g.H) * g.W * g.C;
-    const bool stream = reinterpret_cast<uintptr_t>(dst) % 64 == 0;
     const int64_t ticks = int64_t{16} * 8 * ((tiles + kMaxR512 - 1) / kMaxR512);
     const int64_t cost = static_cast<int64_t>(tiles) * 16 * kG * kG;
     ParallelFor(ctx, static_cast<int64_t>(g.N) * g.groups, cost, [&](int64_t b, int64_t e) {
@@ -824,10 +828,9 @@ class GroupConv16Base : public OpKernel {
         ForEachBlock(tiles, [&](int t0, int r) {
           WinogradInput(in, g.H, g.W, g.C, off, tiles_w, t0, r, VM.data());
           kProducts[r](VM.data(), ug, &pf);
-          WinogradOutput(VM.data(), tiles_w, t0, r, g.H, g.W, g.C, out, s, stream);
+          WinogradOutput(VM.data(), tiles_w, t0, r, g.H, g.W, g.C, out, s);
         });
       }
-      if (stream) _mm_sfence();
     });
   }
 
@@ -1139,14 +1142,14 @@ class GroupConv16BackpropFilterOp : public GroupConv16Base {
     const int period = ratio10 >= 30 ? 4 : ratio10 >= 15 ? 2 : 1;
     const int64_t cost = static_cast<int64_t>(g.N) * g.groups * g.OH * g.OW * taps * kG * kG /
                          (static_cast<int64_t>(chunks) * group_blocks);
-    // Winograd F(2x2, 3x3) read backwards (WinogradGradientInput) on images of at least
-    // 400 pixels: units and pairs as below, each pair's tiles in chunks of up to 14, and
+    // Winograd F(2x2, 3x3) read backwards (WinogradGradientInput) where WinogradApplies:
+    // units and pairs as below, each pair's tiles in chunks of up to 14, and
     // S, the sums of the transformed outer products, per (chunk, group) until the end.
     // Against the direct blocks: 1.16x at [32, 28, 28, 240], 1.14x at [32, 56, 56, 96],
     // 1.25x and 1.43x at 80 and 112 px (32 channels), 1.08x at [32, 40, 40, 96]; but
     // 0.94-0.99x at 10-14 px and 0.74x at 7 px, where S's loads and stores per chunk
     // weigh more than the multiply-adds saved (issue #4, session 15).
-    if (WinogradApplies(g) && g.H * g.W >= 400) {
+    if (WinogradApplies(g)) {
       const int tiles_w = (g.W + 1) / 2, tiles = (g.H + 1) / 2 * tiles_w;
       const int64_t wcost = static_cast<int64_t>(g.N) * g.groups * tiles * 16 * kG * kG /
                             (static_cast<int64_t>(chunks) * group_blocks);
