@@ -327,12 +327,23 @@ void WinogradInput(const float* src, int H, int W, int C, const float* offset, i
   }
 }
 
-// M = V . U in place: per position p, the chunk's r tiles (rows of 16 channels) times U's
-// 16x16 matrix of p. Calls pf->Every() once per 2 input channels and position.
+// M = V . U in place: per position p, the chunk's R tiles (rows of 16 channels) times U's
+// 16x16 matrix of p. Calls pf->Every() once per 2 input channels and position. Before
+// position p < R it asks for tile p's output lines, lines[4p .. 4p + 3] (null: outside
+// the image), with intent to write (PREFETCHW): WinogradOutput stores 4 lines per tile
+// in a burst, and where each store waited on its line the burst stalled the pass. On
+// [32, 28, 28, 240], forward + backward, the three ops with the output in memory: 1.19x;
+// each forward with a ReLU after it, 1.25-1.33x the direct blocks at 28-112 px against
+// 1.03-1.11x without (issue #4, session 15).
 template <int R>
-void WinogradProduct(float* VM, const float* U, PrefetchStream* pf) {
+void WinogradProduct(float* VM, const float* U, PrefetchStream* pf, const char* const* lines) {
   constexpr int kSplit = R < 8 ? 2 : 1;
   for (int p = 0; p < 16; ++p) {
+    if (p < R) {
+#pragma GCC unroll 4
+      for (int k = 4 * p; k < 4 * p + 4; ++k)
+        if (lines[k] != nullptr) asm volatile("prefetchw %0" : : "m"(*lines[k]));
+    }
     float* v = VM + p * kTileStride;
     const float* w = U + p * kG * kG;
     __m512 acc[kSplit][R];
@@ -357,7 +368,7 @@ void WinogradProduct(float* VM, const float* U, PrefetchStream* pf) {
                                                : acc[0][r]);
   }
 }
-using ProductFn = void (*)(float*, const float*, PrefetchStream*);
+using ProductFn = void (*)(float*, const float*, PrefetchStream*, const char* const*);
 constexpr ProductFn kProducts[kMaxR512 + 1] = {
     nullptr, WinogradProduct<1>, WinogradProduct<2>, WinogradProduct<3>, WinogradProduct<4>,
     WinogradProduct<5>, WinogradProduct<6>, WinogradProduct<7>, WinogradProduct<8>,
@@ -803,11 +814,13 @@ class GroupConv16Base : public OpKernel {
   // where offset is not null, zero padding) with the Winograd filter U (WinogradFilter),
   // by units of (image, group), as the direct passes; sum (not null: [N, C], zeroed) gets
   // dst summed over H and W. The transforms read src in place, where the next unit's
-  // lines were prefetched (NextPlanes). Copying the plane first, as the direct passes do,
-  // with V and M apart: 1.20-1.27x slower. Non-temporal output stores were 1.0-1.1x faster
-  // alone but left the next op to read the output from memory: with a ReLU after the
-  // convolution, 0.93-1.03x the direct blocks at 40-112 px against 1.03-1.11x with these
-  // stores; prefetching the next unit's output lines too: 0.97-1.01x (session 15).
+  // lines were prefetched (NextPlanes), and each chunk's output lines are prefetched for
+  // writing (WinogradProduct). Copying the plane first, as the direct passes do, with V
+  // and M apart: 1.20-1.27x slower. Non-temporal output stores were faster still on the
+  // conv table's three ops, whose outputs nothing reads (1.32x against the prefetch's
+  // 1.19x), but they leave the next op to read the output from memory: with a ReLU after
+  // the convolution, 0.93-1.03x the direct blocks at 40-112 px. Prefetching the next
+  // unit's output lines with its input's instead: 0.97-1.01x (session 15).
   void WinogradPass(OpKernelContext* ctx, const Geometry& g, const float* src,
                     const float* offset, const std::vector<float>& U, float* dst,
                     float* sum) const {
@@ -826,8 +839,17 @@ class GroupConv16Base : public OpKernel {
         float* out = dst + n * image + gr * kG;
         float* s = sum != nullptr ? sum + static_cast<int64_t>(n) * g.C + gr * kG : nullptr;
         ForEachBlock(tiles, [&](int t0, int r) {
+          const char* lines[4 * kMaxR512];  // the chunk's output lines, for WinogradProduct
+          for (int j = 0; j < r; ++j) {
+            const int t = t0 + j, a = t / tiles_w, col = t % tiles_w;
+            for (int k = 0; k < 4; ++k) {
+              const int oh = 2 * a + k / 2, ow = 2 * col + k % 2;
+              lines[4 * j + k] = oh < g.H && ow < g.W ? reinterpret_cast<const char*>(
+                  out + (static_cast<int64_t>(oh) * g.W + ow) * g.C) : nullptr;
+            }
+          }
           WinogradInput(in, g.H, g.W, g.C, off, tiles_w, t0, r, VM.data());
-          kProducts[r](VM.data(), ug, &pf);
+          kProducts[r](VM.data(), ug, &pf, lines);
           WinogradOutput(VM.data(), tiles_w, t0, r, g.H, g.W, g.C, out, s);
         });
       }
