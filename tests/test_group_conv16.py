@@ -33,8 +33,10 @@ KERNEL_CASES = [
     ((1, 4, 27, 16), 3, 1, "SAME"),      # 27 columns: blocks of 14 and 13 (AVX-512)
     ((9, 5, 5, 32), 5, 1, "SAME"),       # 5x5 kernel on 5x5 px: padding columns skipped
     ((2, 2, 3, 32), 5, 2, "SAME"),
-    # 3x3, stride 1, SAME, at least 400 px, on AVX-512: Winograd F(2x2, 3x3), 2x2 output
-    # tiles in chunks of up to 14 tiles
+    # 3x3, stride 1, SAME on AVX-512: Winograd F(2x2, 3x3), 2x2 output tiles in chunks of
+    # up to 14 tiles, from 100 px (forward, input gradient) and 400 px (kernel gradient);
+    # (1, 4, 27, 16) above is one at 108 px
+    ((3, 10, 10, 32), 3, 1, "SAME"),     # 100 px: the direct kernel gradient
     ((2, 28, 30, 32), 3, 1, "SAME"),     # 14 x 15 tiles: chunks across tile rows
     ((1, 1, 401, 16), 3, 1, "SAME"),     # one row: every tile at the top and bottom border
     ((1, 7, 61, 32), 3, 1, "SAME"),      # odd: the last tile row and column half outside

@@ -8,8 +8,8 @@
 // broadcast input value feeds two fused multiply-adds.
 //
 // With AVX-512, 3x3 kernels at stride 1 (SAME) run the forward and the input gradient as
-// Winograd F(2x2, 3x3) (WinogradPass), and the kernel gradient too, on images of at least
-// 400 pixels: 2.25x fewer multiply-adds.
+// Winograd F(2x2, 3x3) (WinogradPass) on images of at least 100 pixels, and the kernel
+// gradient too from 400 pixels: 2.25x fewer multiply-adds.
 //
 // Layouts (as tf.nn.conv2d): input [N, H, W, C], filter [k, k, 16, C] (filter[:, :, i, o]
 // reads input channel (o / 16) * 16 + i), output [N, OH, OW, C]. All three ops take
@@ -798,16 +798,17 @@ class GroupConv16Base : public OpKernel {
   }
 
 
-  // True where the three ops use Winograd F(2x2, 3x3) (WinogradPass, and the kernel
-  // gradient's WinogradOuterProducts): 3x3 kernels, stride 1, SAME padding, AVX-512 blocks,
-  // images of at least 400 pixels. The forward and the input gradient are then the same
+  // True where an op uses Winograd F(2x2, 3x3) (WinogradPass, and the kernel gradient's
+  // WinogradOuterProducts): 3x3 kernels, stride 1, SAME padding, AVX-512 blocks, and
+  // images of at least ``min_pixels``: 100 for the forward and the input gradient, 400
+  // for the kernel gradient. The forward and the input gradient are then the same
   // convolution: the input gradient's filter is the transposed one rotated by 180 degrees.
-  // Forward with a ReLU after it, against the direct blocks (session 15): 1.05-1.16x at
-  // 20-112 px, but 0.86x at 14 px and 0.88x at 7 px, where a unit is a few dozen tiles;
-  // the kernel gradient 0.74-0.99x at 7-14 px.
-  bool WinogradApplies(const Geometry& g) const {
+  // Forward with a ReLU after it, against the direct blocks (session 15): 1.11x at 10 and
+  // 14 px, 1.23x at 20 px, but 0.98x at 7 px; the kernel gradient 0.94-0.99x at 10-14 px
+  // and 0.74x at 7 px, where the loads and stores of its sums weigh more.
+  bool WinogradApplies(const Geometry& g, int min_pixels) const {
     return use_winograd_ && g.k == 3 && g.s == 1 && same_ && g.pt == 1 && g.pl == 1 &&
-           g.OH == g.H && g.OW == g.W && g.H * g.W >= 400;
+           g.OH == g.H && g.OW == g.W && g.H * g.W >= min_pixels;
   }
 
   // dst = the 3x3 stride-1 SAME convolution of src (both [N, H, W, C]; of src + offset[c]
@@ -908,7 +909,7 @@ class GroupConv16Op : public GroupConv16Base {
           [](int, int, int) {});
       return;
     }
-    if (WinogradApplies(g)) {
+    if (WinogradApplies(g, 100)) {
       WinogradPass(ctx, g, xd, od, WinogradFilter(wp, g.groups, false), yd, nullptr);
       return;
     }
@@ -1009,7 +1010,7 @@ class GroupConv16BackpropInputOp : public GroupConv16Base {
           });
       return;
     }
-    if (WinogradApplies(g)) {
+    if (WinogradApplies(g, 100)) {
       WinogradPass(ctx, g, dyd, nullptr, WinogradFilter(wp, g.groups, true), dxd, sumd);
       return;
     }
@@ -1171,7 +1172,7 @@ class GroupConv16BackpropFilterOp : public GroupConv16Base {
     // 1.25x and 1.43x at 80 and 112 px (32 channels), 1.08x at [32, 40, 40, 96]; but
     // 0.94-0.99x at 10-14 px and 0.74x at 7 px, where S's loads and stores per chunk
     // weigh more than the multiply-adds saved (issue #4, session 15).
-    if (WinogradApplies(g)) {
+    if (WinogradApplies(g, 400)) {
       const int tiles_w = (g.W + 1) / 2, tiles = (g.H + 1) / 2 * tiles_w;
       const int64_t wcost = static_cast<int64_t>(g.N) * g.groups * tiles * 16 * kG * kG /
                             (static_cast<int64_t>(chunks) * group_blocks);

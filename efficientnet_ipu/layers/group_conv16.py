@@ -11,11 +11,12 @@ $EFFICIENTNET_IPU_AVX2_ONLY=1 before the ops are first run to keep AVX2): 1.20x 
 3x3 on a 2-core AVX-512 Xeon (issue #4, session 11; session 13 made the AVX-512 path
 another 1.09-1.23x faster, session 14 1.04-1.27x in the kernel gradient and up to 1.1x
 in the forward and input gradient by prefetching the next planes from inside the
-blocks). With AVX-512, 3x3 kernels at stride 1 with SAME padding on images of at least
-400 pixels run the forward and the input gradient as Winograd F(2x2, 3x3) (Lavin and
-Gray, CVPR 2016, arXiv:1509.09308), and the kernel gradient as the same algorithm read
-backwards: 2.25x fewer multiply-adds; 1.45x (forward), 1.53x (input gradient) and 1.16x
-(kernel gradient) the direct blocks on [32, 28, 28, 240] (issue #4, session 15); set
+blocks). With AVX-512, 3x3 kernels at stride 1 with SAME padding run the forward and the
+input gradient as Winograd F(2x2, 3x3) (Lavin and Gray, CVPR 2016, arXiv:1509.09308) on
+images of at least 100 pixels, and the kernel gradient as the same algorithm read
+backwards on images of at least 400 pixels: 2.25x fewer multiply-adds; 1.45x (forward),
+1.53x (input gradient) and 1.16x (kernel gradient) the direct blocks on
+[32, 28, 28, 240] (issue #4, session 15); set
 $EFFICIENTNET_IPU_WINOGRAD=0 before the ops are first run to keep the direct blocks.
 They compute ``tf.nn.conv2d`` on a grouped kernel, up to float32 round-off (Winograd's
 results differ from the direct sums by about 5e-7 of the largest output).
