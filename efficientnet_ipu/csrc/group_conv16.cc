@@ -274,9 +274,10 @@ __attribute__((noinline)) void WeightBlock512(const float* x, int64_t xs, int64_
 // convolution's 576, plus 56 additions for the two transforms. The tiles go in chunks of
 // up to kMaxR512 (a register block): V and M hold a chunk, position p's 16-channel
 // vectors at p * kTileStride + tile * 16, and M overwrites V. Against the direct blocks on
-// [32, 28, 28, 240] (issue #4, session 15): forward 1.45x, input gradient 1.53x (with
-// non-temporal stores, since dropped: see WinogradPass). The results differ from the
-// direct sums by float32 round-off only (relative 5e-7 on that tensor).
+// [32, 28, 28, 240] (issue #4, session 15): forward 1.34x, input gradient 1.46x, kernel
+// gradient 1.08x; the three ops of a layer's forward + backward 1.20x. The results differ
+// from the direct sums by float32 round-off only (relative 5e-7 on that tensor, 1.4e-6 in
+// the kernel gradient's sums over 32 x 28 x 28 pixels).
 constexpr int kTileStride = kMaxR512 * kG;  // floats between positions in V and M
 
 // V = B^T d B for tiles t0 .. t0 + r - 1 (tile t at tile row a = t / tiles_w, column
@@ -1168,7 +1169,7 @@ class GroupConv16BackpropFilterOp : public GroupConv16Base {
     // Winograd F(2x2, 3x3) read backwards (WinogradGradientInput) where WinogradApplies:
     // units and pairs as below, each pair's tiles in chunks of up to 14, and
     // S, the sums of the transformed outer products, per (chunk, group) until the end.
-    // Against the direct blocks: 1.16x at [32, 28, 28, 240], 1.14x at [32, 56, 56, 96],
+    // Against the direct blocks: 1.08-1.16x at [32, 28, 28, 240], 1.14x at [32, 56, 56, 96],
     // 1.25x and 1.43x at 80 and 112 px (32 channels), 1.08x at [32, 40, 40, 96]; but
     // 0.94-0.99x at 10-14 px and 0.74x at 7 px, where S's loads and stores per chunk
     // weigh more than the multiply-adds saved (issue #4, session 15).

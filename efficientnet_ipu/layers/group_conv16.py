@@ -14,8 +14,8 @@ in the forward and input gradient by prefetching the next planes from inside the
 blocks). With AVX-512, 3x3 kernels at stride 1 with SAME padding run the forward and the
 input gradient as Winograd F(2x2, 3x3) (Lavin and Gray, CVPR 2016, arXiv:1509.09308) on
 images of at least 100 pixels, and the kernel gradient as the same algorithm read
-backwards on images of at least 400 pixels: 2.25x fewer multiply-adds; 1.45x (forward),
-1.53x (input gradient) and 1.16x (kernel gradient) the direct blocks on
+backwards on images of at least 400 pixels: 2.25x fewer multiply-adds; 1.34x (forward),
+1.46x (input gradient) and 1.08x (kernel gradient) the direct blocks on
 [32, 28, 28, 240] (issue #4, session 15); set
 $EFFICIENTNET_IPU_WINOGRAD=0 before the ops are first run to keep the direct blocks.
 They compute ``tf.nn.conv2d`` on a grouped kernel, up to float32 round-off (Winograd's
