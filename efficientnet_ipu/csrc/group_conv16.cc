@@ -338,35 +338,17 @@ void WinogradInput(const float* src, int H, int W, int C, const float* offset, i
 // 1.03-1.11x without (issue #4, session 15).
 template <int R>
 void WinogradProduct(float* VM, const float* U, PrefetchStream* pf, const char* const* lines) {
-  constexpr int kSplit = R < 8 ? 2 : 1;
   for (int p = 0; p < 16; ++p) {
     if (p < R) {
 #pragma GCC unroll 4
       for (int k = 4 * p; k < 4 * p + 4; ++k)
         if (lines[k] != nullptr) asm volatile("prefetchw %0" : : "m"(*lines[k]));
     }
-    float* v = VM + p * kTileStride;
+    // One tap of a block of R "pixels" (tiles) 16 floats apart, stored over its input.
+    const int tap = 0;
     const float* w = U + p * kG * kG;
-    __m512 acc[kSplit][R];
-#pragma GCC unroll 16
-    for (int r = 0; r < R; ++r) acc[0][r] = acc[kSplit - 1][r] = _mm512_setzero_ps();
-#pragma GCC unroll 2
-    for (int i = 0; i < kG; i += 2) {
-      pf->Every();
-      const __m512 w0 = _mm512_loadu_ps(w + kG * i);
-      const __m512 w1 = _mm512_loadu_ps(w + kG * (i + 1));
-#pragma GCC unroll 16
-      for (int r = 0; r < R; ++r)
-        acc[0][r] = _mm512_fmadd_ps(_mm512_set1_ps(v[r * kG + i]), w0, acc[0][r]);
-#pragma GCC unroll 16
-      for (int r = 0; r < R; ++r)
-        acc[kSplit - 1][r] =
-            _mm512_fmadd_ps(_mm512_set1_ps(v[r * kG + i + 1]), w1, acc[kSplit - 1][r]);
-    }
-#pragma GCC unroll 16
-    for (int r = 0; r < R; ++r)
-      _mm512_storeu_ps(v + r * kG, kSplit == 2 ? _mm512_add_ps(acc[0][r], acc[kSplit - 1][r])
-                                               : acc[0][r]);
+    float* v = VM + p * kTileStride;
+    Block512<R, kG>(v, &tap, &w, 1, kG, v, kG, nullptr, pf);
   }
 }
 using ProductFn = void (*)(float*, const float*, PrefetchStream*, const char* const*);
