@@ -840,6 +840,40 @@ class GroupConv16Base : public OpKernel {
     });
   }
 
+  // The kernel gradient's units over ParallelFor: a chunk of the images [N * chunk /
+  // chunks, N * (chunk + 1) / chunks) x a block of the groups. A unit takes its images one
+  // by one and, for each, its groups one after another, so that consecutive (image, group)
+  // pairs read neighbouring cache lines of one image, as the forward's do. Calls
+  // fn(chunk, n, gr, next, scratch) per pair: ``next`` streams the unit's next pair's
+  // lines of x and dy (no lines after its last pair), for fn to pace (mask or Spread);
+  // ``scratch`` holds scratch_floats floats of the calling thread.
+  template <typename Fn>
+  void ForEachPair(OpKernelContext* ctx, const Geometry& g, int chunks, int group_blocks,
+                   int64_t cost, size_t scratch_floats, const float* x, const float* dy,
+                   const Fn& fn) const {
+    const int64_t x_image = static_cast<int64_t>(g.H) * g.W * g.C;
+    const int64_t dy_image = static_cast<int64_t>(g.OH) * g.OW * g.C;
+    ParallelFor(ctx, static_cast<int64_t>(chunks) * group_blocks, cost, [&](int64_t b, int64_t e) {
+      std::vector<float> scratch(scratch_floats);
+      for (int64_t u = b; u < e; ++u) {
+        const int chunk = u / group_blocks, block = u % group_blocks;
+        const int g0 = g.groups * block / group_blocks, g1 = g.groups * (block + 1) / group_blocks;
+        const int n0 = g.N * chunk / chunks, n1 = g.N * (chunk + 1) / chunks;
+        for (int pair = 0; pair < (n1 - n0) * (g1 - g0); ++pair) {  // images outer
+          const int n = n0 + pair / (g1 - g0), gr = g0 + pair % (g1 - g0);
+          const int next_n = n0 + (pair + 1) / (g1 - g0), next_gr = g0 + (pair + 1) % (g1 - g0);
+          PrefetchStream next;
+          if (next_n < n1)
+            next = PrefetchStream::Pixels(x + next_n * x_image + next_gr * kG,
+                                          static_cast<int64_t>(g.H) * g.W,
+                                          dy + next_n * dy_image + next_gr * kG,
+                                          static_cast<int64_t>(g.OH) * g.OW, g.C);
+          fn(chunk, n, gr, &next, scratch.data());
+        }
+      }
+    });
+  }
+
   // Calls fn(first, r) for register blocks of r pixels that cover [0, pixels), as even
   // as possible (30 pixels in 14-pixel blocks: 10, 10, 10, not 14, 14, 2), because a block
   // of fewer pixels than the FMA units' latency x throughput (8 on AVX-512 CPUs) waits on
@@ -1103,11 +1137,10 @@ class GroupConv16BackpropFilterOp : public GroupConv16Base {
     Tensor* dscale = nullptr;
     OP_REQUIRES_OK(ctx, ctx->allocate_output(1, TensorShape({g.C}), &dscale));
     const int taps = g.k * g.k;
-    // Units: a chunk of the images times a block of the groups. A unit takes its images
-    // one by one and, for each, its groups one after another, so that consecutive
-    // (image, group) pairs read neighbouring cache lines of one image, as the forward's
-    // do; each (chunk, group) sums into its own slice of ``packed``, and the chunks are
-    // added at the end. Against one unit per group, each over all images: 1.06-1.08x at
+    // Units: a chunk of the images times a block of the groups, (image, group) pairs
+    // images outer (ForEachPair); each (chunk, group) sums into its own slice of
+    // ``packed``, and the chunks are added at the end. Against one unit per group, each
+    // over all images: 1.06-1.08x at
     // [32, 56, 56, 96] and [32, 28, 28, 240], within noise on 14x14 px and smaller images,
     // and 15 groups on 2 threads no longer run as 8 + 7 (issue #4, session 13). Groups are
     // split into blocks only when there are fewer images than 2 units per thread.
@@ -1149,7 +1182,7 @@ class GroupConv16BackpropFilterOp : public GroupConv16Base {
     const int64_t cost = static_cast<int64_t>(g.N) * g.groups * g.OH * g.OW * taps * kG * kG /
                          (static_cast<int64_t>(chunks) * group_blocks);
     // Winograd F(2x2, 3x3) read backwards (WinogradGradientInput) where WinogradApplies:
-    // units and pairs as below, each pair's tiles in chunks of up to 14, and
+    // the same units and pairs, each pair's tiles in chunks of up to 14, and
     // S, the sums of the transformed outer products, per (chunk, group) until the end.
     // Against the direct blocks: 1.08-1.16x at [32, 28, 28, 240], 1.14x at [32, 56, 56, 96],
     // 1.25x and 1.43x at 80 and 112 px (32 channels), 1.08x at [32, 40, 40, 96]; but
@@ -1163,62 +1196,33 @@ class GroupConv16BackpropFilterOp : public GroupConv16Base {
       // Images outer, as in the direct passes; groups outer, with one S in L1, lost
       // 0.84-0.99x at 28-112 px (the pairs no longer read neighbouring lines of one image).
       std::vector<float> sums(static_cast<size_t>(chunks) * g.groups * 16 * kG * kG, 0.0f);
-      ParallelFor(ctx, static_cast<int64_t>(chunks) * group_blocks, wcost, [&](int64_t b, int64_t e) {
-        std::vector<float> V(16 * kTileStride), D(16 * kTileStride);
-        for (int64_t u = b; u < e; ++u) {
-          const int chunk = u / group_blocks, block = u % group_blocks;
-          const int g0 = g.groups * block / group_blocks, g1 = g.groups * (block + 1) / group_blocks;
-          const int n0 = g.N * chunk / chunks, n1 = g.N * (chunk + 1) / chunks;
-          for (int pair = 0; pair < (n1 - n0) * (g1 - g0); ++pair) {  // images outer
-            const int n = n0 + pair / (g1 - g0), gr = g0 + pair % (g1 - g0);
-            PrefetchStream pf;
-            const int next_n = n0 + (pair + 1) / (g1 - g0), next_gr = g0 + (pair + 1) % (g1 - g0);
-            if (next_n < n1) {
-              pf = PrefetchStream::Pixels(xd + next_n * x_image + next_gr * kG,
-                                          static_cast<int64_t>(g.H) * g.W,
-                                          dyd + next_n * dy_image + next_gr * kG,
-                                          static_cast<int64_t>(g.OH) * g.OW, g.C);
-              pf.Spread(static_cast<int64_t>(16) * tiles, pf.n);
-            }
-            const float* xg = xd + n * x_image + gr * kG;
-            const float* dg = dyd + n * dy_image + gr * kG;
-            float* S = sums.data() + (static_cast<size_t>(chunk) * g.groups + gr) * 16 * kG * kG;
-            ForEachBlock(tiles, [&](int t0, int r) {
-              WinogradInput(xg, g.H, g.W, g.C, od + gr * kG, tiles_w, t0, r, V.data());
-              WinogradGradientInput(dg, g.OH, g.OW, g.C, tiles_w, t0, r, D.data());
-              kOuters[r](V.data(), D.data(), S, &pf);
-            });
-          }
-        }
+      ForEachPair(ctx, g, chunks, group_blocks, wcost, 2 * 16 * kTileStride, xd, dyd,
+                  [&](int chunk, int n, int gr, PrefetchStream* pf, float* scratch) {
+        pf->Spread(static_cast<int64_t>(16) * tiles, pf->n);
+        float* V = scratch;
+        float* D = scratch + 16 * kTileStride;
+        const float* xg = xd + n * x_image + gr * kG;
+        const float* dg = dyd + n * dy_image + gr * kG;
+        float* S = sums.data() + (static_cast<size_t>(chunk) * g.groups + gr) * 16 * kG * kG;
+        ForEachBlock(tiles, [&](int t0, int r) {
+          WinogradInput(xg, g.H, g.W, g.C, od + gr * kG, tiles_w, t0, r, V);
+          WinogradGradientInput(dg, g.OH, g.OW, g.C, tiles_w, t0, r, D);
+          kOuters[r](V, D, S, pf);
+        });
       });
       for (int chunk = 0; chunk < chunks; ++chunk)
         for (int gr = 0; gr < g.groups; ++gr) {
           const size_t at = static_cast<size_t>(chunk) * g.groups + gr;
           WinogradFilterGradient(sums.data() + at * 16 * kG * kG, packed.data() + at * slice);
         }
-    } else
-    ParallelFor(ctx, static_cast<int64_t>(chunks) * group_blocks, cost, [&](int64_t b, int64_t e) {
-      std::vector<float> plane(static_cast<size_t>(g.H) * width * kG);
-      for (int64_t u = b; u < e; ++u) {
-        const int chunk = u / group_blocks, block = u % group_blocks;
-        const int g0 = g.groups * block / group_blocks, g1 = g.groups * (block + 1) / group_blocks;
-        const int n0 = g.N * chunk / chunks, n1 = g.N * (chunk + 1) / chunks;
-        for (int pair = 0; pair < (n1 - n0) * (g1 - g0); ++pair) {  // images outer
-          const int n = n0 + pair / (g1 - g0), gr = g0 + pair % (g1 - g0);
+    } else {
+      ForEachPair(ctx, g, chunks, group_blocks, cost, static_cast<size_t>(g.H) * width * kG,
+                  xd, dyd, [&](int chunk, int n, int gr, PrefetchStream* pf, float* plane) {
+          pf->mask = period - 1;
+          PrefetchStream none;
           float* dwg = packed.data() + (static_cast<size_t>(chunk) * g.groups + gr) * slice;
-          CopyPlane(xd + n * x_image, g.H, g.W, g.C, gr, g.pl, width, od + gr * kG,
-                    plane.data());
+          CopyPlane(xd + n * x_image, g.H, g.W, g.C, gr, g.pl, width, od + gr * kG, plane);
           const float* dg = dyd + n * dy_image + gr * kG;
-          // The next pair's lines of both tensors, spread over this pair's blocks.
-          PrefetchStream pf, none;
-          const int next_n = n0 + (pair + 1) / (g1 - g0), next_gr = g0 + (pair + 1) % (g1 - g0);
-          if (next_n < n1) {
-            pf = PrefetchStream::Pixels(xd + next_n * x_image + next_gr * kG,
-                                        static_cast<int64_t>(g.H) * g.W,
-                                        dyd + next_n * dy_image + next_gr * kG,
-                                        static_cast<int64_t>(g.OH) * g.OW, g.C);
-            pf.mask = period - 1;
-          }
           for (int oh0 = 0; oh0 < g.OH; oh0 += rows_per_pass) {
             const int oh1 = std::min(g.OH, oh0 + rows_per_pass);
             for (int kh = 0; kh < g.k; ++kh) {
@@ -1235,24 +1239,23 @@ class GroupConv16BackpropFilterOp : public GroupConv16Base {
                 g.InsideColumns(kw, &q0, &q1);
                 if (q0 >= q1) continue;
                 float* dwt = dwg + (kh * g.k + kw) * kG * kG;
-                const float* xr = plane.data() +
+                const float* xr = plane +
                     (static_cast<int64_t>(lo * g.s + kh - g.pt) * width + kw + q0 * g.s) * kG;
                 const float* dq = dg + (static_cast<int64_t>(lo) * g.OW + q0) * g.C;
                 const int rows = hi - lo, count = q1 - q0, xs = g.s * kG;
                 if (use_avx512_) {
-                  WeightBlock512(xr, xs, xrs, dq, g.C, drs, rows, count, dwt, &pf);
+                  WeightBlock512(xr, xs, xrs, dq, g.C, drs, rows, count, dwt, pf);
                   continue;
                 }
                 // AVX2: three blocks per pixel; the first issues the prefetches.
-                WeightBlock<6>(xr, xs, xrs, dq, g.C, drs, rows, count, dwt, &pf);
+                WeightBlock<6>(xr, xs, xrs, dq, g.C, drs, rows, count, dwt, pf);
                 WeightBlock<6>(xr + 6, xs, xrs, dq, g.C, drs, rows, count, dwt + 6 * kG, &none);
                 WeightBlock<4>(xr + 12, xs, xrs, dq, g.C, drs, rows, count, dwt + 12 * kG, &none);
               }
             }
           }
-        }
-      }
-    });
+      });
+    }
     // packed, summed over the chunks, is the gradient with respect to the scaled filter
     // f * scale: the filter's is that times the scale, and the scale's is its product with
     // f summed over taps and output channels.
