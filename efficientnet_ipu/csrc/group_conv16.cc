@@ -279,6 +279,8 @@ __attribute__((noinline)) void WeightBlock512(const float* x, int64_t xs, int64_
 // from the direct sums by float32 round-off only (relative 5e-7 on that tensor, 1.4e-6 in
 // the kernel gradient's sums over 32 x 28 x 28 pixels).
 constexpr int kTileStride = kMaxR512 * kG;  // floats between positions in V and M
+constexpr float kWinogradG[4][3] = {{1.0f, 0.0f, 0.0f}, {0.5f, 0.5f, 0.5f},
+                                    {0.5f, -0.5f, 0.5f}, {0.0f, 0.0f, 1.0f}};
 
 // V = B^T d B for tiles t0 .. t0 + r - 1 (tile t at tile row a = t / tiles_w, column
 // b = t % tiles_w): d[u][v] is pixel (2a - 1 + u, 2b - 1 + v) of the image plane src
@@ -305,7 +307,8 @@ void WinogradInput(const float* src, int H, int W, int C, const float* offset, i
       for (int u = 0; u < 4; ++u)
         for (int v = 0; v < 4; ++v)
           d[u][v] = y0 + u >= 0 && y0 + u < H && x0 + v >= 0 && x0 + v < W
-                        ? _mm512_add_ps(_mm512_loadu_ps(p + (static_cast<int64_t>(u) * W + v) * C), off)
+                        ? _mm512_add_ps(
+                              _mm512_loadu_ps(p + (static_cast<int64_t>(u) * W + v) * C), off)
                         : _mm512_setzero_ps();
     }
 #pragma GCC unroll 4
@@ -395,10 +398,11 @@ void WinogradOutput(const float* M, int tiles_w, int t0, int r, int oh_size, int
   if (sum != nullptr) _mm512_storeu_ps(sum, total);
 }
 
-// The kernel gradient's Winograd transforms (F(2x2, 3x3) read backwards: with T(d, w, h) = sum_i h_i y_i = sum_p (A h)_p (G w)_p (B^T d)_p, the gradient
-// of a 3x3 tile of weights from one 2x2 tile of output gradients h and its 4x4 tile of
-// inputs d is G^T [(A h A^T) . (B^T d B)] G, with (.) an outer product over the 16 input
-// and 16 output channels at each position). D = A' h A'^T for the chunk's tiles, A' = A
+// The kernel gradient's Winograd transforms (F(2x2, 3x3) read backwards: with
+// T(d, w, h) = sum_i h_i y_i = sum_p (A h)_p (G w)_p (B^T d)_p, the gradient of a 3x3 tile
+// of weights from one 2x2 tile of output gradients h and its 4x4 tile of inputs d is
+// G^T [(A h A^T) . (B^T d B)] G, with (.) an outer product over the 16 input and 16 output
+// channels at each position). D = A' h A'^T for the chunk's tiles, A' = A
 // with its last row's sign turned (A'[3] = [0 1]); the final transform
 // (WinogradFilterGradient) puts the sign back. h: the output gradient plane ([OH, OW, C]
 // at a group's first channel), zero outside it.
@@ -410,7 +414,8 @@ void WinogradGradientInput(const float* dy, int OH, int OW, int C, int tiles_w, 
     const bool right = 2 * b + 1 < OW, down = 2 * a + 1 < OH;
     const __m512 h00 = _mm512_loadu_ps(p);
     const __m512 h01 = right ? _mm512_loadu_ps(p + C) : _mm512_setzero_ps();
-    const __m512 h10 = down ? _mm512_loadu_ps(p + static_cast<int64_t>(OW) * C) : _mm512_setzero_ps();
+    const __m512 h10 =
+        down ? _mm512_loadu_ps(p + static_cast<int64_t>(OW) * C) : _mm512_setzero_ps();
     const __m512 h11 = right && down ? _mm512_loadu_ps(p + (static_cast<int64_t>(OW) + 1) * C)
                                      : _mm512_setzero_ps();
     // Rows: A' h, 4 x 2.
@@ -586,13 +591,11 @@ std::vector<float> PackFilter(const float* f, const float* scale, const Geometry
   return p;
 }
 
-
 // The Winograd F(2x2, 3x3) filter U = G w G^T of each group's 3x3 packed filter (PackFilter,
 // [groups][9][16][16]) as [groups][16 positions][16][16]; ``flip``: of the filter rotated
 // by 180 degrees (w[8 - tap]), which with the transposed packing is the input gradient's.
 std::vector<float> WinogradFilter(const std::vector<float>& packed, int groups, bool flip) {
-  static const float G[4][3] = {{1.0f, 0.0f, 0.0f}, {0.5f, 0.5f, 0.5f},
-                                {0.5f, -0.5f, 0.5f}, {0.0f, 0.0f, 1.0f}};
+  const auto& G = kWinogradG;
   std::vector<float> u(static_cast<size_t>(groups) * 16 * kG * kG, 0.0f);
   for (int gr = 0; gr < groups; ++gr)
     for (int p = 0; p < 4; ++p)
@@ -610,19 +613,17 @@ std::vector<float> WinogradFilter(const std::vector<float>& packed, int groups, 
   return u;
 }
 
-
 // dW[tap = 3 kh + kw] += sum over positions (p, q) of sign G[p][kh] G[q][kw] S[4p + q] for
 // one group (S: [16][16][16] from WinogradOuterProducts, dw: [9][16][16]), sign = -1 for
 // each of p, q equal to 3 (A' in WinogradGradientInput).
 void WinogradFilterGradient(const float* S, float* dw) {
-  static const float G[4][3] = {{1.0f, 0.0f, 0.0f}, {0.5f, 0.5f, 0.5f},
-                                {0.5f, -0.5f, 0.5f}, {0.0f, 0.0f, -1.0f}};  // sign in row 3
+  const auto& G = kWinogradG;
   for (int kh = 0; kh < 3; ++kh)
     for (int kw = 0; kw < 3; ++kw) {
       float* d = dw + (3 * kh + kw) * kG * kG;
       for (int p = 0; p < 4; ++p)
         for (int q = 0; q < 4; ++q) {
-          const float c = G[p][kh] * G[q][kw];
+          const float c = G[p][kh] * G[q][kw] * (p == 3 ? -1.0f : 1.0f) * (q == 3 ? -1.0f : 1.0f);
           if (c == 0.0f) continue;
           const float* sp = S + (4 * p + q) * kG * kG;
           for (int i = 0; i < kG * kG; ++i) d[i] += c * sp[i];
@@ -779,7 +780,6 @@ class GroupConv16Base : public OpKernel {
     pf.Spread(ticks, src_lines + dst_lines);
     return pf;
   }
-
 
   // True where an op uses Winograd F(2x2, 3x3) (WinogradPass, and the kernel gradient's
   // WinogradOuterProducts): 3x3 kernels, stride 1, SAME padding, AVX-512 blocks, and
