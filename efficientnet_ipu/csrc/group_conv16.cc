@@ -816,6 +816,8 @@ class GroupConv16Base : public OpKernel {
       std::vector<float> VM(16 * kTileStride);
       for (int64_t u = b; u < e; ++u) {
         const int n = u / g.groups, gr = u % g.groups;
+        // The next unit's input lines only (0 output rows): WinogradProduct prefetches
+        // the output lines of each chunk itself.
         PrefetchStream pf = NextPlanes(src, g.H, g.W, dst, 0, 0, g, u, e, ticks);
         const float* ug = U.data() + static_cast<size_t>(gr) * 16 * kG * kG;
         const float* in = src + n * image + gr * kG;
@@ -1151,39 +1153,12 @@ class GroupConv16BackpropFilterOp : public GroupConv16Base {
     std::vector<float> packed(static_cast<size_t>(chunks) * g.groups * slice, 0.0f);
     const float* xd = x.flat<float>().data();
     const float* dyd = dy.flat<float>().data();
-    const int width = g.PaddedWidth();
-    // Output rows per pass over the taps: cache blocking, and at least ~64 output pixels
-    // per pass so that small images sum many pixels per accumulator load and store.
-    const int rows_per_pass = std::max(4, (64 + g.OW - 1) / g.OW);
-    const int64_t xrs = static_cast<int64_t>(g.s) * width * kG;  // input rows per output row
     const int64_t x_image = static_cast<int64_t>(g.H) * g.W * g.C;
     const int64_t dy_image = static_cast<int64_t>(g.OH) * g.OW * g.C;
-    const int64_t drs = static_cast<int64_t>(g.OW) * g.C;  // output row stride, in place
-    // The output gradient is read in place, 64 bytes (a group's 16 channels) every C
-    // floats; the input plane is copied (zero padding, offset added) as in the forward.
-    // Against copying both planes first and prefetching the next pair's in bursts, as
-    // until session 13: 1.04-1.20x at four B0 shapes (issue #4, session 14). Reading the
-    // input in place too lost (0.79-1.0x against that): its rows span 3-4 times the pages.
-    int64_t pixels_summed = 0;  // per (image, group) pair, over all taps
-    for (int kh = 0; kh < g.k; ++kh)
-      for (int kw = 0; kw < g.k; ++kw) {
-        int rows = 0, q0, q1;
-        for (int oh = 0; oh < g.OH; ++oh) rows += g.RowInside(oh, kh);
-        g.InsideColumns(kw, &q0, &q1);
-        pixels_summed += static_cast<int64_t>(rows) * std::max(0, q1 - q0);
-      }
-    const int64_t pair_lines = static_cast<int64_t>(g.H) * g.W + static_cast<int64_t>(g.OH) * g.OW;
-    // The next pair's lines go one per ``period`` pixels of a block's row: 4 where that
-    // covers them (3x3 stride 1: 4.3 pixels summed per line), else 2 (stride 2: 1.8),
-    // else 1. Every 2 pixels at 3x3 stride 1 lost 5 % against every 4, every 6-8 lost
-    // 10-25 %; at stride 2, every 2 gained 1.17x over every 4 (issue #4, session 14).
-    const int64_t ratio10 = 10 * pixels_summed / std::max<int64_t>(1, pair_lines);
-    const int period = ratio10 >= 30 ? 4 : ratio10 >= 15 ? 2 : 1;
-    const int64_t cost = static_cast<int64_t>(g.N) * g.groups * g.OH * g.OW * taps * kG * kG /
-                         (static_cast<int64_t>(chunks) * group_blocks);
     // Winograd F(2x2, 3x3) read backwards (WinogradGradientInput) where WinogradApplies:
-    // the same units and pairs, each pair's tiles in chunks of up to 14, and
-    // S, the sums of the transformed outer products, per (chunk, group) until the end.
+    // ForEachPair's units and pairs, as the direct pass below, each pair's tiles in chunks
+    // of up to 14, and S, the sums of the transformed outer products, per (chunk, group)
+    // until the end.
     // Against the direct blocks: 1.08-1.16x at [32, 28, 28, 240], 1.14x at [32, 56, 56, 96],
     // 1.25x and 1.43x at 80 and 112 px (32 channels), 1.08x at [32, 40, 40, 96]; but
     // 0.94-0.99x at 10-14 px and 0.74x at 7 px, where S's loads and stores per chunk
@@ -1215,50 +1190,87 @@ class GroupConv16BackpropFilterOp : public GroupConv16Base {
           const size_t at = static_cast<size_t>(chunk) * g.groups + gr;
           WinogradFilterGradient(sums.data() + at * 16 * kG * kG, packed.data() + at * slice);
         }
-    } else {
-      ForEachPair(ctx, g, chunks, group_blocks, cost, static_cast<size_t>(g.H) * width * kG,
-                  xd, dyd, [&](int chunk, int n, int gr, PrefetchStream* pf, float* plane) {
-          pf->mask = period - 1;
-          PrefetchStream none;
-          float* dwg = packed.data() + (static_cast<size_t>(chunk) * g.groups + gr) * slice;
-          CopyPlane(xd + n * x_image, g.H, g.W, g.C, gr, g.pl, width, od + gr * kG, plane);
-          const float* dg = dyd + n * dy_image + gr * kG;
-          for (int oh0 = 0; oh0 < g.OH; oh0 += rows_per_pass) {
-            const int oh1 = std::min(g.OH, oh0 + rows_per_pass);
-            for (int kh = 0; kh < g.k; ++kh) {
-              // Output rows oh in [lo, hi) read input row ih = oh * s + kh - pt in [0, H).
-              int lo = oh0, hi = oh1;
-              while (lo < hi && !g.RowInside(lo, kh)) ++lo;
-              while (hi > lo && !g.RowInside(hi - 1, kh)) --hi;
-              if (lo == hi) continue;
-              for (int kw = 0; kw < g.k; ++kw) {
-                // Only output columns q whose input column q * s + kw - pl is in the image:
-                // the padding's zeros add nothing (a quarter of the work of a 5x5 kernel on
-                // B0's 5x5 px stage; issue #4, session 13).
-                int q0, q1;
-                g.InsideColumns(kw, &q0, &q1);
-                if (q0 >= q1) continue;
-                float* dwt = dwg + (kh * g.k + kw) * kG * kG;
-                const float* xr = plane +
-                    (static_cast<int64_t>(lo * g.s + kh - g.pt) * width + kw + q0 * g.s) * kG;
-                const float* dq = dg + (static_cast<int64_t>(lo) * g.OW + q0) * g.C;
-                const int rows = hi - lo, count = q1 - q0, xs = g.s * kG;
-                if (use_avx512_) {
-                  WeightBlock512(xr, xs, xrs, dq, g.C, drs, rows, count, dwt, pf);
-                  continue;
-                }
-                // AVX2: three blocks per pixel; the first issues the prefetches.
-                WeightBlock<6>(xr, xs, xrs, dq, g.C, drs, rows, count, dwt, pf);
-                WeightBlock<6>(xr + 6, xs, xrs, dq, g.C, drs, rows, count, dwt + 6 * kG, &none);
-                WeightBlock<4>(xr + 12, xs, xrs, dq, g.C, drs, rows, count, dwt + 12 * kG, &none);
+      Finish(packed, chunks, g, f, scale, df, dscale);
+      return;
+    }
+    const int width = g.PaddedWidth();
+    // Output rows per pass over the taps: cache blocking, and at least ~64 output pixels
+    // per pass so that small images sum many pixels per accumulator load and store.
+    const int rows_per_pass = std::max(4, (64 + g.OW - 1) / g.OW);
+    const int64_t xrs = static_cast<int64_t>(g.s) * width * kG;  // input rows per output row
+    const int64_t drs = static_cast<int64_t>(g.OW) * g.C;  // output row stride, in place
+    // The output gradient is read in place, 64 bytes (a group's 16 channels) every C
+    // floats; the input plane is copied (zero padding, offset added) as in the forward.
+    // Against copying both planes first and prefetching the next pair's in bursts, as
+    // until session 13: 1.04-1.20x at four B0 shapes (issue #4, session 14). Reading the
+    // input in place too lost (0.79-1.0x against that): its rows span 3-4 times the pages.
+    int64_t pixels_summed = 0;  // per (image, group) pair, over all taps
+    for (int kh = 0; kh < g.k; ++kh)
+      for (int kw = 0; kw < g.k; ++kw) {
+        int rows = 0, q0, q1;
+        for (int oh = 0; oh < g.OH; ++oh) rows += g.RowInside(oh, kh);
+        g.InsideColumns(kw, &q0, &q1);
+        pixels_summed += static_cast<int64_t>(rows) * std::max(0, q1 - q0);
+      }
+    const int64_t pair_lines = static_cast<int64_t>(g.H) * g.W + static_cast<int64_t>(g.OH) * g.OW;
+    // The next pair's lines go one per ``period`` pixels of a block's row: 4 where that
+    // covers them (3x3 stride 1: 4.3 pixels summed per line), else 2 (stride 2: 1.8),
+    // else 1. Every 2 pixels at 3x3 stride 1 lost 5 % against every 4, every 6-8 lost
+    // 10-25 %; at stride 2, every 2 gained 1.17x over every 4 (issue #4, session 14).
+    const int64_t ratio10 = 10 * pixels_summed / std::max<int64_t>(1, pair_lines);
+    const int period = ratio10 >= 30 ? 4 : ratio10 >= 15 ? 2 : 1;
+    const int64_t cost = static_cast<int64_t>(g.N) * g.groups * g.OH * g.OW * taps * kG * kG /
+                         (static_cast<int64_t>(chunks) * group_blocks);
+    ForEachPair(ctx, g, chunks, group_blocks, cost, static_cast<size_t>(g.H) * width * kG,
+                xd, dyd, [&](int chunk, int n, int gr, PrefetchStream* pf, float* plane) {
+        pf->mask = period - 1;
+        PrefetchStream none;
+        float* dwg = packed.data() + (static_cast<size_t>(chunk) * g.groups + gr) * slice;
+        CopyPlane(xd + n * x_image, g.H, g.W, g.C, gr, g.pl, width, od + gr * kG, plane);
+        const float* dg = dyd + n * dy_image + gr * kG;
+        for (int oh0 = 0; oh0 < g.OH; oh0 += rows_per_pass) {
+          const int oh1 = std::min(g.OH, oh0 + rows_per_pass);
+          for (int kh = 0; kh < g.k; ++kh) {
+            // Output rows oh in [lo, hi) read input row ih = oh * s + kh - pt in [0, H).
+            int lo = oh0, hi = oh1;
+            while (lo < hi && !g.RowInside(lo, kh)) ++lo;
+            while (hi > lo && !g.RowInside(hi - 1, kh)) --hi;
+            if (lo == hi) continue;
+            for (int kw = 0; kw < g.k; ++kw) {
+              // Only output columns q whose input column q * s + kw - pl is in the image:
+              // the padding's zeros add nothing (a quarter of the work of a 5x5 kernel on
+              // B0's 5x5 px stage; issue #4, session 13).
+              int q0, q1;
+              g.InsideColumns(kw, &q0, &q1);
+              if (q0 >= q1) continue;
+              float* dwt = dwg + (kh * g.k + kw) * kG * kG;
+              const float* xr = plane +
+                  (static_cast<int64_t>(lo * g.s + kh - g.pt) * width + kw + q0 * g.s) * kG;
+              const float* dq = dg + (static_cast<int64_t>(lo) * g.OW + q0) * g.C;
+              const int rows = hi - lo, count = q1 - q0, xs = g.s * kG;
+              if (use_avx512_) {
+                WeightBlock512(xr, xs, xrs, dq, g.C, drs, rows, count, dwt, pf);
+                continue;
               }
+              // AVX2: three blocks per pixel; the first issues the prefetches.
+              WeightBlock<6>(xr, xs, xrs, dq, g.C, drs, rows, count, dwt, pf);
+              WeightBlock<6>(xr + 6, xs, xrs, dq, g.C, drs, rows, count, dwt + 6 * kG, &none);
+              WeightBlock<4>(xr + 12, xs, xrs, dq, g.C, drs, rows, count, dwt + 12 * kG, &none);
             }
           }
-      });
-    }
-    // packed, summed over the chunks, is the gradient with respect to the scaled filter
-    // f * scale: the filter's is that times the scale, and the scale's is its product with
-    // f summed over taps and output channels.
+        }
+    });
+    Finish(packed, chunks, g, f, scale, df, dscale);
+  }
+
+ private:
+  // packed ([chunks][groups][k * k][16][16]), summed over the chunks, is the gradient with
+  // respect to the scaled filter f * scale: the filter's (df) is that times the scale, and
+  // the scale's (dscale) is its product with f summed over taps and output channels.
+  static void Finish(const std::vector<float>& packed, int chunks, const Geometry& g,
+                     const Tensor& f, const Tensor& scale, Tensor* df, Tensor* dscale) {
+    const int taps = g.k * g.k;
+    const size_t slice = static_cast<size_t>(taps) * kG * kG;
     const size_t chunk_stride = static_cast<size_t>(g.groups) * slice;
     const float* fd = f.flat<float>().data();
     const float* sd = scale.flat<float>().data();
