@@ -3,6 +3,8 @@
     python -m efficientnet_ipu.benchmark --sizes=b0 --group-sizes=1,16 --norms=bn,ln_pn \
         --resolutions=224,160 --batch=32 --csv=benchmark.csv
     python -m efficientnet_ipu.benchmark --conv          # GroupConv2D vs dense convolution
+    python -m efficientnet_ipu.benchmark --layers --group-sizes=1 --steps=20
+                                                         # each layer: ours vs TensorFlow's
     python -m efficientnet_ipu.benchmark --optimizers --group-sizes=16 --norms=gn \
         --resolutions=32 --steps=30                      # the optimizer update's cost
     python -m efficientnet_ipu.benchmark --pipeline=image_folder:../shared/data/imagenette2_224 \
@@ -180,7 +182,9 @@ def conv_table(steps, warmup, shape=CONV_SHAPE):
         ("GroupConv2D G16 tensorflow", L.GroupConv2D(c, 3, group_size=16,
                                                      implementation="tensorflow")),
         ("GroupConv2D G16 auto (default)", L.GroupConv2D(c, 3, group_size=16)),
-        ("GroupConv2D G1 (depthwise)", L.GroupConv2D(c, 3, group_size=1)),
+        ("GroupConv2D G1 tensorflow", L.GroupConv2D(c, 3, group_size=1,
+                                                    implementation="tensorflow")),
+        ("GroupConv2D G1 auto (default)", L.GroupConv2D(c, 3, group_size=1)),
     ]
     times = interleaved_times({name: conv_fwd_bwd_step(layer, shape)
                                for name, layer in cases}, steps, warmup)
@@ -409,6 +413,51 @@ def _target(target, stats, goal, at_most=False):
                 goal=("<= " if at_most else ">= ") + "%g" % goal, met=met)
 
 
+def group_conv_layer_shapes(model, resolution, batch):
+    """The GroupConv2D layers of ``model`` as ((batch, H, W, C_in) input shape, kernel size,
+    stride, group size, filters) with the number of layers of each, in order of first use,
+    from one forward pass on a ``resolution`` x ``resolution`` image."""
+    counts = {}
+    original = L.GroupConv2D.call
+
+    def record(layer, inputs, *args, **kwargs):
+        key = ((batch,) + tuple(int(d) for d in inputs.shape[1:]), layer.kernel_size,
+               layer.strides, layer.resolved_group_size, layer.filters)
+        counts[key] = counts.get(key, 0) + 1
+        return original(layer, inputs, *args, **kwargs)
+    L.GroupConv2D.call = record
+    try:
+        model(tf.zeros([1, resolution, resolution, 3]), training=False)
+    finally:
+        L.GroupConv2D.call = original
+    return list(counts.items())
+
+
+def layer_table(model, resolution, batch, steps, warmup):
+    """Forward + backward of every GroupConv2D layer shape of ``model`` at ``resolution``
+    (``group_conv_layer_shapes``), implementation "tensorflow" against "auto" (this
+    project's CPU kernels where they apply: G16, and the gradients of G1), the two timed in
+    the same interleaved rounds, layer shape by layer shape.
+
+    Returns a list of dicts: shape, kernel_size, stride, group_size, count (layers of this
+    shape), tensorflow_ms, auto_ms (medians) and speed (auto's speed over tensorflow's:
+    median, 25th, 75th percentile, 95 % CI low, high, ``paired_ratio``)."""
+    rows = []
+    for (shape, k, stride, group_size, filters), count in group_conv_layer_shapes(
+            model, resolution, batch):
+        x = tf.random.normal(shape)
+        steps_by_impl = {
+            impl: fwd_bwd_step(L.GroupConv2D(filters, k, strides=stride, group_size=group_size,
+                                             implementation=impl), x)
+            for impl in ("tensorflow", "auto")}
+        times = interleaved_times(steps_by_impl, steps, warmup)
+        rows.append(dict(shape=shape, kernel_size=k, stride=stride, group_size=group_size,
+                         count=count, tensorflow_ms=1e3 * float(np.median(times["tensorflow"])),
+                         auto_ms=1e3 * float(np.median(times["auto"])),
+                         speed=paired_ratio(times["tensorflow"], times["auto"])))
+    return rows
+
+
 def conv_target_rows(conv_rows):
     """The GroupConv2D G16 target (>= 75 % of the dense conv's GFLOP/s), one row per G16
     implementation of ``conv_table``'s rows (see ``_target`` for the row's fields)."""
@@ -455,10 +504,11 @@ def target_rows(size, resolutions, train_times):
             cost = paired_ratio(train_times[(res, 16, "ln_pn")], train_times[(res, 16, "gn")])
             add("LN+PN cost over GN, G16, %d px" % res, tuple(c - 1 for c in cost), 0.05,
                 at_most=True)
-        for norm in ("bn", "gn", "ln_pn"):  # --compare-conv: our kernels vs TensorFlow's
-            if (res, 16, norm + "/tf-conv") in train_times and (res, 16, norm) in train_times:
-                add("G16 AVX2 kernels vs TF convs, %s, %d px" % (norm, res),
-                    speed((res, 16, norm), (res, 16, norm + "/tf-conv")), 1.0)
+        for g in (1, 16):  # --compare-conv: our kernels vs TensorFlow's
+            for norm in ("bn", "gn", "ln_pn"):
+                if (res, g, norm + "/tf-conv") in train_times and (res, g, norm) in train_times:
+                    add("G%d CPU kernels vs TF convs, %s, %d px" % (g, norm, res),
+                        speed((res, g, norm), (res, g, norm + "/tf-conv")), 1.0)
         for g in (1, 16):  # --compare-proxy: the fused proxy statistics vs TensorFlow ops
             for norm in ("gn_pn", "ln_pn"):
                 if (res, g, norm + "/tf-proxy") in train_times and (res, g, norm) in train_times:
@@ -579,9 +629,9 @@ def main(argv=None):
                         help="also time each GN/LN/IN+PN model without the proxy-norm "
                              "folding (norm shown as e.g. ln_pn/unfolded)")
     parser.add_argument("--compare-conv", action="store_true",
-                        help="also time each G16 model with conv_implementation='tensorflow' "
-                             "(TensorFlow's convolutions instead of the AVX2 kernels; norm "
-                             "shown as e.g. bn/tf-conv)")
+                        help="also time each G1 and G16 model with conv_implementation="
+                             "'tensorflow' (TensorFlow's convolutions and gradients instead "
+                             "of the CPU kernels; norm shown as e.g. bn/tf-conv)")
     parser.add_argument("--compare-proxy", action="store_true",
                         help="also time each proxy-norm model with proxy_implementation="
                              "'tensorflow' (the proxy statistics as TensorFlow ops instead of "
@@ -608,6 +658,10 @@ def main(argv=None):
                         help="only the optimizer table: the first model's training step "
                              "with each of %s" % ", ".join(OPTIMIZERS))
     parser.add_argument("--conv", action="store_true", help="only the convolution table")
+    parser.add_argument("--layers", action="store_true",
+                        help="only the per-layer table: forward + backward of each "
+                             "GroupConv2D shape of the first size and group size at the "
+                             "first resolution, TensorFlow's convolutions against 'auto'")
     parser.add_argument("--norm-layers", action="store_true",
                         help="only the normalization table (ours vs the baseline)")
     parser.add_argument("--pipeline", default="",
@@ -664,6 +718,25 @@ def main(argv=None):
                                           r["vs_keras"][0], r["vs_keras"][3],
                                           r["vs_keras"][4]))
         return 0
+    if args.layers:
+        size, g = sizes[0], group_sizes[0]
+        resolution = int(resolve_resolutions(size, [parse_list(args.resolutions)[0]])[0])
+        model = models.EfficientNet(size, group_size=g, norm=norms[0],
+                                    input_shape=(resolution, resolution, 3))
+        print("GroupConv2D layers of %s-G%d at %d px, batch %d, forward + backward "
+              "(medians of %d interleaved rounds; auto's speed over tensorflow's, 95 %% CI):"
+              % (size.upper(), g, resolution, args.batch, args.steps))
+        totals = [0.0, 0.0]
+        for r in layer_table(model, resolution, args.batch, args.steps, args.warmup):
+            totals[0] += r["count"] * r["tensorflow_ms"]
+            totals[1] += r["count"] * r["auto_ms"]
+            print("  %-20s %dx%d s%d G%-2d x%d  tensorflow %7.2f ms  auto %7.2f ms  %5.3fx "
+                  "[%.3f, %.3f]" % (r["shape"], r["kernel_size"], r["kernel_size"],
+                                    r["stride"], r["group_size"], r["count"],
+                                    r["tensorflow_ms"], r["auto_ms"], r["speed"][0],
+                                    r["speed"][3], r["speed"][4]))
+        print("  summed over the layers: tensorflow %.1f ms, auto %.1f ms" % tuple(totals))
+        return 0
     if args.pipeline:
         rate = pipeline_images_per_second(args.pipeline, args.pipeline_split,
                                           int(resolve_resolutions(sizes[0], [
@@ -706,7 +779,7 @@ def main(argv=None):
                     if args.compare_unfolded and norm.endswith("_pn") and norm != "bn_pn":
                         built[(resolution, g, norm + "/unfolded")] = models.EfficientNet(
                             size, group_size=g, norm=norm, fold_proxy_norm=False)
-                    if args.compare_conv and g == 16:  # the group size the kernels serve
+                    if args.compare_conv and g in (1, 16):  # the kernels serve these
                         built[(resolution, g, norm + "/tf-conv")] = models.EfficientNet(
                             size, group_size=g, norm=norm, conv_implementation="tensorflow")
                     if args.compare_proxy and norm.endswith("_pn"):

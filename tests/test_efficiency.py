@@ -88,6 +88,7 @@ def test_target_rows_from_interleaved_times():
         (native, 16, "ln_pn"): [1.1, 1.1, 1.1, 1.1],  # 10 % over GN
         (half, 16, "gn"): [0.5, 0.5, 0.5, 0.5],       # 2x faster at half resolution
         (native, 16, "gn/tf-conv"): [1.3, 1.3, 1.3, 1.3],  # --compare-conv: 1.3x slower
+        (native, 1, "bn/tf-conv"): [1.1, 1.1, 2.2, 1.1],   # and G1 1.1x
         (native, 16, "ln_pn/tf-proxy"): [1.21, 1.21, 1.21, 1.21],  # --compare-proxy
         (native, 16, "gn/tf-norm"): [1.15, 1.15, 1.15, 1.15],  # --compare-norm-ops
         (native, 16, "gn/1-in-flight"): [1.1, 1.1, 1.1, 1.1],  # --compare-in-flight
@@ -97,7 +98,8 @@ def test_target_rows_from_interleaved_times():
     assert set(rows) == {"G1-BN vs keras B0, 224 px", "G16 vs G1, bn, 224 px",
                          "LN+PN cost over GN, G16, 224 px",
                          "half-res speed-up, G16-gn, 160 vs 224 px",
-                         "G16 AVX2 kernels vs TF convs, gn, 224 px",
+                         "G16 CPU kernels vs TF convs, gn, 224 px",
+                         "G1 CPU kernels vs TF convs, bn, 224 px",
                          "fused proxy stats vs TF ops, G16 ln_pn, 224 px",
                          "fused norm ops vs TF ops, G16 gn, 224 px",
                          "micro-batches in flight vs 1, G16 gn, 224 px"}
@@ -111,8 +113,9 @@ def test_target_rows_from_interleaved_times():
     assert cost["goal"] == "<= 0.05"
     speedup = rows["half-res speed-up, G16-gn, 160 vs 224 px"]
     assert speedup["value"] == pytest.approx(2.0) and speedup["met"] == "yes"
-    kernels = rows["G16 AVX2 kernels vs TF convs, gn, 224 px"]
+    kernels = rows["G16 CPU kernels vs TF convs, gn, 224 px"]
     assert kernels["value"] == pytest.approx(1.3) and kernels["met"] == "yes"
+    assert rows["G1 CPU kernels vs TF convs, bn, 224 px"]["value"] == pytest.approx(1.1)
     fused = rows["fused proxy stats vs TF ops, G16 ln_pn, 224 px"]
     assert fused["value"] == pytest.approx(1.1) and fused["met"] == "yes"
     norm_ops = rows["fused norm ops vs TF ops, G16 gn, 224 px"]
@@ -251,3 +254,20 @@ def test_fwd_bwd_step_finds_the_layers_in_default_arguments():
     np.testing.assert_allclose(y, tf.nn.silu(layer(x)), rtol=1e-5, atol=1e-5)
     for got, ref in zip([dx, dgamma, dbeta], refs):
         np.testing.assert_allclose(got, ref, rtol=1e-4, atol=1e-4)
+
+
+def test_layer_table_times_every_group_conv_shape_of_the_model(capsys):
+    from efficientnet_ipu import models
+    model = models.EfficientNet("b0", group_size=1, norm="bn", input_shape=(64, 64, 3))
+    shapes = benchmark.group_conv_layer_shapes(model, 64, 2)
+    assert sum(count for _, count in shapes) == 16  # B0's 16 MBConv blocks
+    first, count = shapes[0]
+    assert first == ((2, 32, 32, 32), 3, 1, 1, 32) and count == 1  # block1a after the stem
+    assert ((2, 4, 4, 672), 5, 2, 1, 672) in dict(shapes)  # block6a: 5x5, stride 2
+    assert benchmark.main(["--layers", "--sizes=b0", "--group-sizes=1", "--norms=bn",
+                           "--resolutions=32", "--batch=2", "--steps=2", "--warmup=1"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    rows = [line for line in lines if line.startswith("  (2, ")]
+    assert len(rows) == len(benchmark.group_conv_layer_shapes(
+        models.EfficientNet("b0", group_size=1, norm="bn", input_shape=(32, 32, 3)), 32, 2))
+    assert lines[-1].startswith("  summed over the layers: tensorflow")

@@ -51,6 +51,7 @@ using tensorflow::shape_inference::ShapeHandle;
 
 namespace {
 
+using efficientnet_ipu::OutputSize;
 using efficientnet_ipu::ParallelFor;
 
 constexpr int kG = 16;  // channels per group
@@ -66,18 +67,6 @@ bool UseAvx512() {
   const char* env = std::getenv("EFFICIENTNET_IPU_AVX2_ONLY");
   const bool avx2_only = env != nullptr && env[0] != '\0' && std::strcmp(env, "0") != 0;
   return __builtin_cpu_supports("avx512f") && !avx2_only;
-}
-
-// Output size and padding before the first element, as TensorFlow computes them.
-void OutputSize(int in, int k, int s, bool same, int* out, int* pad_before) {
-  if (same) {
-    *out = (in + s - 1) / s;
-    int total = std::max((*out - 1) * s + k - in, 0);
-    *pad_before = total / 2;
-  } else {
-    *out = (in - k + s) / s;
-    *pad_before = 0;
-  }
 }
 
 // Cache lines to bring into L2 a few at a time from inside the blocks' loops: line i is

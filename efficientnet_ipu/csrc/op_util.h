@@ -1,10 +1,12 @@
 // Helpers shared by this project's CPU ops (x86-64 with AVX2 and FMA): the op's thread
-// pool, and 8-float loads with a lane mask for the last, partial group of channels.
+// pool, TensorFlow's output size and padding, and 8-float loads with a lane mask for
+// the last, partial group of channels.
 #ifndef EFFICIENTNET_IPU_OP_UTIL_H_
 #define EFFICIENTNET_IPU_OP_UTIL_H_
 
 #include <immintrin.h>
 
+#include <algorithm>
 #include <cstdint>
 #include <functional>
 
@@ -21,6 +23,21 @@ namespace efficientnet_ipu {
 inline void ParallelFor(tensorflow::OpKernelContext* ctx, int64_t units, int64_t cost,
                         const std::function<void(int64_t, int64_t)>& fn) {
   ctx->device()->tensorflow_cpu_worker_threads()->workers->ParallelFor(units, cost, fn);
+}
+
+// Output size and padding before the first element along one spatial dimension of
+// size ``in``, kernel ``k``, stride ``s``, as TensorFlow computes them (SAME:
+// out = ceil(in / s), pad_before = pad_total / 2; VALID: out = (in - k + s) / s, no
+// padding; not clamped at 0).
+inline void OutputSize(int in, int k, int s, bool same, int* out, int* pad_before) {
+  if (same) {
+    *out = (in + s - 1) / s;
+    const int total = std::max((*out - 1) * s + k - in, 0);
+    *pad_before = total / 2;
+  } else {
+    *out = (in - k + s) / s;
+    *pad_before = 0;
+  }
 }
 
 // Lane mask for the last, partial group of 8 channels (lanes 0 .. lanes - 1 on).

@@ -368,7 +368,8 @@ class MBConvBlock(keras.layers.Layer):
         if self.config_args["fold_proxy_norm"] == "auto" and self.norm_act.fused:
             self.group_conv.build((None, None, None, self.config_args["filters_in"]
                                    * self.config_args["expand_ratio"]))
-            self.fold_proxy_norm = self.group_conv.resolved_implementation == "avx2"
+            self.fold_proxy_norm = (self.group_conv.resolved_implementation == "avx2"
+                                    and not self.group_conv.depthwise)
         if self.fold_proxy_norm:
             # call_proxy_folded uses these sublayers' weights without calling them.
             shape = (None, None, None, self.config_args["filters_in"]

@@ -3,31 +3,40 @@
 Keras 3's ``Conv2D(groups=...)`` wraps grouped convolutions in an XLA function whose
 backward pass is about 115x slower on CPU, and the Keras 2.6 fork in the Poplar SDK has
 no grouped Conv2D at all, so this layer calls ``tf.nn.conv2d`` on a grouped kernel
-(``tf.nn.depthwise_conv2d`` when the group size is 1), or, for 16-channel groups on an
-AVX2 CPU, this project's own kernels (``group_conv16``).
+(``tf.nn.depthwise_conv2d`` when the group size is 1), or, on an AVX2 CPU, this
+project's own kernels: for 16-channel groups (``group_conv16``), and for the gradients of
+depthwise convolutions (``depthwise_conv``).
 """
 from tensorflow import keras
 import tensorflow as tf
 
-from efficientnet_ipu.layers import group_conv16, kernels
+from efficientnet_ipu.layers import depthwise_conv, group_conv16, kernels
 
 IMPLEMENTATIONS = ("auto", "grouped", "split", "avx2", "tensorflow")
 
 
-def avx2_applies(group_size, filters_per_group, dtype):
-    """True if the "avx2" kernels compute this convolution: 16 input and 16 output channels
-    per group, float32."""
-    return group_size == 16 and filters_per_group == 16 and tf.as_dtype(dtype) == tf.float32
+def avx2_applies(group_size, filters_per_group, dtype, kernel_size=3):
+    """True if the "avx2" kernels compute this convolution in float32: 16 input and 16
+    output channels per group (``group_conv16``), or a depthwise convolution (group size 1,
+    one output channel per group) with a kernel of at most 7x7, whose gradients they
+    compute (``depthwise_conv``)."""
+    if tf.as_dtype(dtype) != tf.float32:
+        return False
+    if group_size == 1 and filters_per_group == 1:
+        return kernel_size <= depthwise_conv.MAX_KERNEL_SIZE
+    return group_size == 16 and filters_per_group == 16
 
 
 def choose_implementation(groups, group_size, filters_per_group=None, dtype="float32",
-                          allow_avx2=True):
+                          allow_avx2=True, kernel_size=3):
     """The implementation ``"auto"`` picks for a group convolution (``"tensorflow"``: the
     same with ``allow_avx2=False``).
 
-    On a machine with only CPUs: "avx2" (``group_conv16``) for float32 convolutions with 16
-    input and 16 output channels per group when the CPU has AVX2 and FMA and a C++ compiler
-    is present (without a compiler a warning says so and the choice below is made). Else,
+    On a machine with only CPUs: "avx2" for float32 convolutions with 16 input and 16
+    output channels per group (``group_conv16``) and for float32 depthwise convolutions
+    with kernels up to 7x7 (``depthwise_conv``: TensorFlow's forward, our gradients) when
+    the CPU has AVX2 and FMA and a C++ compiler is present (without a compiler a warning
+    says so and the choice below is made). Else,
     on a CPU with AVX-512F, "grouped"; without AVX-512, "split" when the group size is at
     least 8 and there are at most 16 groups, else "grouped". With a GPU, TPU or IPU:
     "grouped".
@@ -61,7 +70,7 @@ def choose_implementation(groups, group_size, filters_per_group=None, dtype="flo
     """
     if not kernels.cpu_only():
         return "grouped"
-    if allow_avx2 and avx2_applies(group_size, filters_per_group, dtype):
+    if allow_avx2 and avx2_applies(group_size, filters_per_group, dtype, kernel_size):
         if kernels.available():
             return "avx2"
         kernels.warn_once(
@@ -144,12 +153,14 @@ class GroupConv2D(keras.layers.Layer):
     ``implementation``: "grouped" (one ``tf.nn.conv2d`` on the grouped kernel; on CPU it
     needs TensorFlow's oneDNN kernels, see ``check_grouped_conv_gradient_support``),
     "split" (one convolution per group, concatenated; runs anywhere, and on CPU it is the
-    faster one for few, large groups), "avx2" (``group_conv16``: this project's CPU kernels
-    for 16 input and 16 output channels per group, float32, compiled on first use),
+    faster one for few, large groups), "avx2" (this project's CPU kernels, compiled on
+    first use: ``group_conv16`` for 16 input and 16 output channels per group, float32;
+    for a float32 depthwise convolution with a kernel up to 7x7, TensorFlow's forward and
+    ``depthwise_conv``'s gradient ops),
     "auto" (default: ``choose_implementation``) or "tensorflow" (auto's choice among
     "grouped" and "split" only: TensorFlow's own ops). All compute the same function with the
     same kernel. Under ``kernels.portable_kernels()`` (SavedModel export) "avx2"
-    traces as "grouped".
+    traces as "grouped" (as ``tf.nn.depthwise_conv2d`` alone for G=1).
 
     Raises:
       ValueError: bad ``filters``/``kernel_size``/``strides``/``group_size``/``padding``/
@@ -201,16 +212,17 @@ class GroupConv2D(keras.layers.Layer):
         if self.implementation in ("auto", "tensorflow"):
             self.resolved_implementation = choose_implementation(
                 self.groups, self.resolved_group_size, filters_per_group, self.compute_dtype,
-                allow_avx2=self.implementation == "auto")
+                allow_avx2=self.implementation == "auto", kernel_size=self.kernel_size)
         if self.resolved_implementation == "avx2":
             if not avx2_applies(self.resolved_group_size, filters_per_group,
-                                self.compute_dtype):
+                                self.compute_dtype, self.kernel_size):
                 raise ValueError(
-                    "GroupConv2D implementation='avx2' needs group_size 16 (got %d after "
-                    "rounding), 16 filters per group (got %d) and float32 compute (got %s); "
-                    "use 'grouped', 'split' or 'auto'" % (self.resolved_group_size,
-                                                          filters_per_group,
-                                                          self.compute_dtype))
+                    "GroupConv2D implementation='avx2' needs group_size 16 with 16 filters "
+                    "per group, or group_size 1 with 1 filter per group and kernel_size <= "
+                    "%d (got group_size %d after rounding, %d filters per group, "
+                    "kernel_size %d), and float32 compute (got %s); use 'grouped', 'split' "
+                    "or 'auto'" % (depthwise_conv.MAX_KERNEL_SIZE, self.resolved_group_size,
+                                   filters_per_group, self.kernel_size, self.compute_dtype))
             # Compile now, so that a failure shows before any training.
             kernels.load("GroupConv2D implementation='avx2'",
                          "implementation='grouped' or 'split'")
@@ -254,16 +266,21 @@ class GroupConv2D(keras.layers.Layer):
         implementations add it first. Both serve the proxy-normalized activation before
         the group conv (paper 002 eq. 7: subtract the proxy mean, divide by its std)."""
         use_avx2 = self.resolved_implementation == "avx2" and not kernels.portable()
+        folds = use_avx2 and not self.depthwise  # group_conv16 takes the offset and scale
         kernel = self.kernel
-        if input_scale is not None and not use_avx2:  # "avx2" scales as it packs the kernel
+        if input_scale is not None and not folds:  # group_conv16 scales as it packs the kernel
             kernel = self.scaled_kernel(input_scale)
         kernel = tf.cast(kernel, inputs.dtype)
         strides = [1, self.strides, self.strides, 1]
-        if input_offset is not None and not use_avx2:
+        if input_offset is not None and not folds:
             inputs = inputs + tf.cast(input_offset, inputs.dtype)
         if self.depthwise:
             kernel = tf.reshape(kernel, [self.kernel_size, self.kernel_size, self.filters, 1])
-            outputs = tf.nn.depthwise_conv2d(inputs, kernel, strides, self.padding)
+            if use_avx2:
+                outputs = depthwise_conv.depthwise_conv2d(inputs, kernel, self.strides,
+                                                          self.padding)
+            else:
+                outputs = tf.nn.depthwise_conv2d(inputs, kernel, strides, self.padding)
         elif use_avx2:
             outputs = group_conv16.group_conv16(
                 inputs, kernel, self.strides, self.padding,

@@ -18,7 +18,11 @@
   ``norm.group_scale_shift``;
 - ``channel_gate.cc``: the squeeze-excite gate applied to its input, x * gate[n, c], with
   both gradients from one pass; used by ``blocks.channel_gate``;
-- ``op_util.h``: the thread pool and masked 8-float loads and stores;
+- ``depthwise_conv.cc``: the two gradients of a depthwise convolution (G1, kernels up to
+  7x7), AVX2 or AVX-512 loops from ``depthwise_conv_kernels.h`` (included once for
+  each); used by ``GroupConv2D`` through ``depthwise_conv``;
+- ``op_util.h``: the thread pool, TensorFlow's output size and padding, and masked
+  8-float loads and stores;
 - ``vector_math.h``: the activations and exp for 8 floats, shared by ``proxy_norm.cc`` and
   ``norm_activation.cc``.
 
@@ -47,8 +51,9 @@ import tensorflow as tf
 CSRC = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "csrc")
 SOURCES = [os.path.join(CSRC, name)
            for name in ("group_conv16.cc", "proxy_norm.cc", "norm_activation.cc",
-                        "group_statistics.cc", "channel_gate.cc")]
-HEADERS = [os.path.join(CSRC, name) for name in ("vector_math.h", "op_util.h")]
+                        "group_statistics.cc", "channel_gate.cc", "depthwise_conv.cc")]
+HEADERS = [os.path.join(CSRC, name)
+           for name in ("vector_math.h", "op_util.h", "depthwise_conv_kernels.h")]
 FLAGS = ["-std=c++17", "-O3", "-mavx2", "-mfma", "-fPIC", "-shared", "-w"]
 
 _lock = threading.Lock()
