@@ -270,6 +270,51 @@ def test_channel_gate_op_equals_tensorflow_and_gradients(shape):
 
 @needs_kernels
 @pytest.mark.skipif(not CPU_ONLY, reason="the fused op is chosen on CPU-only machines")
+@pytest.mark.parametrize("shape,folded", [((3, 5, 7, 24), False), ((2, 4, 3, 13), True),
+                                          ((2, 1, 1, 8), True)])
+def test_squeeze_excite_gradient_equals_tensorflow(shape, folded):
+    """SqueezeExcite's own gradient (blocks.squeeze_excite: the squeeze's share added to dx
+    in place, no full-size Tile, Mul or AddN) against TensorFlow's, for the input, the four
+    weights and, as in the folded proxy norm, the gate's scale and center with a gradient
+    reaching the gate from outside; 13 channels is a masked tail."""
+    rng = np.random.default_rng(sum(shape) + folded)
+    x = tf.constant(rng.normal(1.0, 2.0, size=shape).astype(np.float32))
+    se = L.SqueezeExcite(4)
+    se(x)
+    scale = tf.constant(rng.uniform(0.5, 2.0, shape[3]).astype(np.float32)) if folded else None
+    center = tf.constant(rng.normal(size=shape[3]).astype(np.float32)) if folded else None
+    upstream = tf.constant(rng.normal(size=shape).astype(np.float32))
+    gate_upstream = tf.constant(rng.normal(size=(shape[0], shape[3])).astype(np.float32))
+    sources = [x] + se.trainable_variables + ([scale, center] if folded else [])
+
+    @tf.function
+    def value_and_grads():
+        with tf.GradientTape() as tape:
+            tape.watch([t for t in sources if isinstance(t, tf.Tensor)])
+            y, gate = se.gated(x, scale, center)
+        outputs, grads = [y, gate], [upstream, gate_upstream]
+        if not folded:  # the gate feeds nothing else
+            outputs, grads = [y], [upstream]
+        return [y, gate] + tape.gradient(outputs, sources, output_gradients=grads)
+
+    graph = value_and_grads.get_concrete_function().graph
+    types = [op.type for op in graph.get_operations()]
+    assert "EfficientnetIpuAddChannelBias" in types and "Tile" not in types
+    ours = value_and_grads()
+    with L.norm.tensorflow_norm_ops():
+        value_and_grads = tf.function(value_and_grads.python_function)
+        ref = value_and_grads()
+    assert "EfficientnetIpuAddChannelBias" not in {
+        op.type for op in value_and_grads.get_concrete_function().graph.get_operations()}
+    for a, b in zip(ours, ref):
+        np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-5,
+                                   atol=1e-5 * float(tf.reduce_max(tf.abs(b))))
+    with pytest.raises(tf.errors.InvalidArgumentError, match=r"bias must be \[N, C\]"):
+        kernels.load().efficientnet_ipu_add_channel_bias(x, tf.zeros([shape[0], 3]))
+
+
+@needs_kernels
+@pytest.mark.skipif(not CPU_ONLY, reason="the fused op is chosen on CPU-only machines")
 def test_tensorflow_norm_ops_context_traces_the_benchmark_baseline():
     """``benchmark --compare-norm-ops`` traces its baseline in ``tensorflow_norm_ops()``:
     none of the normalization / gate ops there, all of them (and their gradients) in the

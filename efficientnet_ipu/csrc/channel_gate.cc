@@ -7,7 +7,8 @@
 //
 // TensorFlow's gradient of the broadcast multiply makes two full-size products and a
 // reduction (five passes over the tensor); here both gradients come from one pass that
-// reads dy and x and writes dx (issue #4). Loaded by efficientnet_ipu/layers/kernels.py.
+// reads dy and x and writes dx (issue #4). A third op adds a per-(n, c) bias in place,
+// for the squeeze's share of the gradient. Loaded by efficientnet_ipu/layers/kernels.py.
 
 #include <immintrin.h>
 
@@ -45,8 +46,10 @@ class ChannelGateBase : public OpKernel {
   }
 
  protected:
-  // Checks x is [N, H, W, C] and gate [N, C]; ``what`` names the op in the error.
-  static bool CheckInputs(OpKernelContext* ctx, const char* what) {
+  // Checks x is [N, H, W, C] and input 1 (named ``second``: gate or bias) [N, C];
+  // ``what`` names the op in the error.
+  static bool CheckInputs(OpKernelContext* ctx, const char* what,
+                          const char* second = "gate") {
     const Tensor& x = ctx->input(0);
     if (x.dims() != 4) {
       ctx->CtxFailure(InvalidArgument(what, ": x must be [N, H, W, C], got ",
@@ -55,8 +58,9 @@ class ChannelGateBase : public OpKernel {
     }
     const TensorShape nc({x.dim_size(0), x.dim_size(3)});
     if (ctx->input(1).shape() != nc) {
-      ctx->CtxFailure(InvalidArgument(what, ": gate must be [N, C] = ", nc.DebugString(),
-                                      ", got ", ctx->input(1).shape().DebugString()));
+      ctx->CtxFailure(InvalidArgument(what, ": ", second, " must be [N, C] = ",
+                                      nc.DebugString(), ", got ",
+                                      ctx->input(1).shape().DebugString()));
       return false;
     }
     return true;
@@ -148,7 +152,54 @@ class ChannelGateGradOp : public ChannelGateBase {
   }
 };
 
+// y[n, h, w, c] = x[n, h, w, c] + bias[n, c], in x's buffer when TensorFlow can forward
+// it: how the squeeze's gradient (dmean / HW, broadcast over H and W) joins the gate's in
+// the squeeze-excite gradient (blocks.squeeze_excite), one pass where TensorFlow's Tile,
+// Mul and AddN made three (issue #4, session 16).
+class AddChannelBiasOp : public ChannelGateBase {
+ public:
+  using ChannelGateBase::ChannelGateBase;
+
+  void Compute(OpKernelContext* ctx) override {
+    if (!CheckInputs(ctx, "add_channel_bias", "bias")) return;
+    const Tensor& x = ctx->input(0);
+    Tensor* y = nullptr;
+    OP_REQUIRES_OK(ctx, ctx->forward_input_or_allocate_output({0}, 0, x.shape(), &y));
+    const int64_t N = x.dim_size(0), H = x.dim_size(1), W = x.dim_size(2), C = x.dim_size(3);
+    const float* xd = x.flat<float>().data();
+    const float* bd = ctx->input(1).flat<float>().data();
+    float* yd = y->flat<float>().data();
+    const int64_t c8 = C / 8 * 8;
+    const __m256i tail = TailMask(static_cast<int>(C - c8));
+    ParallelFor(ctx, N * H, W * C * 2, [&](int64_t begin, int64_t end) {
+      for (int64_t u = begin; u < end; ++u) {
+        const float* b = bd + u / H * C;
+        const float* xr = xd + u * W * C;
+        float* yr = yd + u * W * C;
+        for (int64_t w = 0; w < W; ++w, xr += C, yr += C)
+          for (int64_t c = 0; c < C; c += 8) {
+            const bool full = c < c8;
+            Store(yr + c, _mm256_add_ps(Load(xr + c, full, tail), Load(b + c, full, tail)),
+                  full, tail);
+          }
+      }
+    });
+  }
+};
+
 }  // namespace
+
+REGISTER_OP("EfficientnetIpuAddChannelBias")
+    .Input("x: float")
+    .Input("bias: float")
+    .Output("y: float")
+    .SetShapeFn([](InferenceContext* c) {
+      c->set_output(0, c->input(0));
+      return absl::OkStatus();
+    });
+
+REGISTER_KERNEL_BUILDER(Name("EfficientnetIpuAddChannelBias").Device(DEVICE_CPU),
+                        AddChannelBiasOp);
 
 REGISTER_OP("EfficientnetIpuChannelGate")
     .Input("x: float")

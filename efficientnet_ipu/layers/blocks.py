@@ -190,6 +190,53 @@ def _channel_gate_gradient(op, dy):
     return kernels.load().efficientnet_ipu_channel_gate_grad(*op.inputs, dy)
 
 
+def squeeze_excite(x, gate_fn, params):
+    """(x * g[:, None, None, :], g) with the squeeze-excite gate g = gate_fn(m, *params),
+    m = mean over H and W of x.
+
+    Where ``norm.fused_applies(x, "linear")``, the gradient is this project's: the gate's
+    two gradients from one op (``channel_gate``), the [N, C] graph of ``gate_fn`` by
+    TensorFlow (recomputed, it is tiny), and dm / (H W) added to dx in place by one op
+    (``csrc/channel_gate.cc``). TensorFlow's gradient of the mean is a Tile and a Mul of
+    the full tensor and an AddN with the gate's dx: three passes more (issue #4,
+    session 16). Elsewhere the TensorFlow ops and their gradients.
+
+    Args:
+      x: [N, H, W, C]; gate_fn: maps m [N, C] (x's dtype) and ``params`` to g [N, C];
+      params: list of tensors (e.g. the layer's weights, cast), differentiated too.
+
+    Returns:
+      (y [N, H, W, C], g [N, C]); g may feed other ops (the folded proxy norm's offset),
+      and its gradient from them joins the gate's.
+    """
+    params = list(params)
+    if not fused_applies(x, "linear"):
+        gate = gate_fn(tf.reduce_mean(x, axis=[1, 2]), *params)
+        return channel_gate(x, gate), gate
+    library = kernels.load("the squeeze-excite gate", "kernels.portable_kernels()")
+
+    @tf.custom_gradient
+    def fused(x, *params):
+        params = list(params)
+        squeezed = tf.reduce_mean(x, axis=[1, 2])
+        gate = gate_fn(squeezed, *params)
+
+        def gradient(dy, dgate_out):
+            dx, dgate = library.efficientnet_ipu_channel_gate_grad(x, gate, dy)
+            if dgate_out is not None:
+                dgate = dgate + dgate_out
+            with tf.GradientTape() as tape:
+                tape.watch([squeezed] + params)
+                recomputed = gate_fn(squeezed, *params)
+            grads = tape.gradient(recomputed, [squeezed] + params, output_gradients=dgate)
+            pixels = tf.cast(tf.shape(x)[1] * tf.shape(x)[2], x.dtype)
+            dx = library.efficientnet_ipu_add_channel_bias(dx, grads[0] / pixels)
+            return [dx] + grads[1:]
+        return (library.efficientnet_ipu_channel_gate(x, gate), gate), gradient
+
+    return fused(x, *params)
+
+
 class SqueezeExcite(keras.layers.Layer):
     """Squeeze-and-excitation gate (Hu et al., 2018) as in EfficientNet's MBConv.
 
@@ -227,24 +274,29 @@ class SqueezeExcite(keras.layers.Layer):
                                            initializer="zeros", trainable=True)
         super().build(input_shape)
 
-    def gate(self, inputs, scale=None, center=None):
-        """The [N, C] gate (times ``scale`` if given) for ``inputs`` [N, H, W, C]; with
-        ``center`` ([C]) it is the gate of inputs - center (the squeeze is shifted, no pass
-        over the inputs)."""
+    def gated(self, inputs, scale=None, center=None):
+        """(inputs * gate, gate [N, C]) for ``inputs`` [N, H, W, C] (``squeeze_excite``):
+        the gate times ``scale`` ([C]) if given; with ``center`` ([C]) the gate of
+        inputs - center (the squeeze is shifted, no pass over the inputs), while the
+        unshifted inputs are gated."""
         dtype = inputs.dtype
-        squeezed = tf.reduce_mean(inputs, axis=[1, 2])
-        if center is not None:
-            squeezed = squeezed - tf.cast(center, dtype)
-        hidden = self.activation_fn(tf.matmul(squeezed, tf.cast(self.reduce_kernel, dtype))
-                                    + tf.cast(self.reduce_bias, dtype))
-        gate = tf.sigmoid(tf.matmul(hidden, tf.cast(self.expand_kernel, dtype))
-                          + tf.cast(self.expand_bias, dtype))
-        if scale is not None:
-            gate = gate * tf.cast(scale, dtype)
-        return gate
+        params = [tf.cast(w, dtype) for w in (self.reduce_kernel, self.reduce_bias,
+                                              self.expand_kernel, self.expand_bias)]
+        extras = [tf.cast(v, dtype) for v in (scale, center) if v is not None]
+
+        def gate_fn(squeezed, reduce_kernel, reduce_bias, expand_kernel, expand_bias, *extra):
+            extra = list(extra)
+            scale_, center_ = (extra.pop(0) if scale is not None else None,
+                               extra.pop(0) if center is not None else None)
+            if center_ is not None:
+                squeezed = squeezed - center_
+            hidden = self.activation_fn(tf.matmul(squeezed, reduce_kernel) + reduce_bias)
+            gate = tf.sigmoid(tf.matmul(hidden, expand_kernel) + expand_bias)
+            return gate if scale_ is None else gate * scale_
+        return squeeze_excite(inputs, gate_fn, params + extras)
 
     def call(self, inputs, scale=None):
-        return channel_gate(inputs, self.gate(inputs, scale))
+        return self.gated(inputs, scale)[0]
 
     def get_config(self):
         config = super().get_config()
@@ -412,8 +464,8 @@ class MBConvBlock(keras.layers.Layer):
             input_offset = -mean
         activated, mean, scale = self.norm_act.proxy_parts(
             self.group_conv(x, input_scale=input_scale, input_offset=input_offset))
-        gate = self.se.gate(activated, scale=scale, center=mean)        # [N, C]
-        x = self.project_conv(channel_gate(activated, gate))
+        gated, gate = self.se.gated(activated, scale=scale, center=mean)  # gate [N, C]
+        x = self.project_conv(gated)
         project_kernel = self.project_conv.kernel_matrix(tf.float32)     # [C, C_out]
         offset = tf.matmul(tf.cast(gate, tf.float32) * mean, project_kernel)   # [N, C_out]
         x = self.project_norm(x, offset=offset)

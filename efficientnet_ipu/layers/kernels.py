@@ -17,7 +17,8 @@
   ([N, C] arithmetic, one op instead of about 20 forward and 30 backward); used by
   ``norm.group_scale_shift``;
 - ``channel_gate.cc``: the squeeze-excite gate applied to its input, x * gate[n, c], with
-  both gradients from one pass; used by ``blocks.channel_gate``;
+  both gradients from one pass, and x + bias[n, c] in place (the squeeze's share of the
+  gradient); used by ``blocks.channel_gate`` and ``blocks.squeeze_excite``;
 - ``depthwise_conv.cc``: the two gradients of a depthwise convolution (G1, kernels up to
   7x7), AVX2 or AVX-512 loops from ``depthwise_conv_kernels.h`` (included once for
   each); used by ``GroupConv2D`` through ``depthwise_conv``;
