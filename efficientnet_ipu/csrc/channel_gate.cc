@@ -65,6 +65,31 @@ class ChannelGateBase : public OpKernel {
     }
     return true;
   }
+
+  // y[n, h, w, c] = op(x[n, h, w, c], v[n, c]) for 8 channels at a time, one unit per
+  // image row; y may be x's buffer.
+  template <typename Op>
+  static void BroadcastNC(OpKernelContext* ctx, const Tensor& x, const Tensor& v, Tensor* y,
+                          Op op) {
+    const int64_t H = x.dim_size(1), W = x.dim_size(2), C = x.dim_size(3);
+    const float* xd = x.flat<float>().data();
+    const float* vd = v.flat<float>().data();
+    float* yd = y->flat<float>().data();
+    const int64_t c8 = C / 8 * 8;
+    const __m256i tail = TailMask(static_cast<int>(C - c8));
+    ParallelFor(ctx, x.dim_size(0) * H, W * C * 2, [&](int64_t begin, int64_t end) {
+      for (int64_t u = begin; u < end; ++u) {
+        const float* vr = vd + u / H * C;
+        const float* xr = xd + u * W * C;
+        float* yr = yd + u * W * C;
+        for (int64_t w = 0; w < W; ++w, xr += C, yr += C)
+          for (int64_t c = 0; c < C; c += 8) {
+            const bool full = c < c8;
+            Store(yr + c, op(Load(xr + c, full, tail), Load(vr + c, full, tail)), full, tail);
+          }
+      }
+    });
+  }
 };
 
 class ChannelGateOp : public ChannelGateBase {
@@ -76,26 +101,7 @@ class ChannelGateOp : public ChannelGateBase {
     const Tensor& x = ctx->input(0);
     Tensor* y = nullptr;
     OP_REQUIRES_OK(ctx, ctx->allocate_output(0, x.shape(), &y));
-    const int64_t N = x.dim_size(0), H = x.dim_size(1), W = x.dim_size(2), C = x.dim_size(3);
-    const float* xd = x.flat<float>().data();
-    const float* gd = ctx->input(1).flat<float>().data();
-    float* yd = y->flat<float>().data();
-    const int64_t c8 = C / 8 * 8;
-    const __m256i tail = TailMask(static_cast<int>(C - c8));
-    // One unit per image row.
-    ParallelFor(ctx, N * H, W * C * 2, [&](int64_t begin, int64_t end) {
-      for (int64_t u = begin; u < end; ++u) {
-        const float* g = gd + u / H * C;
-        const float* xr = xd + u * W * C;
-        float* yr = yd + u * W * C;
-        for (int64_t w = 0; w < W; ++w, xr += C, yr += C)
-          for (int64_t c = 0; c < C; c += 8) {
-            const bool full = c < c8;
-            Store(yr + c, _mm256_mul_ps(Load(xr + c, full, tail), Load(g + c, full, tail)),
-                  full, tail);
-          }
-      }
-    });
+    BroadcastNC(ctx, x, ctx->input(1), y, [](__m256 a, __m256 g) { return _mm256_mul_ps(a, g); });
   }
 };
 
@@ -165,25 +171,7 @@ class AddChannelBiasOp : public ChannelGateBase {
     const Tensor& x = ctx->input(0);
     Tensor* y = nullptr;
     OP_REQUIRES_OK(ctx, ctx->forward_input_or_allocate_output({0}, 0, x.shape(), &y));
-    const int64_t N = x.dim_size(0), H = x.dim_size(1), W = x.dim_size(2), C = x.dim_size(3);
-    const float* xd = x.flat<float>().data();
-    const float* bd = ctx->input(1).flat<float>().data();
-    float* yd = y->flat<float>().data();
-    const int64_t c8 = C / 8 * 8;
-    const __m256i tail = TailMask(static_cast<int>(C - c8));
-    ParallelFor(ctx, N * H, W * C * 2, [&](int64_t begin, int64_t end) {
-      for (int64_t u = begin; u < end; ++u) {
-        const float* b = bd + u / H * C;
-        const float* xr = xd + u * W * C;
-        float* yr = yd + u * W * C;
-        for (int64_t w = 0; w < W; ++w, xr += C, yr += C)
-          for (int64_t c = 0; c < C; c += 8) {
-            const bool full = c < c8;
-            Store(yr + c, _mm256_add_ps(Load(xr + c, full, tail), Load(b + c, full, tail)),
-                  full, tail);
-          }
-      }
-    });
+    BroadcastNC(ctx, x, ctx->input(1), y, [](__m256 a, __m256 b) { return _mm256_add_ps(a, b); });
   }
 };
 

@@ -23,9 +23,8 @@
 
 #include <algorithm>
 #include <cstdint>
-#include <cstdlib>
-#include <cstring>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 #include "tensorflow/core/framework/op.h"
@@ -48,6 +47,7 @@ namespace {
 
 using efficientnet_ipu::OutputSize;
 using efficientnet_ipu::ParallelFor;
+using efficientnet_ipu::UseAvx512;
 
 constexpr int kMaxK = 7;  // the largest kernel the register blocks hold
 
@@ -116,14 +116,6 @@ using Vec = Avx512Vec;
 #include "depthwise_conv_kernels.h"
 }  // namespace avx512
 #pragma GCC pop_options
-
-// True where the AVX-512 loops run: the CPU has AVX-512F and $EFFICIENTNET_IPU_AVX2_ONLY
-// is unset or "0" (as for group_conv16.cc).
-bool UseAvx512() {
-  const char* env = std::getenv("EFFICIENTNET_IPU_AVX2_ONLY");
-  const bool avx2_only = env != nullptr && env[0] != '\0' && std::strcmp(env, "0") != 0;
-  return __builtin_cpu_supports("avx512f") && !avx2_only;
-}
 
 class DepthwiseBase : public OpKernel {
  public:

@@ -59,40 +59,31 @@ inline void InputGradientInterior(const Geometry& g, const InputTap* taps, int n
   const int groups = (C + Vec::kLanes - 1) / Vec::kLanes;
   const int64_t lines = (static_cast<int64_t>(8 + max_off - min_off) * C * 4 + 63) / 64;
   int t = t0;
-  for (; t + 8 <= t1; t += 8) {
-    float* out = out_row + static_cast<int64_t>(r + t * g.s) * C;
-    const int64_t next = static_cast<int64_t>(t + 8 + min_off) * C;  // floats into the row
-    int group = 0;
-    ForEachChannelGroup(C, c_end, [&](int c, bool full) {
-      const int64_t l0 = lines * group / groups, l1 = lines * (group + 1) / groups;
-      ++group;
-      for (int q = 0; q < nrows; ++q)
-        for (int64_t l = l0; l < l1; ++l)
-          _mm_prefetch(reinterpret_cast<const char*>(rows[q] + next) + l * 64, _MM_HINT_T0);
-      if (full)
-        InputGradientBlock<8, true>(taps, ntaps, C, t, c, out_stride, out, tail);
-      else
-        InputGradientBlock<8, false>(taps, ntaps, C, t, c, out_stride, out, tail);
-    });
-  }
-  for (; t + 4 <= t1; t += 4) {
-    float* out = out_row + static_cast<int64_t>(r + t * g.s) * C;
-    ForEachChannelGroup(C, c_end, [&](int c, bool full) {
-      if (full)
-        InputGradientBlock<4, true>(taps, ntaps, C, t, c, out_stride, out, tail);
-      else
-        InputGradientBlock<4, false>(taps, ntaps, C, t, c, out_stride, out, tail);
-    });
-  }
-  for (; t < t1; ++t) {
-    float* out = out_row + static_cast<int64_t>(r + t * g.s) * C;
-    ForEachChannelGroup(C, c_end, [&](int c, bool full) {
-      if (full)
-        InputGradientBlock<1, true>(taps, ntaps, C, t, c, out_stride, out, tail);
-      else
-        InputGradientBlock<1, false>(taps, ntaps, C, t, c, out_stride, out, tail);
-    });
-  }
+  auto blocks = [&](auto pixels) {  // blocks of P pixels (a std::integral_constant) while they fit
+    constexpr int P = decltype(pixels)::value;
+    for (; t + P <= t1; t += P) {
+      float* out = out_row + static_cast<int64_t>(r + t * g.s) * C;
+      const int64_t next = static_cast<int64_t>(t + 8 + min_off) * C;  // floats into a row
+      int group = 0;
+      ForEachChannelGroup(C, c_end, [&](int c, bool full) {
+        if (P == 8) {  // this group's share of the next block's lines
+          const int64_t l0 = lines * group / groups, l1 = lines * (group + 1) / groups;
+          for (int q = 0; q < nrows; ++q)
+            for (int64_t l = l0; l < l1; ++l)
+              _mm_prefetch(reinterpret_cast<const char*>(rows[q] + next) + l * 64,
+                           _MM_HINT_T0);
+        }
+        ++group;
+        if (full)
+          InputGradientBlock<P, true>(taps, ntaps, C, t, c, out_stride, out, tail);
+        else
+          InputGradientBlock<P, false>(taps, ntaps, C, t, c, out_stride, out, tail);
+      });
+    }
+  };
+  blocks(std::integral_constant<int, 8>());
+  blocks(std::integral_constant<int, 4>());
+  blocks(std::integral_constant<int, 1>());
 }
 
 // Input gradient of row ih of image n, all channels. f: filter [k, k, C]. The pixels of

@@ -53,21 +53,11 @@ namespace {
 
 using efficientnet_ipu::OutputSize;
 using efficientnet_ipu::ParallelFor;
+using efficientnet_ipu::UseAvx512;
 
 constexpr int kG = 16;  // channels per group
 constexpr int kMaxR = 6;  // AVX2: output pixels per register block (12 accumulators)
 constexpr int kMaxR512 = 14;  // AVX-512: output pixels per register block (14 accumulators)
-
-// True where the AVX-512 versions of the inner blocks run: the CPU has AVX-512F and
-// $EFFICIENTNET_IPU_AVX2_ONLY is unset or "0" (it selects the AVX2 versions, for tests and
-// for comparing the two). A 16-channel group is one AVX-512 register, so a block holds
-// twice the pixels per register of AVX2 and every weight or gradient load feeds twice the
-// FLOPs (issue #4, session 11).
-bool UseAvx512() {
-  const char* env = std::getenv("EFFICIENTNET_IPU_AVX2_ONLY");
-  const bool avx2_only = env != nullptr && env[0] != '\0' && std::strcmp(env, "0") != 0;
-  return __builtin_cpu_supports("avx512f") && !avx2_only;
-}
 
 // Cache lines to bring into L2 a few at a time from inside the blocks' loops: line i is
 // base0 + i * stride for i < n0, else base1 + (i - n0) * stride. The kernel gradient

@@ -1,6 +1,6 @@
 // Helpers shared by this project's CPU ops (x86-64 with AVX2 and FMA): the op's thread
-// pool, TensorFlow's output size and padding, and 8-float loads with a lane mask for
-// the last, partial group of channels.
+// pool, the AVX-512 switch, TensorFlow's output size and padding, and 8-float loads
+// with a lane mask for the last, partial group of channels.
 #ifndef EFFICIENTNET_IPU_OP_UTIL_H_
 #define EFFICIENTNET_IPU_OP_UTIL_H_
 
@@ -8,6 +8,8 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <cstdlib>
+#include <cstring>
 #include <functional>
 
 #include "tensorflow/core/framework/op_kernel.h"
@@ -23,6 +25,17 @@ namespace efficientnet_ipu {
 inline void ParallelFor(tensorflow::OpKernelContext* ctx, int64_t units, int64_t cost,
                         const std::function<void(int64_t, int64_t)>& fn) {
   ctx->device()->tensorflow_cpu_worker_threads()->workers->ParallelFor(units, cost, fn);
+}
+
+// True where the AVX-512 versions of the inner loops run (group_conv16.cc,
+// depthwise_conv.cc): the CPU has AVX-512F and $EFFICIENTNET_IPU_AVX2_ONLY is unset or
+// "0" (it selects the AVX2 versions, for tests and for comparing the two). A 16-channel
+// group is one AVX-512 register, so a block holds twice the pixels per register of AVX2
+// and every weight or gradient load feeds twice the FLOPs (issue #4, session 11).
+inline bool UseAvx512() {
+  const char* env = std::getenv("EFFICIENTNET_IPU_AVX2_ONLY");
+  const bool avx2_only = env != nullptr && env[0] != '\0' && std::strcmp(env, "0") != 0;
+  return __builtin_cpu_supports("avx512f") && !avx2_only;
 }
 
 // Output size and padding before the first element along one spatial dimension of
