@@ -167,9 +167,9 @@ inline void FilterGradientBlock(const Geometry& g, const float* const* x_rows,
 }
 
 // Adds the filter gradient of images [n0, n1) to dw ([groups of kLanes channels][k k]
-// [kLanes] floats). Blocks of 8 output pixels where all taps fall inside the input row
-// (prefetching the next block's lines as the input gradient does), single pixels with
-// bounds checks elsewhere.
+// [kLanes] floats). Blocks of 8, then 4 and 2 output pixels where all taps fall inside
+// the input row (the 8-pixel blocks prefetch the next block's lines as the input gradient
+// does), single pixels with bounds checks elsewhere.
 void FilterGradientUnit(const Geometry& g, const float* x, const float* dy, int n0, int n1,
                         float* dw) {
   const int C = g.C, k = g.k, s = g.s, L = Vec::kLanes;
@@ -212,28 +212,38 @@ void FilterGradientUnit(const Geometry& g, const float* x, const float* dy, int 
       };
       for (int ow = 0; ow < lo; ++ow) edge(ow);
       int ow = lo;
-      for (; ow + 8 <= hi; ow += 8) {
-        const float* next_x = x_rows[0] + static_cast<int64_t>((ow + 8) * s - g.pl) * C;
-        const char* next_dy = reinterpret_cast<const char*>(dy_row + (ow + 8) * C);
-        int group = 0;
-        ForEachChannelGroup(C, c_end, [&](int c, bool full) {
-          const int64_t x0 = x_lines * group / groups, x1 = x_lines * (group + 1) / groups;
-          for (int q = 0; q < nrows; ++q) {
-            const char* base =
-                reinterpret_cast<const char*>(next_x + (x_rows[q] - x_rows[0]));
-            for (int64_t l = x0; l < x1; ++l) _mm_prefetch(base + l * 64, _MM_HINT_T0);
-          }
-          for (int64_t l = dy_lines * group / groups; l < dy_lines * (group + 1) / groups; ++l)
-            _mm_prefetch(next_dy + l * 64, _MM_HINT_T0);
-          ++group;
-          if (full)
-            FilterGradientBlock<8, true>(g, x_rows, rows, nrows, dy_row, ow, c,
-                                         dw + (c / L) * taps_l, tail);
-          else
-            FilterGradientBlock<8, false>(g, x_rows, rows, nrows, dy_row, ow, c,
-                                          dw + (c / L) * taps_l, tail);
-        });
-      }
+      auto blocks = [&](auto pixels) {  // blocks of P pixels (a std::integral_constant)
+        constexpr int P = decltype(pixels)::value;
+        for (; ow + P <= hi; ow += P) {
+          const float* next_x = x_rows[0] + static_cast<int64_t>((ow + 8) * s - g.pl) * C;
+          const char* next_dy = reinterpret_cast<const char*>(dy_row + (ow + 8) * C);
+          int group = 0;
+          ForEachChannelGroup(C, c_end, [&](int c, bool full) {
+            if (P == 8) {  // this group's share of the next block's lines
+              const int64_t x0 = x_lines * group / groups;
+              const int64_t x1 = x_lines * (group + 1) / groups;
+              for (int q = 0; q < nrows; ++q) {
+                const char* base =
+                    reinterpret_cast<const char*>(next_x + (x_rows[q] - x_rows[0]));
+                for (int64_t l = x0; l < x1; ++l) _mm_prefetch(base + l * 64, _MM_HINT_T0);
+              }
+              for (int64_t l = dy_lines * group / groups;
+                   l < dy_lines * (group + 1) / groups; ++l)
+                _mm_prefetch(next_dy + l * 64, _MM_HINT_T0);
+            }
+            ++group;
+            if (full)
+              FilterGradientBlock<P, true>(g, x_rows, rows, nrows, dy_row, ow, c,
+                                           dw + (c / L) * taps_l, tail);
+            else
+              FilterGradientBlock<P, false>(g, x_rows, rows, nrows, dy_row, ow, c,
+                                            dw + (c / L) * taps_l, tail);
+          });
+        }
+      };
+      blocks(std::integral_constant<int, 8>());
+      blocks(std::integral_constant<int, 4>());
+      blocks(std::integral_constant<int, 2>());
       for (; ow < g.OW; ++ow) edge(ow);
     }
 }
