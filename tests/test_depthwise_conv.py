@@ -157,3 +157,38 @@ def test_avx2_loops_also_equal_the_direct_computation_on_an_avx512_cpu():
         env=env, cwd=os.path.dirname(__file__), capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert "%d passed" % (len(SHAPES) * 5 + 2) in done.stdout
+
+
+@needs_kernels
+def test_b0_g1_training_gradients_equal_with_tensorflows_depthwise_gradients():
+    """The whole B0-G1-BN model: every trainable variable's gradient with our depthwise
+    gradient ops ("auto") equals the one with TensorFlow's ("tensorflow"), same weights."""
+    from efficientnet_ipu import models
+    cpu_only = all(d.device_type == "CPU" for d in tf.config.list_physical_devices())
+    if not cpu_only:
+        pytest.skip("'auto' picks the CPU kernels only on a CPU-only machine")
+    no_dropout = dict(dropout_rate=0.0, drop_connect_rate=0.0)  # the same function twice
+    ours = models.EfficientNet("b0", group_size=1, norm="bn", num_classes=10, **no_dropout)
+    theirs = models.EfficientNet("b0", group_size=1, norm="bn", num_classes=10,
+                                 conv_implementation="tensorflow", **no_dropout)
+    theirs.set_weights(ours.get_weights())
+    assert {layer.resolved_implementation for layer in models.iter_layers(ours)
+            if isinstance(layer, L.GroupConv2D)} == {"avx2"}
+    rng = np.random.default_rng(5)
+    images = tf.constant(rng.uniform(0, 255, (4, 48, 48, 3)).astype(np.float32))
+    labels = tf.constant([1, 3, 5, 7])
+
+    @tf.function
+    def gradients(model):
+        with tf.GradientTape() as tape:
+            logits = model(images, training=True)
+            loss = tf.reduce_mean(tf.keras.losses.sparse_categorical_crossentropy(
+                labels, logits, from_logits=True))
+        return tape.gradient(loss, model.trainable_variables)
+    graph = gradients.get_concrete_function(ours).graph
+    assert any(op.type == "EfficientnetIpuDepthwiseConvBackpropInput"
+               for op in graph.get_operations())
+    expected = [g.numpy() for g in gradients(theirs)]
+    scale = max(float(np.abs(g).max()) for g in expected)  # round-off is relative to this
+    for a, b, v in zip(gradients(ours), expected, ours.trainable_variables):
+        np.testing.assert_allclose(a.numpy(), b, rtol=1e-3, atol=1e-5 * scale, err_msg=v.path)
