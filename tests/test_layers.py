@@ -1,4 +1,5 @@
 """Layer behaviour: group convolution, normalization, proxy norm, squeeze-excite, MBConv."""
+import contextlib
 import math
 import os
 
@@ -361,6 +362,41 @@ def test_channel_moments_gradient_equals_autodiff(portable):
     np.testing.assert_allclose(variance.numpy(), x.numpy().var(axis=(1, 2)), rtol=1e-5)
     np.testing.assert_allclose(tape.gradient(ours, x).numpy(), tape.gradient(ref, x).numpy(),
                                rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("portable", [True, False])
+def test_channel_moments_through_gradient_equals_autodiff(portable):
+    """channel_moments_through: the moments and x itself; the gradient that reaches
+    x_through joins the moments' in one op on CPU (no AddN in the graph), and the sum
+    equals automatic differentiation's."""
+    rng = np.random.default_rng(21)
+    x = tf.constant(rng.normal(1.0, 2.0, size=(3, 5, 7, 13)).astype(np.float32))
+    dmean, dvariance = (tf.constant(rng.normal(size=(3, 13)).astype(np.float32))
+                        for _ in range(2))
+    dx = tf.constant(rng.normal(size=x.shape).astype(np.float32))
+
+    @tf.function
+    def gradients():
+        with tf.GradientTape(persistent=True) as tape:
+            tape.watch(x)
+            with L.kernels.portable_kernels() if portable else contextlib.nullcontext():
+                mean, variance, through = L.norm.channel_moments_through(x)
+            ours = (tf.reduce_sum(mean * dmean + variance * dvariance)
+                    + tf.reduce_sum(tf.sin(through) * dx))
+            ref_mean, ref_variance = tf.nn.moments(x, axes=[1, 2])
+            ref = (tf.reduce_sum(ref_mean * dmean + ref_variance * dvariance)
+                   + tf.reduce_sum(tf.sin(x) * dx))
+        return through, tape.gradient(ours, x), tape.gradient(ref, x)
+    through, ours, ref = gradients()
+    np.testing.assert_array_equal(through.numpy(), x.numpy())
+    np.testing.assert_allclose(ours.numpy(), ref.numpy(), rtol=1e-5, atol=1e-5)
+    if not portable and L.norm.kernels_apply():
+        ops = gradients.get_concrete_function().graph.get_operations()
+        grads = [op for op in ops if op.type == "EfficientnetIpuChannelMomentsGrad"]
+        assert [op.get_attr("num_addend") for op in grads] == [1]
+        # The reference's own moments gradient still needs its AddN; ours adds none.
+        assert sum(op.type in ("AddN", "AddV2") and "gradient_tape/" in op.name
+                   and op.outputs[0].shape.rank == 4 for op in ops) <= 1
 
 
 @pytest.mark.parametrize("groups", [1, 4, -1])

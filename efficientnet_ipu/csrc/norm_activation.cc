@@ -264,6 +264,7 @@ class ChannelMomentsOp : public NormOpBase {
     Tensor *mean = nullptr, *variance = nullptr;
     OP_REQUIRES_OK(ctx, ctx->allocate_output(0, TensorShape({N, C}), &mean));
     OP_REQUIRES_OK(ctx, ctx->allocate_output(1, TensorShape({N, C}), &variance));
+    if (ctx->num_outputs() == 3) ctx->set_output(2, x);  // ...Through: x itself, no copy
     OP_REQUIRES(ctx, H * W > 0 || N * C == 0,
                 InvalidArgument("channel_moments: empty image ", x.shape().DebugString()));
     const float* xd = x.flat<float>().data();
@@ -317,10 +318,24 @@ class ChannelMomentsGradOp : public NormOpBase {
       OP_REQUIRES(ctx, ctx->input(i).shape() == TensorShape({N, C}),
                   InvalidArgument("channel_moments gradient: ", kNames[i], " must be [N, C] = [",
                                   N, ", ", C, "], got ", ctx->input(i).shape().DebugString()));
+    // With an addend (the gradient reaching x through ChannelMomentsThrough's third
+    // output), dx = addend + the moments' share, written over the addend where TensorFlow
+    // lets the buffer go: one pass instead of a second full-size tensor and an AddN.
+    OP_REQUIRES(ctx, ctx->num_inputs() <= 5,
+                InvalidArgument("channel_moments gradient: at most one addend"));
+    const bool add = ctx->num_inputs() == 5;
+    OP_REQUIRES(ctx, !add || ctx->input(4).shape() == x.shape(),
+                InvalidArgument("channel_moments gradient: addend must have x's shape ",
+                                x.shape().DebugString(), ", got ",
+                                ctx->input(4).shape().DebugString()));
     Tensor* dx = nullptr;
-    OP_REQUIRES_OK(ctx, ctx->allocate_output(0, x.shape(), &dx));
+    if (add)
+      OP_REQUIRES_OK(ctx, ctx->forward_input_or_allocate_output({4}, 0, x.shape(), &dx));
+    else
+      OP_REQUIRES_OK(ctx, ctx->allocate_output(0, x.shape(), &dx));
     if (x.NumElements() == 0) return;
     const float* xd = x.flat<float>().data();
+    const float* addd = add ? ctx->input(4).flat<float>().data() : nullptr;
     const float* mnd = ctx->input(1).flat<float>().data();
     const float* dmd = ctx->input(2).flat<float>().data();
     const float* dvd = ctx->input(3).flat<float>().data();
@@ -343,17 +358,16 @@ class ChannelMomentsGradOp : public NormOpBase {
           current = n;
         }
         const float* xr = xd + u * W * C;
+        const float* ar = add ? addd + u * W * C : nullptr;
         float* dr = dxd + u * W * C;
         for (int64_t w = 0; w < W; ++w, xr += C, dr += C) {
-          for (int64_t c = 0; c < c8; c += 8)
-            _mm256_storeu_ps(dr + c, _mm256_fmadd_ps(_mm256_loadu_ps(xr + c),
-                                                     _mm256_loadu_ps(&b[c]),
-                                                     _mm256_loadu_ps(&a[c])));
-          if (c8 < C)
-            _mm256_maskstore_ps(dr + c8, tail,
-                                _mm256_fmadd_ps(_mm256_maskload_ps(xr + c8, tail),
-                                                _mm256_loadu_ps(&b[c8]),
-                                                _mm256_loadu_ps(&a[c8])));
+          for (int64_t c = 0; c < C; c += 8) {
+            const bool full = c < c8;
+            __m256 v = _mm256_fmadd_ps(Load(xr + c, full, tail), _mm256_loadu_ps(&b[c]),
+                                       _mm256_loadu_ps(&a[c]));
+            if (add) v = _mm256_add_ps(v, Load(ar + w * C + c, full, tail));
+            Store(dr + c, v, full, tail);
+          }
         }
       }
     });
@@ -375,18 +389,41 @@ REGISTER_OP("EfficientnetIpuChannelMoments")
       return absl::OkStatus();
     });
 
+// ChannelMoments that also returns x itself (the same buffer): the normalization's
+// scale-shift-activation reads x from here, so that x has one consumer and the two
+// gradients that reach it meet in ChannelMomentsGrad's addend instead of an AddN
+// (issue #4, session 16).
+REGISTER_OP("EfficientnetIpuChannelMomentsThrough")
+    .Input("x: float")
+    .Output("mean: float")
+    .Output("variance: float")
+    .Output("x_through: float")
+    .SetShapeFn([](InferenceContext* c) {
+      ShapeHandle x;
+      TF_RETURN_IF_ERROR(c->WithRank(c->input(0), 4, &x));
+      ShapeHandle nc = c->MakeShape({c->Dim(x, 0), c->Dim(x, 3)});
+      c->set_output(0, nc);
+      c->set_output(1, nc);
+      c->set_output(2, x);
+      return absl::OkStatus();
+    });
+
 REGISTER_OP("EfficientnetIpuChannelMomentsGrad")
     .Input("x: float")
     .Input("mean: float")
     .Input("dmean: float")
     .Input("dvariance: float")
+    .Input("addend: num_addend * float")
     .Output("dx: float")
+    .Attr("num_addend: int >= 0 = 0")
     .SetShapeFn([](InferenceContext* c) {
       c->set_output(0, c->input(0));
       return absl::OkStatus();
     });
 
 REGISTER_KERNEL_BUILDER(Name("EfficientnetIpuChannelMoments").Device(DEVICE_CPU),
+                        ChannelMomentsOp);
+REGISTER_KERNEL_BUILDER(Name("EfficientnetIpuChannelMomentsThrough").Device(DEVICE_CPU),
                         ChannelMomentsOp);
 REGISTER_KERNEL_BUILDER(Name("EfficientnetIpuChannelMomentsGrad").Device(DEVICE_CPU),
                         ChannelMomentsGradOp);

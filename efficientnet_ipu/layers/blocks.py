@@ -121,7 +121,7 @@ class NormActivation(keras.layers.Layer):
                              % (self.norm,))
         pn_affine = (tf.cast(self.act_layer.gamma, tf.float32),
                      tf.cast(self.act_layer.beta, tf.float32))
-        scale, shift = self.norm_layer.scale_shift(inputs, affine=pn_affine)
+        scale, shift, inputs = self.norm_layer.scale_shift_through(inputs, affine=pn_affine)
         mean, proxy_scale = self.act_layer.proxy_mean_scale()
         post_affine = None
         if post and self.mode == "normalize":
@@ -138,13 +138,13 @@ class NormActivation(keras.layers.Layer):
             x, _, scale = self.proxy_parts(inputs, post=True)
             return (x, tf.cast(scale, x.dtype)) if self.mode == "split" else x
         if self.fused_norm:
-            scale, shift = self.norm_layer.scale_shift(inputs)
+            scale, shift, inputs = self.norm_layer.scale_shift_through(inputs)
             x = scale_shift_activation(inputs, scale, shift, self.activation,
                                        self.act_layer.activation_fn)
             return (x, None) if self.mode == "split" else x
         if (self.fused_bn and self.norm_layer.fusable(inputs)
                 and fused_applies(inputs, self.activation)):
-            scale, shift = self.norm_layer.scale_shift(inputs, training)
+            scale, shift, inputs = self.norm_layer.scale_shift_through(inputs, training)
             batch = tf.shape(inputs)[:1]
             x = scale_shift_activation(
                 inputs, tf.broadcast_to(scale, tf.concat([batch, tf.shape(scale)], 0)),

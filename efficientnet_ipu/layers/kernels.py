@@ -11,8 +11,9 @@
 - ``norm_activation.cc``: act(x * scale + shift) with per-example, per-channel scale and
   shift, the end of GN/LN/IN and the activation after it, one pass forward and one
   backward (with an optional per-channel affine after the activation, proxy norm's), and
-  the per-channel spatial mean and variance; used by ``norm.scale_shift_activation`` and
-  ``norm.channel_moments``;
+  the per-channel spatial mean and variance (optionally passing x through, so that its
+  gradient takes the other one's as an addend); used by ``norm.scale_shift_activation``,
+  ``norm.channel_moments`` and ``norm.channel_moments_through``;
 - ``group_statistics.cc``: from those moments to GN/LN/IN's per-example scale and shift
   ([N, C] arithmetic, one op instead of about 20 forward and 30 backward); used by
   ``norm.group_scale_shift``;

@@ -116,14 +116,36 @@ def channel_moments(x):
     return _channel_moments_tensorflow(x)
 
 
+def channel_moments_through(x):
+    """``channel_moments(x)`` and x itself: (mean, variance, x_through).
+
+    Give ``x_through`` (the same tensor, no copy) to the op that normalizes x with these
+    moments, so that x has one consumer: where ``fused_applies``, the gradient reaching
+    x_through then joins the moments' own in one op (``EfficientnetIpuChannelMomentsGrad``
+    with an addend, written in place) instead of a second full-size gradient and an AddN:
+    two passes fewer per normalization (issue #4, session 16). Elsewhere x_through is x.
+    """
+    if fused_applies(x, "linear"):
+        return kernels.load("GroupNormalization's fused statistics",
+                            "kernels.portable_kernels()"
+                            ).efficientnet_ipu_channel_moments_through(x)
+    mean, variance = _channel_moments_tensorflow(x)
+    return mean, variance, x
+
+
 @tf.RegisterGradient("EfficientnetIpuChannelMoments")
-def _channel_moments_gradient(op, dmean, dvariance):
-    """dx = (dmean + 2 (x - mean) dvariance) / (H W) in one op (a missing upstream
+def _channel_moments_gradient(op, dmean, dvariance, dthrough=None):
+    """dx = (dmean + 2 (x - mean) dvariance) / (H W), plus the gradient reaching
+    ``x_through`` (EfficientnetIpuChannelMomentsThrough), in one op (a missing upstream
     gradient is 0)."""
     x, mean = op.inputs[0], op.outputs[0]
     dmean = tf.zeros_like(mean) if dmean is None else dmean
     dvariance = tf.zeros_like(op.outputs[1]) if dvariance is None else dvariance
-    return kernels.load().efficientnet_ipu_channel_moments_grad(x, mean, dmean, dvariance)
+    return kernels.load().efficientnet_ipu_channel_moments_grad(
+        x, mean, dmean, dvariance, [] if dthrough is None else [dthrough])
+
+
+tf.RegisterGradient("EfficientnetIpuChannelMomentsThrough")(_channel_moments_gradient)
 
 
 @tf.custom_gradient
@@ -267,8 +289,17 @@ class GroupNormalization(keras.layers.Layer):
         (no pass over x; used to fold a proxy-norm mean through a 1x1 convolution).
         ``affine`` (optional, float32 (gamma, beta), [C] each): use these instead of the
         layer's own (proxy norm's affine, which follows a norm without one)."""
-        channels = x.shape[-1]
         mean, variance = channel_moments(tf.cast(x, tf.float32))            # [N, C] each
+        return self._from_moments(mean, variance, x.shape[-1], offset, affine)
+
+    def scale_shift_through(self, x, offset=None, affine=None):
+        """``scale_shift``'s (scale, shift) and x itself, x_through
+        (``channel_moments_through``): apply scale and shift to x_through."""
+        mean, variance, x_through = channel_moments_through(tf.cast(x, tf.float32))
+        return self._from_moments(mean, variance, x.shape[-1], offset, affine) + (
+            tf.cast(x_through, x.dtype),)
+
+    def _from_moments(self, mean, variance, channels, offset, affine):
         gamma, beta = affine if affine is not None else gamma_beta(self, channels)
         return group_scale_shift(mean, variance, gamma, beta, self.num_groups,
                                  self.epsilon, offset)
@@ -278,7 +309,7 @@ class GroupNormalization(keras.layers.Layer):
         the result equals normalizing inputs - offset[:, None, None, :]."""
         rank = len(inputs.shape)
         x = inputs if rank == 4 else inputs[:, None, None, :]
-        scale, shift = self.scale_shift(x, offset)
+        scale, shift, x = self.scale_shift_through(x, offset)
         y = scale_shift_activation(x, scale, shift)
         return y if rank == 4 else y[:, 0, 0, :]
 
@@ -327,12 +358,27 @@ class BatchNormalization(keras.layers.BatchNormalization):
         (N, H, W), from the per-example ``channel_moments`` (one fused pass on CPU), and
         the moving averages updated with the biased variance as in ``call``. Otherwise the
         moving statistics. Raises ValueError where ``fusable`` is False."""
+        return self._scale_shift(inputs, training, through=False)[:2]
+
+    def scale_shift_through(self, inputs, training=None):
+        """``scale_shift``'s (scale, shift) and inputs itself, x_through
+        (``channel_moments_through``; inputs as they are outside training): apply scale
+        and shift to x_through."""
+        return self._scale_shift(inputs, training, through=True)
+
+    def _scale_shift(self, inputs, training, through):
         if not self.fusable(inputs):
             raise ValueError("BatchNormalization.scale_shift needs Keras 3, 4-D NHWC inputs "
                              "(axis -1) and renorm=False")
         gamma, beta = gamma_beta(self, inputs.shape[-1])
+        x_through = inputs
         if training and self.trainable:
-            mean_c, variance_c = channel_moments(tf.cast(inputs, tf.float32))  # [N, C]
+            x = tf.cast(inputs, tf.float32)
+            if through:
+                mean_c, variance_c, x_through = channel_moments_through(x)     # [N, C]
+                x_through = tf.cast(x_through, inputs.dtype)
+            else:
+                mean_c, variance_c = channel_moments(x)
             mean, variance = combine_moments(mean_c, variance_c, axis=0)
             mean, variance = mean[0], variance[0]
             self._update_moving_averages(tf.stop_gradient(mean), tf.stop_gradient(variance))
@@ -340,7 +386,7 @@ class BatchNormalization(keras.layers.BatchNormalization):
             mean = tf.cast(self.moving_mean, tf.float32)
             variance = tf.cast(self.moving_variance, tf.float32)
         scale = gamma * tf.math.rsqrt(variance + self.epsilon)
-        return scale, beta - mean * scale
+        return scale, beta - mean * scale, x_through
 
     def _update_moving_averages(self, mean, variance):
         """Moving averages with this batch's float32 mean and biased variance, [C]."""
