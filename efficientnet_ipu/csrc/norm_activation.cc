@@ -374,20 +374,25 @@ class ChannelMomentsGradOp : public NormOpBase {
   }
 };
 
+// Shapes of the moments ops: mean and variance [N, C], and x_through (if the op has it)
+// x's shape.
+absl::Status MomentsShape(InferenceContext* c) {
+  ShapeHandle x;
+  TF_RETURN_IF_ERROR(c->WithRank(c->input(0), 4, &x));
+  ShapeHandle nc = c->MakeShape({c->Dim(x, 0), c->Dim(x, 3)});
+  c->set_output(0, nc);
+  c->set_output(1, nc);
+  if (c->num_outputs() == 3) c->set_output(2, x);
+  return absl::OkStatus();
+}
+
 }  // namespace
 
 REGISTER_OP("EfficientnetIpuChannelMoments")
     .Input("x: float")
     .Output("mean: float")
     .Output("variance: float")
-    .SetShapeFn([](InferenceContext* c) {
-      ShapeHandle x;
-      TF_RETURN_IF_ERROR(c->WithRank(c->input(0), 4, &x));
-      ShapeHandle nc = c->MakeShape({c->Dim(x, 0), c->Dim(x, 3)});
-      c->set_output(0, nc);
-      c->set_output(1, nc);
-      return absl::OkStatus();
-    });
+    .SetShapeFn(MomentsShape);
 
 // ChannelMoments that also returns x itself (the same buffer): the normalization's
 // scale-shift-activation reads x from here, so that x has one consumer and the two
@@ -398,15 +403,7 @@ REGISTER_OP("EfficientnetIpuChannelMomentsThrough")
     .Output("mean: float")
     .Output("variance: float")
     .Output("x_through: float")
-    .SetShapeFn([](InferenceContext* c) {
-      ShapeHandle x;
-      TF_RETURN_IF_ERROR(c->WithRank(c->input(0), 4, &x));
-      ShapeHandle nc = c->MakeShape({c->Dim(x, 0), c->Dim(x, 3)});
-      c->set_output(0, nc);
-      c->set_output(1, nc);
-      c->set_output(2, x);
-      return absl::OkStatus();
-    });
+    .SetShapeFn(MomentsShape);
 
 REGISTER_OP("EfficientnetIpuChannelMomentsGrad")
     .Input("x: float")

@@ -279,21 +279,19 @@ class SqueezeExcite(keras.layers.Layer):
         the gate times ``scale`` ([C]) if given; with ``center`` ([C]) the gate of
         inputs - center (the squeeze is shifted, no pass over the inputs), while the
         unshifted inputs are gated."""
-        dtype = inputs.dtype
+        dtype, channels = inputs.dtype, inputs.shape[-1]
         params = [tf.cast(w, dtype) for w in (self.reduce_kernel, self.reduce_bias,
                                               self.expand_kernel, self.expand_bias)]
-        extras = [tf.cast(v, dtype) for v in (scale, center) if v is not None]
+        params.append(tf.ones([channels], dtype) if scale is None else tf.cast(scale, dtype))
+        params.append(tf.zeros([channels], dtype) if center is None
+                      else tf.cast(center, dtype))
 
-        def gate_fn(squeezed, reduce_kernel, reduce_bias, expand_kernel, expand_bias, *extra):
-            extra = list(extra)
-            scale_, center_ = (extra.pop(0) if scale is not None else None,
-                               extra.pop(0) if center is not None else None)
-            if center_ is not None:
-                squeezed = squeezed - center_
-            hidden = self.activation_fn(tf.matmul(squeezed, reduce_kernel) + reduce_bias)
-            gate = tf.sigmoid(tf.matmul(hidden, expand_kernel) + expand_bias)
-            return gate if scale_ is None else gate * scale_
-        return squeeze_excite(inputs, gate_fn, params + extras)
+        def gate_fn(squeezed, reduce_kernel, reduce_bias, expand_kernel, expand_bias,
+                    scale, center):
+            hidden = self.activation_fn(tf.matmul(squeezed - center, reduce_kernel)
+                                        + reduce_bias)
+            return tf.sigmoid(tf.matmul(hidden, expand_kernel) + expand_bias) * scale
+        return squeeze_excite(inputs, gate_fn, params)
 
     def call(self, inputs, scale=None):
         return self.gated(inputs, scale)[0]
