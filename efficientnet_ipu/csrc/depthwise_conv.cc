@@ -47,6 +47,9 @@ namespace {
 
 using efficientnet_ipu::OutputSize;
 using efficientnet_ipu::ParallelFor;
+using efficientnet_ipu::ReadStridePadding;
+using efficientnet_ipu::InputSizesShapeFn;
+using efficientnet_ipu::ShapeFromSizes;
 using efficientnet_ipu::UseAvx512;
 
 constexpr int kMaxK = 7;  // the largest kernel the register blocks hold
@@ -124,10 +127,7 @@ class DepthwiseBase : public OpKernel {
                 tensorflow::errors::FailedPrecondition(
                     "the efficientnet_ipu depthwise-convolution kernels need a CPU with AVX2 "
                     "and FMA; use GroupConv2D implementation='tensorflow'"));
-    std::string padding;
-    OP_REQUIRES_OK(ctx, ctx->GetAttr("stride", &stride_));
-    OP_REQUIRES_OK(ctx, ctx->GetAttr("padding", &padding));
-    same_ = padding == "SAME";
+    ReadStridePadding(ctx, &stride_, &same_);
   }
 
  protected:
@@ -176,11 +176,8 @@ class DepthwiseBackpropInputOp : public DepthwiseBase {
     const Tensor& sizes = ctx->input(0);
     const Tensor& filter = ctx->input(1);
     const Tensor& dy = ctx->input(2);
-    OP_REQUIRES(ctx, sizes.dims() == 1 && sizes.NumElements() == 4,
-                InvalidArgument("depthwise input gradient: input_sizes must have 4 values"));
     TensorShape in;
-    const auto v = sizes.vec<int32_t>();
-    OP_REQUIRES_OK(ctx, TensorShape::BuildTensorShape({v(0), v(1), v(2), v(3)}, &in));
+    OP_REQUIRES_OK(ctx, ShapeFromSizes(sizes, "depthwise input gradient: input_sizes", &in));
     const int k = filter.dims() == 4 ? static_cast<int>(filter.dim_size(0)) : 0;
     OP_REQUIRES(ctx, filter.shape() == TensorShape({k, k, in.dim_size(3), 1}),
                 InvalidArgument("depthwise input gradient: filter must be [k, k, C, 1] with "
@@ -264,13 +261,7 @@ REGISTER_OP("EfficientnetIpuDepthwiseConvBackpropInput")
     .Output("output: float")
     .Attr("stride: int >= 1")
     .Attr("padding: {'SAME', 'VALID'}")
-    .SetShapeFn([](InferenceContext* c) {
-      ShapeHandle s;
-      TF_RETURN_IF_ERROR(c->MakeShapeFromShapeTensor(0, &s));
-      TF_RETURN_IF_ERROR(c->WithRank(s, 4, &s));
-      c->set_output(0, s);
-      return absl::OkStatus();
-    });
+    .SetShapeFn([](InferenceContext* c) { return InputSizesShapeFn(c, 0); });
 
 REGISTER_OP("EfficientnetIpuDepthwiseConvBackpropFilter")
     .Input("input: float")

@@ -53,6 +53,9 @@ namespace {
 
 using efficientnet_ipu::OutputSize;
 using efficientnet_ipu::ParallelFor;
+using efficientnet_ipu::ReadStridePadding;
+using efficientnet_ipu::InputSizesShapeFn;
+using efficientnet_ipu::ShapeFromSizes;
 using efficientnet_ipu::UseAvx512;
 
 constexpr int kG = 16;  // channels per group
@@ -531,12 +534,6 @@ absl::Status MakeGeometry(const TensorShape& in, const TensorShape& filter, int 
   return absl::OkStatus();
 }
 
-// The 4-element int32 shape tensor ``sizes`` (input ``name`` of a gradient op) as a shape.
-absl::Status ShapeFromSizes(const Tensor& sizes, const char* name, TensorShape* shape) {
-  if (sizes.NumElements() != 4) return InvalidArgument(name, " must have 4 elements");
-  return tensorflow::TensorShapeUtils::MakeShape(sizes.vec<int32_t>().data(), 4, shape);
-}
-
 // A per-input-channel vector input (``name``: input_offset or input_scale) must be [C].
 absl::Status CheckChannelVector(const Tensor& v, const char* name, const Geometry& g) {
   if (v.dims() != 1 || v.dim_size(0) != g.C)
@@ -626,10 +623,7 @@ class GroupConv16Base : public OpKernel {
         use_winograd_(use_avx512_ && UseWinograd()),
         max_block_(use_avx512_ ? kMaxR512 : kMaxR) {
     CheckCpu(ctx);
-    std::string padding;
-    OP_REQUIRES_OK(ctx, ctx->GetAttr("stride", &stride_));
-    OP_REQUIRES_OK(ctx, ctx->GetAttr("padding", &padding));
-    same_ = padding == "SAME";
+    ReadStridePadding(ctx, &stride_, &same_);
   }
 
  protected:
@@ -1300,14 +1294,6 @@ absl::Status ForwardShape(InferenceContext* c) {
   return absl::OkStatus();
 }
 
-absl::Status ShapeFromInput(InferenceContext* c, int index) {
-  ShapeHandle s;
-  TF_RETURN_IF_ERROR(c->MakeShapeFromShapeTensor(index, &s));
-  TF_RETURN_IF_ERROR(c->WithRank(s, 4, &s));
-  c->set_output(0, s);
-  return absl::OkStatus();
-}
-
 }  // namespace
 
 REGISTER_OP("EfficientnetIpuGroupConv16")
@@ -1330,7 +1316,7 @@ REGISTER_OP("EfficientnetIpuGroupConv16BackpropInput")
     .Attr("stride: int >= 1")
     .Attr("padding: {'SAME', 'VALID'}")
     .SetShapeFn([](InferenceContext* c) {
-      TF_RETURN_IF_ERROR(ShapeFromInput(c, 0));
+      TF_RETURN_IF_ERROR(InputSizesShapeFn(c, 0));
       ShapeHandle s = c->output(0);
       c->set_output(1, c->MakeShape({c->Dim(s, 0), c->Dim(s, 3)}));
       return absl::OkStatus();

@@ -1,6 +1,7 @@
 // Helpers shared by this project's CPU ops (x86-64 with AVX2 and FMA): the op's thread
-// pool, the AVX-512 switch, TensorFlow's output size and padding, and 8-float loads
-// with a lane mask for the last, partial group of channels.
+// pool, the AVX-512 switch, TensorFlow's output size and padding, the convolution ops'
+// attributes and input-gradient shape, and 8-float loads with a lane mask for the last,
+// partial group of channels.
 #ifndef EFFICIENTNET_IPU_OP_UTIL_H_
 #define EFFICIENTNET_IPU_OP_UTIL_H_
 
@@ -11,8 +12,11 @@
 #include <cstdlib>
 #include <cstring>
 #include <functional>
+#include <string>
 
 #include "tensorflow/core/framework/op_kernel.h"
+#include "tensorflow/core/framework/shape_inference.h"
+#include "tensorflow/core/framework/tensor_shape.h"
 #include "tensorflow/core/platform/threadpool.h"
 
 namespace efficientnet_ipu {
@@ -36,6 +40,35 @@ inline bool UseAvx512() {
   const char* env = std::getenv("EFFICIENTNET_IPU_AVX2_ONLY");
   const bool avx2_only = env != nullptr && env[0] != '\0' && std::strcmp(env, "0") != 0;
   return __builtin_cpu_supports("avx512f") && !avx2_only;
+}
+
+// Reads a convolution op's "stride" and "padding" attributes (*same: padding is "SAME").
+inline void ReadStridePadding(tensorflow::OpKernelConstruction* ctx, int* stride,
+                              bool* same) {
+  std::string padding;
+  OP_REQUIRES_OK(ctx, ctx->GetAttr("stride", stride));
+  OP_REQUIRES_OK(ctx, ctx->GetAttr("padding", &padding));
+  *same = padding == "SAME";
+}
+
+// The 4-element int32 shape tensor ``sizes`` (input ``name`` of a gradient op) as a
+// shape; an InvalidArgument error names it otherwise.
+inline absl::Status ShapeFromSizes(const tensorflow::Tensor& sizes, const char* name,
+                                   tensorflow::TensorShape* shape) {
+  if (sizes.NumElements() != 4)
+    return tensorflow::errors::InvalidArgument(name, " must have 4 elements");
+  return tensorflow::TensorShapeUtils::MakeShape(sizes.vec<int32_t>().data(), 4, shape);
+}
+
+// Shape function of an input gradient op: output 0 has the 4 values of input ``index``
+// (its input_sizes).
+inline absl::Status InputSizesShapeFn(tensorflow::shape_inference::InferenceContext* c,
+                                      int index) {
+  tensorflow::shape_inference::ShapeHandle s;
+  TF_RETURN_IF_ERROR(c->MakeShapeFromShapeTensor(index, &s));
+  TF_RETURN_IF_ERROR(c->WithRank(s, 4, &s));
+  c->set_output(0, s);
+  return absl::OkStatus();
 }
 
 // Output size and padding before the first element along one spatial dimension of
