@@ -5,6 +5,9 @@
     python -m efficientnet_ipu.benchmark --conv          # GroupConv2D vs dense convolution
     python -m efficientnet_ipu.benchmark --layers --group-sizes=1 --steps=20
                                                          # each layer: ours vs TensorFlow's
+    python -m efficientnet_ipu.benchmark --layers --group-sizes=16 --kernel-variants
+                                         # ... and auto's kernels vs their AVX-512 direct
+                                         # and AVX2 blocks (a new CPU's check of auto)
     python -m efficientnet_ipu.benchmark --optimizers --group-sizes=16 --norms=gn \
         --resolutions=32 --steps=30                      # the optimizer update's cost
     python -m efficientnet_ipu.benchmark --pipeline=image_folder:../shared/data/imagenette2_224 \
@@ -435,28 +438,66 @@ def group_conv_layer_shapes(model, resolution, batch):
     return list(counts.items())
 
 
-def layer_table(model, resolution, batch, steps, warmup):
+# The CPU op library's kernel variants, selected by environment variables that each op
+# reads when TensorFlow constructs its kernel (layers/group_conv16.py): auto's own choice
+# (AVX-512 blocks and Winograd F(2x2, 3x3) on AVX-512 CPUs), the direct AVX-512 blocks, and
+# the AVX2 blocks. On a CPU without AVX-512 the three are the same kernels.
+KERNEL_VARIANTS = {"avx512-direct": {"EFFICIENTNET_IPU_WINOGRAD": "0"},
+                   "avx2-blocks": {"EFFICIENTNET_IPU_AVX2_ONLY": "1"}}
+
+
+@contextlib.contextmanager
+def _environment(variables):
+    """Sets the environment ``variables`` (a dict) inside the block and restores the
+    previous values (or their absence) after it."""
+    saved = {name: os.environ.get(name) for name in variables}
+    os.environ.update(variables)
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
+def layer_table(model, resolution, batch, steps, warmup, kernel_variants=False):
     """Forward + backward of every GroupConv2D layer shape of ``model`` at ``resolution``
     (``group_conv_layer_shapes``), implementation "tensorflow" against "auto" (this
     project's CPU kernels where they apply: G16, and the gradients of G1), the two timed in
-    the same interleaved rounds, layer shape by layer shape.
+    the same interleaved rounds, layer shape by layer shape. With ``kernel_variants``, the
+    same rounds also time "auto" built as each ``KERNEL_VARIANTS`` entry (the kernels are
+    constructed, by a first call, while that entry's environment is set), to check on a
+    new CPU that auto's kernel choice is its fastest.
 
     Returns a list of dicts: shape, kernel_size, stride, group_size, count (layers of this
     shape), tensorflow_ms, auto_ms (medians) and speed (auto's speed over tensorflow's:
-    median, 25th, 75th percentile, 95 % CI low, high, ``paired_ratio``)."""
+    median, 25th, 75th percentile, 95 % CI low, high, ``paired_ratio``); with
+    ``kernel_variants`` also variants: {name: (ms, auto's speed over it as ``speed``)}."""
     rows = []
     for (shape, k, stride, group_size, filters), count in group_conv_layer_shapes(
             model, resolution, batch):
         x = tf.random.normal(shape)
-        steps_by_impl = {
-            impl: fwd_bwd_step(L.GroupConv2D(filters, k, strides=stride, group_size=group_size,
-                                             implementation=impl), x)
-            for impl in ("tensorflow", "auto")}
+
+        def build(impl):
+            return fwd_bwd_step(L.GroupConv2D(filters, k, strides=stride,
+                                              group_size=group_size, implementation=impl), x)
+        steps_by_impl = {impl: build(impl) for impl in ("tensorflow", "auto")}
+        for name, variables in (KERNEL_VARIANTS.items() if kernel_variants else ()):
+            with _environment(variables):
+                steps_by_impl[name] = build("auto")
+                steps_by_impl[name]()  # constructs the op kernels under ``variables``
         times = interleaved_times(steps_by_impl, steps, warmup)
-        rows.append(dict(shape=shape, kernel_size=k, stride=stride, group_size=group_size,
-                         count=count, tensorflow_ms=1e3 * float(np.median(times["tensorflow"])),
-                         auto_ms=1e3 * float(np.median(times["auto"])),
-                         speed=paired_ratio(times["tensorflow"], times["auto"])))
+        row = dict(shape=shape, kernel_size=k, stride=stride, group_size=group_size,
+                   count=count, tensorflow_ms=1e3 * float(np.median(times["tensorflow"])),
+                   auto_ms=1e3 * float(np.median(times["auto"])),
+                   speed=paired_ratio(times["tensorflow"], times["auto"]))
+        if kernel_variants:
+            row["variants"] = {name: (1e3 * float(np.median(times[name])),
+                                      paired_ratio(times[name], times["auto"]))
+                               for name in KERNEL_VARIANTS}
+        rows.append(row)
     return rows
 
 
@@ -664,6 +705,10 @@ def main(argv=None):
                         help="only the per-layer table: forward + backward of each "
                              "GroupConv2D shape of the first size and group size at the "
                              "first resolution, TensorFlow's convolutions against 'auto'")
+    parser.add_argument("--kernel-variants", action="store_true",
+                        help="with --layers, also time auto's kernels built as their direct "
+                             "AVX-512 blocks (no Winograd) and as their AVX2 blocks, in the "
+                             "same rounds (KERNEL_VARIANTS)")
     parser.add_argument("--norm-layers", action="store_true",
                         help="only the normalization table (ours vs the baseline)")
     parser.add_argument("--pipeline", default="",
@@ -675,6 +720,9 @@ def main(argv=None):
     for flag in ("batch", "gradient_accumulation", "micro_batches_in_flight"):
         if getattr(args, flag) < 1:
             parser.error("--%s must be a positive integer" % flag.replace("_", "-"))
+    if args.kernel_variants and not args.layers:
+        parser.error("--kernel-variants goes with --layers (it compares the per-layer "
+                     "kernels)")
     if args.compare_in_flight and args.gradient_accumulation < 2:
         parser.error("--compare-in-flight needs --gradient-accumulation >= 2 (one micro-batch "
                      "per step has nothing to overlap)")
@@ -728,16 +776,23 @@ def main(argv=None):
         print("GroupConv2D layers of %s-G%d at %d px, batch %d, forward + backward "
               "(medians of %d interleaved rounds; auto's speed over tensorflow's, 95 %% CI):"
               % (size.upper(), g, resolution, args.batch, args.steps))
-        totals = [0.0, 0.0]
-        for r in layer_table(model, resolution, args.batch, args.steps, args.warmup):
-            totals[0] += r["count"] * r["tensorflow_ms"]
-            totals[1] += r["count"] * r["auto_ms"]
-            print("  %-20s %dx%d s%d G%-2d x%d  tensorflow %7.2f ms  auto %7.2f ms  %5.3fx "
-                  "[%.3f, %.3f]" % (r["shape"], r["kernel_size"], r["kernel_size"],
-                                    r["stride"], r["group_size"], r["count"],
-                                    r["tensorflow_ms"], r["auto_ms"], r["speed"][0],
-                                    r["speed"][3], r["speed"][4]))
-        print("  summed over the layers: tensorflow %.1f ms, auto %.1f ms" % tuple(totals))
+        totals = {"tensorflow": 0.0, "auto": 0.0}
+        for r in layer_table(model, resolution, args.batch, args.steps, args.warmup,
+                             kernel_variants=args.kernel_variants):
+            totals["tensorflow"] += r["count"] * r["tensorflow_ms"]
+            totals["auto"] += r["count"] * r["auto_ms"]
+            line = ("  %-20s %dx%d s%d G%-2d x%d  tensorflow %7.2f ms  auto %7.2f ms  %5.3fx "
+                    "[%.3f, %.3f]" % (r["shape"], r["kernel_size"], r["kernel_size"],
+                                      r["stride"], r["group_size"], r["count"],
+                                      r["tensorflow_ms"], r["auto_ms"], r["speed"][0],
+                                      r["speed"][3], r["speed"][4]))
+            for name, (ms, speed) in r.get("variants", {}).items():
+                totals[name] = totals.get(name, 0.0) + r["count"] * ms
+                line += "  %s %7.2f ms (auto %5.3fx [%.3f, %.3f])" % (
+                    name, ms, speed[0], speed[3], speed[4])
+            print(line)
+        print("  summed over the layers: " + ", ".join(
+            "%s %.1f ms" % item for item in totals.items()))
         return 0
     if args.pipeline:
         rate = pipeline_images_per_second(args.pipeline, args.pipeline_split,
@@ -751,9 +806,10 @@ def main(argv=None):
     print("Convolution %s, 3x3, forward + backward:" % (CONV_SHAPE,))
     conv_rows = conv_table(args.steps * 2, args.warmup)
     for row in conv_rows:
-        print("  %-32s %8.2f ms %7.1f GFLOP/s %6.1f%% of dense (IQR %.1f-%.1f%%)" % (
-            row["case"], row["ms"], row["gflops"], 100 * row["of_dense"],
-            100 * row["of_dense_iqr"][0], 100 * row["of_dense_iqr"][1]))
+        print("  %-32s %8.2f ms %7.1f GFLOP/s %6.1f%% of dense (CI %.1f-%.1f%%, IQR "
+              "%.1f-%.1f%%)" % (row["case"], row["ms"], row["gflops"], 100 * row["of_dense"],
+                                100 * row["of_dense_ci"][0], 100 * row["of_dense_ci"][1],
+                                100 * row["of_dense_iqr"][0], 100 * row["of_dense_iqr"][1]))
     if args.conv:
         return 0
     peak = conv_rows[0]["gflops"]

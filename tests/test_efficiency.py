@@ -282,3 +282,40 @@ def test_layer_table_times_every_group_conv_shape_of_the_model(capsys):
     assert len(rows) == len(benchmark.group_conv_layer_shapes(
         models.EfficientNet("b0", group_size=1, norm="bn", input_shape=(32, 32, 3)), 32, 2))
     assert lines[-1].startswith("  summed over the layers: tensorflow")
+
+
+def test_environment_sets_and_restores_variables(monkeypatch):
+    monkeypatch.setenv("EFFICIENTNET_IPU_TEST_A", "before")
+    monkeypatch.delenv("EFFICIENTNET_IPU_TEST_B", raising=False)
+    with benchmark._environment({"EFFICIENTNET_IPU_TEST_A": "1",
+                                 "EFFICIENTNET_IPU_TEST_B": "2"}):
+        assert os.environ["EFFICIENTNET_IPU_TEST_A"] == "1"
+        assert os.environ["EFFICIENTNET_IPU_TEST_B"] == "2"
+    assert os.environ["EFFICIENTNET_IPU_TEST_A"] == "before"
+    assert "EFFICIENTNET_IPU_TEST_B" not in os.environ
+    with pytest.raises(RuntimeError):  # restored on errors too
+        with benchmark._environment({"EFFICIENTNET_IPU_TEST_B": "3"}):
+            raise RuntimeError
+    assert "EFFICIENTNET_IPU_TEST_B" not in os.environ
+
+
+def test_kernel_variants_are_timed_beside_auto_and_need_layers(capsys):
+    from tensorflow import keras
+    inputs = keras.Input((16, 16, 3))  # an image, as group_conv_layer_shapes feeds
+    x = keras.layers.Conv2D(32, 1)(inputs)
+    x = L.GroupConv2D(32, 3, group_size=16)(x)                  # Winograd on AVX-512
+    outputs = L.GroupConv2D(32, 5, strides=2, group_size=16)(x)  # direct blocks
+    model = keras.Model(inputs, outputs)
+    names = ("EFFICIENTNET_IPU_WINOGRAD", "EFFICIENTNET_IPU_AVX2_ONLY")
+    before = [os.environ.get(name) for name in names]
+    rows = benchmark.layer_table(model, 16, 2, steps=2, warmup=1, kernel_variants=True)
+    assert [os.environ.get(name) for name in names] == before  # each variant's restored
+    assert [r["shape"] for r in rows] == [(2, 16, 16, 32), (2, 16, 16, 32)]
+    for row in rows:
+        assert set(row["variants"]) == set(benchmark.KERNEL_VARIANTS)
+        for ms, speed in row["variants"].values():
+            assert ms > 0 and len(speed) == 5 and speed[3] <= speed[0] <= speed[4]
+    assert "variants" not in benchmark.layer_table(model, 16, 2, steps=1, warmup=0)[0]
+    with pytest.raises(SystemExit):
+        benchmark.main(["--conv", "--kernel-variants"])
+    assert "--kernel-variants goes with --layers" in capsys.readouterr().err

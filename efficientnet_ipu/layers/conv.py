@@ -60,6 +60,15 @@ def choose_implementation(groups, group_size, filters_per_group=None, dtype="flo
     224 px 1.025x (1.003-1.088). Hence "avx2" there too. "grouped" over "split" on that
     CPU: 1.13-1.61x for group sizes 4-64, hence no "split" on AVX-512.
 
+    On a 2-core AMD EPYC (Zen 4: AVX-512 on 256-bit units, issue #4, session 18), batch
+    32: on [32, 28, 28, 240] 3x3 G16 "avx2" ran at 122-126 % of the dense convolution's
+    GFLOP/s (Winograd counts as the direct convolution's FLOPs) against 65-66 % for
+    "grouped" and 59-63 % for "split"; on B0-G16's group convolutions at 224 px the
+    ops' AVX-512 blocks with Winograd summed 339.6 ms, the AVX-512 direct blocks 373.9 ms
+    and the AVX2 blocks 413.0 ms (Winograd 1.23-1.46x on the 3x3 stride-1 layers, the
+    AVX-512 blocks 1.02-1.27x the AVX2 ones elsewhere); whole B0-G16-BN training 1.21x
+    with "avx2" over "tensorflow" at 224 and 160 px. The same choice as on the Xeon.
+
     Measured on this project's 2-core AVX2 CPU (TensorFlow 2.21, oneDNN), forward +
     backward, batch 32, split's speed over grouped: B0-G16 at 224 px 1.63-1.78x for the 2-6
     group layers at 56-112 px, 1.07-1.16x for 10 groups at 28 px, 1.0-1.19x for 15 groups
@@ -323,7 +332,11 @@ class GroupConv2D(keras.layers.Layer):
 # project's 2-core AVX2 CPU (TF 2.21, oneDNN), forward + backward of B0-G16's 1x1
 # convolutions (batch 32, 224 and 160 px) ran 0.98-1.35x as fast (median 1.13x) as a
 # matmul than as Keras' convolution at 28x28 px and below, and 0.79-1.05x at 40x40 px and
-# above (issue #4, session 6).
+# above (issue #4, session 6). On a 2-core AMD EPYC Zen 4 (session 18), B0-G1's 1x1
+# convolutions, forward + backward: as a matmul 0.98-1.38x (summed 1.13x at 224 and at
+# 160 px) at 28x28 px and below, and summed 1.02x (160 px) and 1.07x (224 px) at 40x40 px
+# and above, where single layers ranged 0.93-1.15x with most intervals across 1 (the AVX2
+# EPYC: 0.79-1.05x); the threshold stays.
 MATMUL_MAX_PIXELS = 28 * 28
 
 
