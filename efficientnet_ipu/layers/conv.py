@@ -63,11 +63,13 @@ def choose_implementation(groups, group_size, filters_per_group=None, dtype="flo
     On a 2-core AMD EPYC (Zen 4: AVX-512 on 256-bit units, issue #4, session 18), batch
     32: on [32, 28, 28, 240] 3x3 G16 "avx2" ran at 122-126 % of the dense convolution's
     GFLOP/s (Winograd counts as the direct convolution's FLOPs) against 65-66 % for
-    "grouped" and 59-63 % for "split"; on B0-G16's group convolutions at 224 px the
-    ops' AVX-512 blocks with Winograd summed 339.6 ms, the AVX-512 direct blocks 373.9 ms
-    and the AVX2 blocks 413.0 ms (Winograd 1.23-1.46x on the 3x3 stride-1 layers, the
-    AVX-512 blocks 1.02-1.27x the AVX2 ones elsewhere); whole B0-G16-BN training 1.21x
-    with "avx2" over "tensorflow" at 224 and 160 px. The same choice as on the Xeon.
+    "grouped" and 59-63 % for "split"; on B0-G16's group convolutions at 224 px
+    (``python -m efficientnet_ipu.benchmark --layers --kernel-variants --group-sizes=16
+    --resolutions=224``) the ops' AVX-512 blocks with Winograd summed 373.0 ms, the
+    AVX-512 direct blocks 405.0 ms, the AVX2 blocks 473.2 ms and "tensorflow" 575.0 ms
+    (Winograd 1.18-1.42x on the 3x3 stride-1 layers, the AVX-512 blocks 1.08-1.31x the
+    AVX2 ones elsewhere); whole B0-G16-BN training 1.21x with "avx2" over "tensorflow" at
+    224 and 160 px. The same choice as on the Xeon.
 
     Measured on this project's 2-core AVX2 CPU (TensorFlow 2.21, oneDNN), forward +
     backward, batch 32, split's speed over grouped: B0-G16 at 224 px 1.63-1.78x for the 2-6
