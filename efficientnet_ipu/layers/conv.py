@@ -61,9 +61,9 @@ def choose_implementation(groups, group_size, filters_per_group=None, dtype="flo
     CPU: 1.13-1.61x for group sizes 4-64, hence no "split" on AVX-512.
 
     On a 2-core AMD EPYC (Zen 4: AVX-512 on 256-bit units, issue #4, session 18), batch
-    32: on [32, 28, 28, 240] 3x3 G16 "avx2" ran at 122-126 % of the dense convolution's
-    GFLOP/s (Winograd counts as the direct convolution's FLOPs) against 65-66 % for
-    "grouped" and 59-63 % for "split"; on B0-G16's group convolutions at 224 px
+    32: on [32, 28, 28, 240] 3x3 G16 "avx2" ran at 112-126 % of the dense convolution's
+    GFLOP/s in seven runs (Winograd counts as the direct convolution's FLOPs) against
+    62-67 % for "grouped" and 58-63 % for "split"; on B0-G16's group convolutions at 224 px
     (``python -m efficientnet_ipu.benchmark --layers --kernel-variants --group-sizes=16
     --resolutions=224``) the ops' AVX-512 blocks with Winograd summed 373.0 ms, the
     AVX-512 direct blocks 405.0 ms, the AVX2 blocks 473.2 ms and "tensorflow" 575.0 ms
