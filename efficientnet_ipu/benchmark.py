@@ -37,6 +37,7 @@ import math
 import os
 import sys
 import time
+from unittest import mock
 
 import efficientnet_ipu  # noqa: F401  (before TensorFlow: enables oneDNN)
 from tensorflow import keras
@@ -446,22 +447,6 @@ KERNEL_VARIANTS = {"avx512-direct": {"EFFICIENTNET_IPU_WINOGRAD": "0"},
                    "avx2-blocks": {"EFFICIENTNET_IPU_AVX2_ONLY": "1"}}
 
 
-@contextlib.contextmanager
-def _environment(variables):
-    """Sets the environment ``variables`` (a dict) inside the block and restores the
-    previous values (or their absence) after it."""
-    saved = {name: os.environ.get(name) for name in variables}
-    os.environ.update(variables)
-    try:
-        yield
-    finally:
-        for name, value in saved.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
-
-
 def layer_table(model, resolution, batch, steps, warmup, kernel_variants=False):
     """Forward + backward of every GroupConv2D layer shape of ``model`` at ``resolution``
     (``group_conv_layer_shapes``), implementation "tensorflow" against "auto" (this
@@ -485,7 +470,7 @@ def layer_table(model, resolution, batch, steps, warmup, kernel_variants=False):
                                               group_size=group_size, implementation=impl), x)
         steps_by_impl = {impl: build(impl) for impl in ("tensorflow", "auto")}
         for name, variables in (KERNEL_VARIANTS.items() if kernel_variants else ()):
-            with _environment(variables):
+            with mock.patch.dict(os.environ, variables):  # restored after the block
                 steps_by_impl[name] = build("auto")
                 steps_by_impl[name]()  # constructs the op kernels under ``variables``
         times = interleaved_times(steps_by_impl, steps, warmup)

@@ -284,21 +284,6 @@ def test_layer_table_times_every_group_conv_shape_of_the_model(capsys):
     assert lines[-1].startswith("  summed over the layers: tensorflow")
 
 
-def test_environment_sets_and_restores_variables(monkeypatch):
-    monkeypatch.setenv("EFFICIENTNET_IPU_TEST_A", "before")
-    monkeypatch.delenv("EFFICIENTNET_IPU_TEST_B", raising=False)
-    with benchmark._environment({"EFFICIENTNET_IPU_TEST_A": "1",
-                                 "EFFICIENTNET_IPU_TEST_B": "2"}):
-        assert os.environ["EFFICIENTNET_IPU_TEST_A"] == "1"
-        assert os.environ["EFFICIENTNET_IPU_TEST_B"] == "2"
-    assert os.environ["EFFICIENTNET_IPU_TEST_A"] == "before"
-    assert "EFFICIENTNET_IPU_TEST_B" not in os.environ
-    with pytest.raises(RuntimeError):  # restored on errors too
-        with benchmark._environment({"EFFICIENTNET_IPU_TEST_B": "3"}):
-            raise RuntimeError
-    assert "EFFICIENTNET_IPU_TEST_B" not in os.environ
-
-
 def test_kernel_variants_are_timed_beside_auto_and_need_layers(capsys):
     from tensorflow import keras
     inputs = keras.Input((16, 16, 3))  # an image, as group_conv_layer_shapes feeds
