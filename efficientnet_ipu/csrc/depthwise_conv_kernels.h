@@ -69,13 +69,15 @@ inline void EvenBlocks(int t0, int t1, Block block) {
 
 // InputGradientBlock for pixels some of whose taps fall outside the output row: tap q of
 // pixel p reads d[q P + p] + c, which points at Zeros() for the taps outside.
+// Only the taps in ``live`` (those inside the row for some pixel of the block).
 template <int P, bool kFull>
-inline void InputGradientTableBlock(const InputTap* taps, int ntaps, const float* const* d,
-                                    int c, int64_t out_stride, float* out,
-                                    typename Vec::Mask tail) {
+inline void InputGradientTableBlock(const InputTap* taps, const int* live, int nlive,
+                                    const float* const* d, int c, int64_t out_stride,
+                                    float* out, typename Vec::Mask tail) {
   typename Vec::V acc[P];
   for (int p = 0; p < P; ++p) acc[p] = Vec::Zero();
-  for (int q = 0; q < ntaps; ++q) {
+  for (int l = 0; l < nlive; ++l) {
+    const int q = live[l];
     const typename Vec::V w = Vec::Load(taps[q].w + c, kFull, tail);
 #pragma GCC unroll 8
     for (int p = 0; p < P; ++p) acc[p] = Vec::Fma(w, Vec::Load(d[q * P + p] + c, kFull, tail), acc[p]);
@@ -97,19 +99,24 @@ inline void InputGradientTable(const Geometry& g, const InputTap* taps, int ntap
   EvenBlocks(t0, t1, [&](int t, auto pixels) {
     constexpr int P = decltype(pixels)::value;
     const float* d[kMaxK * kMaxK * P];
-    for (int q = 0; q < ntaps; ++q)
+    int live[kMaxK * kMaxK], nlive = 0;
+    for (int q = 0; q < ntaps; ++q) {
+      bool inside = false;
       for (int p = 0; p < P; ++p) {
         const int ow = t + p + taps[q].off;
+        inside |= ow >= 0 && ow < g.OW;
         d[q * P + p] = ow >= 0 && ow < g.OW ? taps[q].dy_row + static_cast<int64_t>(ow) * C
                                             : zeros;
       }
+      if (inside) live[nlive++] = q;
+    }
     float* out = out_row + static_cast<int64_t>(r + t * g.s) * C;
     const int64_t out_stride = static_cast<int64_t>(g.s) * C;
     ForEachChannelGroup(C, c_end, [&](int c, bool full) {
       if (full)
-        InputGradientTableBlock<P, true>(taps, ntaps, d, c, out_stride, out, tail);
+        InputGradientTableBlock<P, true>(taps, live, nlive, d, c, out_stride, out, tail);
       else
-        InputGradientTableBlock<P, false>(taps, ntaps, d, c, out_stride, out, tail);
+        InputGradientTableBlock<P, false>(taps, live, nlive, d, c, out_stride, out, tail);
     });
   });
 }
@@ -239,10 +246,75 @@ inline void FilterGradientBlock(const Geometry& g, const float* const* x_rows,
   }
 }
 
+// FilterGradientBlock for output pixels some of whose taps fall outside the input row:
+// tap j of kernel row q for pixel p reads x[(q k + j) P + p] + c, which points at Zeros()
+// for the taps outside.
+// Only the taps in ``live``: pairs (table index q k + j, accumulator tap i k + j) of the
+// taps inside the row for some pixel of the block.
+template <int P, bool kFull>
+inline void FilterGradientTableBlock(const Geometry& g, const float* const* x,
+                                     const int (*live)[2], int nlive, const float* dy_row,
+                                     int ow0, int c, float* dw, typename Vec::Mask tail) {
+  const int C = g.C;
+  typename Vec::V d[P];
+  for (int p = 0; p < P; ++p)
+    d[p] = Vec::Load(dy_row + static_cast<int64_t>(ow0 + p) * C + c, kFull, tail);
+  for (int l = 0; l < nlive; ++l) {
+    const float* const* xj = x + live[l][0] * P;
+    float* acc = dw + live[l][1] * Vec::kLanes;
+    typename Vec::V a0 = Vec::LoadU(acc), a1 = Vec::Zero();
+#pragma GCC unroll 8
+    for (int p = 0; p < P; p += 2) {
+      a0 = Vec::Fma(Vec::Load(xj[p] + c, kFull, tail), d[p], a0);
+      if (p + 1 < P) a1 = Vec::Fma(Vec::Load(xj[p + 1] + c, kFull, tail), d[p + 1], a1);
+    }
+    Vec::StoreU(acc, Vec::Add(a0, a1));
+  }
+}
+
+// The filter gradient's share of output pixels [ow0, ow1) of one row, in EvenBlocks
+// through tap pointer tables (FilterGradientUnit: the row's ends, and whole rows that are
+// mostly ends).
+inline void FilterGradientTable(const Geometry& g, const float* const* x_rows,
+                                const int* rows, int nrows, const float* dy_row, int ow0,
+                                int ow1, float* dw, typename Vec::Mask tail) {
+  const int C = g.C, k = g.k, L = Vec::kLanes, c_end = C / L * L;
+  const int64_t taps_l = static_cast<int64_t>(k) * k * L;
+  const float* zeros = Zeros(C);
+  EvenBlocks(ow0, ow1, [&](int ow, auto pixels) {
+    constexpr int P = decltype(pixels)::value;
+    const float* x[kMaxK * kMaxK * P];
+    int live[kMaxK * kMaxK][2], nlive = 0;
+    for (int q = 0; q < nrows; ++q)
+      for (int j = 0; j < k; ++j) {
+        bool inside = false;
+        for (int p = 0; p < P; ++p) {
+          const int iw = (ow + p) * g.s + j - g.pl;
+          inside |= iw >= 0 && iw < g.W;
+          x[(q * k + j) * P + p] =
+              iw >= 0 && iw < g.W ? x_rows[q] + static_cast<int64_t>(iw) * C : zeros;
+        }
+        if (inside) {
+          live[nlive][0] = q * k + j;
+          live[nlive++][1] = rows[q] * k + j;
+        }
+      }
+    ForEachChannelGroup(C, c_end, [&](int c, bool full) {
+      if (full)
+        FilterGradientTableBlock<P, true>(g, x, live, nlive, dy_row, ow, c,
+                                          dw + (c / L) * taps_l, tail);
+      else
+        FilterGradientTableBlock<P, false>(g, x, live, nlive, dy_row, ow, c,
+                                           dw + (c / L) * taps_l, tail);
+    });
+  });
+}
+
 // Adds the filter gradient of images [n0, n1) to dw ([groups of kLanes channels][k k]
 // [kLanes] floats). Blocks of 8, then 4 and 2 output pixels where all taps fall inside
 // the input row (the 8-pixel blocks prefetch the next block's lines as the input gradient
-// does), single pixels with bounds checks elsewhere.
+// does), FilterGradientTable elsewhere, and for whole rows of at most 8 pixels or whose
+// ends are at least 30 % of them.
 void FilterGradientUnit(const Geometry& g, const float* x, const float* dy, int n0, int n1,
                         float* dw) {
   const int C = g.C, k = g.k, s = g.s, L = Vec::kLanes;
@@ -267,23 +339,11 @@ void FilterGradientUnit(const Geometry& g, const float* x, const float* dy, int 
         rows[nrows++] = i;
       }
       const float* dy_row = dy + (static_cast<int64_t>(n) * g.OH + oh) * g.OW * C;
-      auto edge = [&](int ow) {
-        ForEachChannelGroup(C, c_end, [&](int c, bool full) {
-          const typename Vec::V d =
-              Vec::Load(dy_row + static_cast<int64_t>(ow) * C + c, full, tail);
-          float* dwc = dw + (c / L) * taps_l;
-          for (int q = 0; q < nrows; ++q)
-            for (int j = 0; j < k; ++j) {
-              const int iw = ow * s + j - g.pl;
-              if (iw < 0 || iw >= g.W) continue;
-              float* a = dwc + (rows[q] * k + j) * L;
-              Vec::StoreU(a, Vec::Fma(
-                  Vec::Load(x_rows[q] + static_cast<int64_t>(iw) * C + c, full, tail), d,
-                  Vec::LoadU(a)));
-            }
-        });
-      };
-      for (int ow = 0; ow < lo; ++ow) edge(ow);
+      if (g.OW <= 8 || 10 * (lo + g.OW - hi) >= 3 * g.OW) {  // mostly ends
+        FilterGradientTable(g, x_rows, rows, nrows, dy_row, 0, g.OW, dw, tail);
+        continue;
+      }
+      FilterGradientTable(g, x_rows, rows, nrows, dy_row, 0, lo, dw, tail);
       int ow = lo;
       auto blocks = [&](auto pixels) {  // blocks of P pixels (a std::integral_constant)
         constexpr int P = decltype(pixels)::value;
@@ -317,6 +377,6 @@ void FilterGradientUnit(const Geometry& g, const float* x, const float* dy, int 
       blocks(std::integral_constant<int, 8>());
       blocks(std::integral_constant<int, 4>());
       blocks(std::integral_constant<int, 2>());
-      for (; ow < g.OW; ++ow) edge(ow);
+      FilterGradientTable(g, x_rows, rows, nrows, dy_row, ow, g.OW, dw, tail);
     }
 }
