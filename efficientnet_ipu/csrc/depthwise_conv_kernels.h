@@ -46,6 +46,12 @@ inline const float* Zeros(int C) {
   return zeros.data();
 }
 
+// True where a row of ``count`` pixels, of which [lo, hi) have all their taps inside,
+// runs as pointer-table blocks end to end: at most 8 pixels, or ends of at least 30 %.
+inline bool MostlyEnds(int count, int lo, int hi) {
+  return count <= 8 || 10 * (lo + count - hi) >= 3 * count;
+}
+
 // Splits [t0, t1) into the fewest blocks of at most 8 pixels, as even as possible (10 as
 // 5 + 5, not 8 + 2), and calls block(t, P) with P a std::integral_constant for each.
 template <typename Block>
@@ -68,8 +74,8 @@ inline void EvenBlocks(int t0, int t1, Block block) {
 }
 
 // InputGradientBlock for pixels some of whose taps fall outside the output row: tap q of
-// pixel p reads d[q P + p] + c, which points at Zeros() for the taps outside.
-// Only the taps in ``live`` (those inside the row for some pixel of the block).
+// pixel p reads d[q P + p] + c, which points at Zeros() for the taps outside; only the
+// taps in ``live`` (those inside the row for some pixel of the block) run.
 template <int P, bool kFull>
 inline void InputGradientTableBlock(const InputTap* taps, const int* live, int nlive,
                                     const float* const* d, int c, int64_t out_stride,
@@ -80,7 +86,8 @@ inline void InputGradientTableBlock(const InputTap* taps, const int* live, int n
     const int q = live[l];
     const typename Vec::V w = Vec::Load(taps[q].w + c, kFull, tail);
 #pragma GCC unroll 8
-    for (int p = 0; p < P; ++p) acc[p] = Vec::Fma(w, Vec::Load(d[q * P + p] + c, kFull, tail), acc[p]);
+    for (int p = 0; p < P; ++p)
+      acc[p] = Vec::Fma(w, Vec::Load(d[q * P + p] + c, kFull, tail), acc[p]);
   }
   for (int p = 0; p < P; ++p) Vec::Store(out + p * out_stride + c, acc[p], kFull, tail);
 }
@@ -174,8 +181,7 @@ inline void InputGradientInterior(const Geometry& g, const InputTap* taps, int n
 // the row fall into s residue classes iw = r + t s; within one, every pixel has the same
 // taps (i, j) (those with ih + pt - i and r + pl - j multiples of s), reading output
 // pixel ow = t + off. The pixels near the ends of the row, where some taps fall outside
-// the output row, run InputGradientTable; so does the whole row where it has at most 8
-// pixels or the ends are at least 30 % of it.
+// the output row, run InputGradientTable; so does the whole row where MostlyEnds.
 void InputGradientRow(const Geometry& g, const float* f, const float* dy, int n, int ih,
                       float* dx) {
   const int s = g.s, k = g.k, C = g.C;
@@ -206,7 +212,7 @@ void InputGradientRow(const Geometry& g, const float* f, const float* dy, int n,
     if (ntaps == 0) {  // no tap reaches these pixels
       for (int t = 0; t < count; ++t)
         std::fill_n(out_row + static_cast<int64_t>(r + t * s) * C, C, 0.0f);
-    } else if (count <= 8 || 10 * (lo + count - hi) >= 3 * count) {
+    } else if (MostlyEnds(count, lo, hi)) {
       InputGradientTable(g, taps, ntaps, r, 0, count, out_row, tail);
     } else {
       InputGradientTable(g, taps, ntaps, r, 0, lo, out_row, tail);
@@ -248,9 +254,8 @@ inline void FilterGradientBlock(const Geometry& g, const float* const* x_rows,
 
 // FilterGradientBlock for output pixels some of whose taps fall outside the input row:
 // tap j of kernel row q for pixel p reads x[(q k + j) P + p] + c, which points at Zeros()
-// for the taps outside.
-// Only the taps in ``live``: pairs (table index q k + j, accumulator tap i k + j) of the
-// taps inside the row for some pixel of the block.
+// for the taps outside; only the taps in ``live`` run, as pairs (table index q k + j,
+// accumulator tap i k + j) of the taps inside the row for some pixel of the block.
 template <int P, bool kFull>
 inline void FilterGradientTableBlock(const Geometry& g, const float* const* x,
                                      const int (*live)[2], int nlive, const float* dy_row,
@@ -313,8 +318,7 @@ inline void FilterGradientTable(const Geometry& g, const float* const* x_rows,
 // Adds the filter gradient of images [n0, n1) to dw ([groups of kLanes channels][k k]
 // [kLanes] floats). Blocks of 8, then 4 and 2 output pixels where all taps fall inside
 // the input row (the 8-pixel blocks prefetch the next block's lines as the input gradient
-// does), FilterGradientTable elsewhere, and for whole rows of at most 8 pixels or whose
-// ends are at least 30 % of them.
+// does), FilterGradientTable elsewhere, and for whole rows where MostlyEnds.
 void FilterGradientUnit(const Geometry& g, const float* x, const float* dy, int n0, int n1,
                         float* dw) {
   const int C = g.C, k = g.k, s = g.s, L = Vec::kLanes;
@@ -339,7 +343,7 @@ void FilterGradientUnit(const Geometry& g, const float* x, const float* dy, int 
         rows[nrows++] = i;
       }
       const float* dy_row = dy + (static_cast<int64_t>(n) * g.OH + oh) * g.OW * C;
-      if (g.OW <= 8 || 10 * (lo + g.OW - hi) >= 3 * g.OW) {  // mostly ends
+      if (MostlyEnds(g.OW, lo, hi)) {
         FilterGradientTable(g, x_rows, rows, nrows, dy_row, 0, g.OW, dw, tail);
         continue;
       }
