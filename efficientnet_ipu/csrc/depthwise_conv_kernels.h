@@ -31,11 +31,12 @@ inline void InputGradientBlock(const InputTap* taps, int ntaps, int C, int t0, i
 }
 
 // Runs block(c, full) for every group of kLanes channels of a pixel block: full groups,
-// then the masked tail.
+// then the masked tail. ``full`` is std::true_type or std::false_type, so that the block
+// can pass decltype(full)::value on as a template argument.
 template <typename Block>
 inline void ForEachChannelGroup(int C, int c_end, Block block) {
-  for (int c = 0; c < c_end; c += Vec::kLanes) block(c, true);
-  if (c_end < C) block(c_end, false);
+  for (int c = 0; c < c_end; c += Vec::kLanes) block(c, std::true_type());
+  if (c_end < C) block(c_end, std::false_type());
 }
 
 // Zeros for the taps that fall outside a row (pointer-table blocks below): at least C
@@ -119,11 +120,9 @@ inline void InputGradientTable(const Geometry& g, const InputTap* taps, int ntap
     }
     float* out = out_row + static_cast<int64_t>(r + t * g.s) * C;
     const int64_t out_stride = static_cast<int64_t>(g.s) * C;
-    ForEachChannelGroup(C, c_end, [&](int c, bool full) {
-      if (full)
-        InputGradientTableBlock<P, true>(taps, live, nlive, d, c, out_stride, out, tail);
-      else
-        InputGradientTableBlock<P, false>(taps, live, nlive, d, c, out_stride, out, tail);
+    ForEachChannelGroup(C, c_end, [&](int c, auto full) {
+      InputGradientTableBlock<P, decltype(full)::value>(taps, live, nlive, d, c, out_stride,
+                                                        out, tail);
     });
   });
 }
@@ -155,7 +154,7 @@ inline void InputGradientInterior(const Geometry& g, const InputTap* taps, int n
       float* out = out_row + static_cast<int64_t>(r + t * g.s) * C;
       const int64_t next = static_cast<int64_t>(t + 8 + min_off) * C;  // floats into a row
       int group = 0;
-      ForEachChannelGroup(C, c_end, [&](int c, bool full) {
+      ForEachChannelGroup(C, c_end, [&](int c, auto full) {
         if (P == 8) {  // this group's share of the next block's lines
           const int64_t l0 = lines * group / groups, l1 = lines * (group + 1) / groups;
           for (int q = 0; q < nrows; ++q)
@@ -164,10 +163,8 @@ inline void InputGradientInterior(const Geometry& g, const InputTap* taps, int n
                            _MM_HINT_T0);
         }
         ++group;
-        if (full)
-          InputGradientBlock<P, true>(taps, ntaps, C, t, c, out_stride, out, tail);
-        else
-          InputGradientBlock<P, false>(taps, ntaps, C, t, c, out_stride, out, tail);
+        InputGradientBlock<P, decltype(full)::value>(taps, ntaps, C, t, c, out_stride, out,
+                                                     tail);
       });
     }
   };
@@ -304,13 +301,9 @@ inline void FilterGradientTable(const Geometry& g, const float* const* x_rows,
           live[nlive++][1] = rows[q] * k + j;
         }
       }
-    ForEachChannelGroup(C, c_end, [&](int c, bool full) {
-      if (full)
-        FilterGradientTableBlock<P, true>(g, x, live, nlive, dy_row, ow, c,
-                                          dw + (c / L) * taps_l, tail);
-      else
-        FilterGradientTableBlock<P, false>(g, x, live, nlive, dy_row, ow, c,
-                                           dw + (c / L) * taps_l, tail);
+    ForEachChannelGroup(C, c_end, [&](int c, auto full) {
+      FilterGradientTableBlock<P, decltype(full)::value>(g, x, live, nlive, dy_row, ow, c,
+                                                         dw + (c / L) * taps_l, tail);
     });
   });
 }
@@ -355,7 +348,7 @@ void FilterGradientUnit(const Geometry& g, const float* x, const float* dy, int 
           const float* next_x = x_rows[0] + static_cast<int64_t>((ow + 8) * s - g.pl) * C;
           const char* next_dy = reinterpret_cast<const char*>(dy_row + (ow + 8) * C);
           int group = 0;
-          ForEachChannelGroup(C, c_end, [&](int c, bool full) {
+          ForEachChannelGroup(C, c_end, [&](int c, auto full) {
             if (P == 8) {  // this group's share of the next block's lines
               const int64_t x0 = x_lines * group / groups;
               const int64_t x1 = x_lines * (group + 1) / groups;
@@ -369,12 +362,8 @@ void FilterGradientUnit(const Geometry& g, const float* x, const float* dy, int 
                 _mm_prefetch(next_dy + l * 64, _MM_HINT_T0);
             }
             ++group;
-            if (full)
-              FilterGradientBlock<P, true>(g, x_rows, rows, nrows, dy_row, ow, c,
-                                           dw + (c / L) * taps_l, tail);
-            else
-              FilterGradientBlock<P, false>(g, x_rows, rows, nrows, dy_row, ow, c,
-                                            dw + (c / L) * taps_l, tail);
+            FilterGradientBlock<P, decltype(full)::value>(g, x_rows, rows, nrows, dy_row, ow,
+                                                          c, dw + (c / L) * taps_l, tail);
           });
         }
       };
