@@ -96,6 +96,68 @@ def test_gradient_ops_reject_shapes_they_do_not_compute():
                                         "SAME")
 
 
+
+def reference_forward(x, kernel, stride, padding):
+    """depthwise_conv2d(x, kernel) in float64, tap by tap over a zero-padded copy of x."""
+    n, h, w, c = x.shape
+    k = kernel.shape[0]
+    oh, pt = _size(h, k, stride, padding)
+    ow, pl = _size(w, k, stride, padding)
+    padded = np.zeros((n, h + 2 * k + stride * oh, w + 2 * k + stride * ow, c))
+    padded[:, k:k + h, k:k + w] = x
+    y = np.zeros((n, oh, ow, c))
+    for i in range(k):
+        for j in range(k):
+            y += (padded[:, k + i - pt:k + i - pt + stride * oh:stride,
+                         k + j - pl:k + j - pl + stride * ow:stride] * kernel[i, j, :, 0])
+    return y
+
+
+ROUTED = [(14, 3, 2, 0), (21, 5, 2, 0), (10, 5, 0, 2), (13, 5, 0, 2), (6, 3, 0, 2),
+          (64, 3, 1, 1)]  # width, k, and how many of the two passes each code runs
+
+
+def test_route_takes_the_faster_code_only_where_both_compute_the_pass():
+    route = depthwise_conv.route
+    assert route(10, 5, 1, "SAME") == (False, True)  # 4 of 10 px are row ends: oneDNN
+    assert route(14, 5, 1, "SAME") == (False, True)
+    assert route(28, 5, 1, "SAME") == (True, False)  # 4 of 28 px: ours
+    assert route(10, 3, 1, "SAME") == (True, False)
+    assert route(7, 3, 1, "SAME") == (False, True)
+    assert route(56, 3, 1, "SAME") == (True, False)
+    assert route(80, 3, 1, "SAME") == (False, False)  # wider than measured to gain
+    for args in ((10, 5, 2, "SAME"), (10, 5, 1, "VALID"), (10, 4, 1, "SAME"),
+                 (10, 1, 1, "SAME"), (None, 5, 1, "SAME")):
+        assert route(*args) == (False, False), args
+
+
+@needs_kernels
+@pytest.mark.parametrize("width,k,ours,onednn", ROUTED)
+def test_routed_passes_equal_the_direct_computation(width, k, ours, onednn):
+    """depthwise_conv2d where ``route`` moves a pass to the other code: the output and both
+    gradients equal the float64 computation, and the graph runs the ops ``route`` chose
+    (ours: our input-gradient op; onednn: tf.nn.depthwise_conv2d)."""
+    rng = np.random.default_rng(width * 10 + k)
+    x = rng.normal(size=(3, width - 1, width, 20)).astype(np.float32)  # 16 + a tail of 4
+    kernel = rng.normal(size=(k, k, 20, 1)).astype(np.float32)
+    dy = rng.normal(size=x.shape).astype(np.float32)
+
+    @tf.function
+    def passes(x, kernel):
+        with tf.GradientTape() as tape:
+            tape.watch([x, kernel])
+            y = depthwise_conv.depthwise_conv2d(x, kernel, 1, "SAME")
+        return [y] + tape.gradient(y, [x, kernel], output_gradients=dy)
+    graph = passes.get_concrete_function(tf.constant(x), tf.constant(kernel)).graph
+    types = [op.type for op in graph.get_operations()]
+    assert types.count("EfficientnetIpuDepthwiseConvBackpropInput") == ours
+    assert types.count("DepthwiseConv2dNative") == onednn
+    dx_ref, dk_ref = reference_gradients(x, kernel, dy, 1, "SAME")
+    for got, want in zip(passes(x, kernel), (reference_forward(x, kernel, 1, "SAME"),
+                                             dx_ref, dk_ref)):
+        np.testing.assert_allclose(got.numpy(), want, rtol=0,
+                                   atol=1e-5 * max(np.abs(want).max(), 1.0))
+
 @needs_kernels
 @pytest.mark.parametrize("k,strides", [(3, 1), (5, 2)])
 def test_group_conv2d_g1_avx2_equals_tensorflow_in_a_tf_function(k, strides):
@@ -162,7 +224,7 @@ def test_avx2_loops_also_equal_the_direct_computation_on_an_avx512_cpu():
         env=env, cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
         capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    assert "%d passed" % (len(SHAPES) * 5 + 2) in done.stdout
+    assert "%d passed" % (len(SHAPES) * 5 + len(ROUTED) + 2) in done.stdout
 
 
 @needs_kernels
