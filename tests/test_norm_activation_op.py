@@ -149,6 +149,23 @@ def test_fused_channel_moments_precision_on_a_large_offset_image():
             tf.constant(x), mean, tf.zeros([2, 23]), tf.zeros([2, 24]), [])
 
 
+
+@needs_kernels
+@pytest.mark.parametrize("shape", [(3, 9, 11, 75), (2, 5, 5, 1030), (2, 23, 17, 40),
+                                   (4, 1, 1, 3)])
+def test_channel_moments_equal_float64_across_runs_and_channel_blocks(shape):
+    """The moments op sums runs of up to 64 pixels per block of up to 32 channels: channel
+    counts with 4-vector blocks, single vectors and a tail (75 = 64 + 8 + 3), runs that
+    end inside an image (1030 channels: 7-pixel runs; 40 channels: 64-pixel runs over 391
+    pixels) and 1-pixel images give float64's mean and variance, offset by 50."""
+    rng = np.random.default_rng(sum(shape))
+    x = (rng.normal(size=shape) * rng.uniform(0.5, 3.0, size=shape[3]) + 50.0)
+    x = x.astype(np.float32)
+    mean, variance = kernels.load().efficientnet_ipu_channel_moments(tf.constant(x))
+    x64 = x.astype(np.float64)
+    np.testing.assert_allclose(mean.numpy(), x64.mean(axis=(1, 2)), rtol=1e-6)
+    np.testing.assert_allclose(variance.numpy(), x64.var(axis=(1, 2)), rtol=2e-5, atol=1e-6)
+
 @needs_kernels
 @pytest.mark.skipif(not CPU_ONLY, reason="the fused op is chosen on CPU-only machines")
 @pytest.mark.skipif(not L.norm._KERAS3, reason="the fused BN path is for Keras 3")
