@@ -60,6 +60,7 @@ using efficientnet_ipu::Load;
 using efficientnet_ipu::ParallelFor;
 using efficientnet_ipu::Store;
 using efficientnet_ipu::TailMask;
+using efficientnet_ipu::WithAct;
 
 // The CPU check all four ops share.
 class NormOpBase : public OpKernel {
@@ -142,27 +143,29 @@ class ScaleShiftActivationOp : public ScaleShiftBase {
     float* yd = y->flat<float>().data();
     const int64_t c8 = C / 8 * 8;
     const __m256i tail = TailMask(static_cast<int>(C - c8));
-    const Act act = act_;
     // One unit per image row.
-    ParallelFor(ctx, N * H, W * C * 8, [&](int64_t begin, int64_t end) {
-      for (int64_t u = begin; u < end; ++u) {
-        const int64_t n = u / H;
-        const float* a = sd + n * C;
-        const float* b = bd + n * C;
-        const float* xr = xd + u * W * C;
-        float* yr = yd + u * W * C;
-        for (int64_t w = 0; w < W; ++w, xr += C, yr += C) {
-          for (int64_t c = 0; c < C; c += 8) {
-            const bool full = c < c8;
-            __m256 v = Activate(act, _mm256_fmadd_ps(Load(xr + c, full, tail),
-                                                     Load(a + c, full, tail),
-                                                     Load(b + c, full, tail)), nullptr);
-            if (ps != nullptr)
-              v = _mm256_fmadd_ps(v, Load(ps + c, full, tail), Load(pb + c, full, tail));
-            Store(yr + c, v, full, tail);
+    WithAct(act_, [&](auto kind) {
+      constexpr Act act = decltype(kind)::value;
+      ParallelFor(ctx, N * H, W * C * 8, [&](int64_t begin, int64_t end) {
+        for (int64_t u = begin; u < end; ++u) {
+          const int64_t n = u / H;
+          const float* a = sd + n * C;
+          const float* b = bd + n * C;
+          const float* xr = xd + u * W * C;
+          float* yr = yd + u * W * C;
+          for (int64_t w = 0; w < W; ++w, xr += C, yr += C) {
+            for (int64_t c = 0; c < C; c += 8) {
+              const bool full = c < c8;
+              __m256 v = Activate(act, _mm256_fmadd_ps(Load(xr + c, full, tail),
+                                                       Load(a + c, full, tail),
+                                                       Load(b + c, full, tail)), nullptr);
+              if (ps != nullptr)
+                v = _mm256_fmadd_ps(v, Load(ps + c, full, tail), Load(pb + c, full, tail));
+              Store(yr + c, v, full, tail);
+            }
           }
         }
-      }
+      });
     });
   }
 };
@@ -199,49 +202,51 @@ class ScaleShiftActivationGradOp : public ScaleShiftBase {
     float* dbd = dshift->flat<float>().data();
     const int64_t c8 = C / 8 * 8, cpad = (C + 7) / 8 * 8;
     const __m256i tail = TailMask(static_cast<int>(C - c8));
-    const Act act = act_;
     // One unit per example, so each owns its rows of dscale and dshift (no reduction).
-    ParallelFor(ctx, N, H * W * C * 12, [&](int64_t begin, int64_t end) {
-      std::vector<float> acc(4 * cpad);
-      for (int64_t n = begin; n < end; ++n) {
-        std::fill(acc.begin(), acc.end(), 0.0f);
-        float* as = acc.data();
-        float* ab = acc.data() + cpad;
-        float* aps = acc.data() + 2 * cpad;
-        float* apb = acc.data() + 3 * cpad;
-        const float* a = sd + n * C;
-        const float* b = bd + n * C;
-        const int64_t base = n * H * W * C;
-        for (int64_t p = 0; p < H * W; ++p) {
-          const float* xp = xd + base + p * C;
-          const float* dyp = dyd + base + p * C;
-          float* dxp = dxd + base + p * C;
-          for (int64_t c = 0; c < cpad; c += 8) {
-            const bool full = c < c8;
-            const __m256 xv = Load(xp + c, full, tail);
-            const __m256 av = Load(a + c, full, tail);
-            __m256 gv = Load(dyp + c, full, tail);
-            __m256 d;
-            const __m256 yv =
-                Activate(act, _mm256_fmadd_ps(xv, av, Load(b + c, full, tail)), &d);
-            if (ps != nullptr) {  // dz -> da = dz post_scale; sums for the post affine
-              _mm256_storeu_ps(aps + c, _mm256_fmadd_ps(gv, yv, _mm256_loadu_ps(aps + c)));
-              _mm256_storeu_ps(apb + c, _mm256_add_ps(gv, _mm256_loadu_ps(apb + c)));
-              gv = _mm256_mul_ps(gv, Load(ps + c, full, tail));
+    WithAct(act_, [&](auto kind) {
+      constexpr Act act = decltype(kind)::value;
+      ParallelFor(ctx, N, H * W * C * 12, [&](int64_t begin, int64_t end) {
+        std::vector<float> acc(4 * cpad);
+        for (int64_t n = begin; n < end; ++n) {
+          std::fill(acc.begin(), acc.end(), 0.0f);
+          float* as = acc.data();
+          float* ab = acc.data() + cpad;
+          float* aps = acc.data() + 2 * cpad;
+          float* apb = acc.data() + 3 * cpad;
+          const float* a = sd + n * C;
+          const float* b = bd + n * C;
+          const int64_t base = n * H * W * C;
+          for (int64_t p = 0; p < H * W; ++p) {
+            const float* xp = xd + base + p * C;
+            const float* dyp = dyd + base + p * C;
+            float* dxp = dxd + base + p * C;
+            for (int64_t c = 0; c < cpad; c += 8) {
+              const bool full = c < c8;
+              const __m256 xv = Load(xp + c, full, tail);
+              const __m256 av = Load(a + c, full, tail);
+              __m256 gv = Load(dyp + c, full, tail);
+              __m256 d;
+              const __m256 yv =
+                  Activate(act, _mm256_fmadd_ps(xv, av, Load(b + c, full, tail)), &d);
+              if (ps != nullptr) {  // dz -> da = dz post_scale; sums for the post affine
+                _mm256_storeu_ps(aps + c, _mm256_fmadd_ps(gv, yv, _mm256_loadu_ps(aps + c)));
+                _mm256_storeu_ps(apb + c, _mm256_add_ps(gv, _mm256_loadu_ps(apb + c)));
+                gv = _mm256_mul_ps(gv, Load(ps + c, full, tail));
+              }
+              const __m256 dp = _mm256_mul_ps(gv, d);
+              Store(dxp + c, _mm256_mul_ps(dp, av), full, tail);
+              _mm256_storeu_ps(as + c, _mm256_fmadd_ps(dp, xv, _mm256_loadu_ps(as + c)));
+              _mm256_storeu_ps(ab + c, _mm256_add_ps(dp, _mm256_loadu_ps(ab + c)));
             }
-            const __m256 dp = _mm256_mul_ps(gv, d);
-            Store(dxp + c, _mm256_mul_ps(dp, av), full, tail);
-            _mm256_storeu_ps(as + c, _mm256_fmadd_ps(dp, xv, _mm256_loadu_ps(as + c)));
-            _mm256_storeu_ps(ab + c, _mm256_add_ps(dp, _mm256_loadu_ps(ab + c)));
+          }
+          std::copy(as, as + C, dsd + n * C);
+          std::copy(ab, ab + C, dbd + n * C);
+          if (ps != nullptr) {
+            std::copy(aps, aps + C, &post_sums[n * C]);
+            std::copy(apb, apb + C, &post_sums[(N + n) * C]);
           }
         }
-        std::copy(as, as + C, dsd + n * C);
-        std::copy(ab, ab + C, dbd + n * C);
-        if (ps != nullptr) {
-          std::copy(aps, aps + C, &post_sums[n * C]);
-          std::copy(apb, apb + C, &post_sums[(N + n) * C]);
-        }
-      }
+      });
     });
     for (int i = 0; i < num_post; ++i) {
       Tensor* out = nullptr;

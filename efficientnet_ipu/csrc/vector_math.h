@@ -7,6 +7,7 @@
 
 #include <cmath>
 #include <string>
+#include <type_traits>
 
 namespace efficientnet_ipu {
 
@@ -69,6 +70,20 @@ inline __m256 Activate(Act act, __m256 v, __m256* d) {
     default:
       if (d) *d = one;
       return v;
+  }
+}
+
+// Calls fn(std::integral_constant<Act, act>()), so that a loop over a tensor can take the
+// activation as a compile-time constant: with the activation read at every vector, the
+// switch in Activate kept the scale-shift-swish loop 1.45-1.5x slower (5.2-5.5 against
+// 3.6 ns per 8 values, one core, AMD Zen 4; issue #4, session 20).
+template <typename Fn>
+inline void WithAct(Act act, Fn fn) {
+  switch (act) {
+    case Act::kSwish: fn(std::integral_constant<Act, Act::kSwish>()); break;
+    case Act::kRelu: fn(std::integral_constant<Act, Act::kRelu>()); break;
+    case Act::kGelu: fn(std::integral_constant<Act, Act::kGelu>()); break;
+    default: fn(std::integral_constant<Act, Act::kLinear>()); break;
   }
 }
 
