@@ -52,6 +52,7 @@ using efficientnet_ipu::Activate;
 using efficientnet_ipu::ActFromName;
 using efficientnet_ipu::ParallelFor;
 using efficientnet_ipu::Sum;
+using efficientnet_ipu::WithAct;
 
 // The quantiles padded with zeros to a multiple of 8, and a 0/1 mask of the real ones.
 struct Quantiles {
@@ -130,30 +131,33 @@ class ProxyMeanScaleOp : public ProxyBase {
     // About 6 cycles per quantile per channel, as measured (swish, n = 200): estimates
     // 7x higher split even B0's 32-channel layers across threads, which cost more to
     // start than the work (see ParallelFor in op_util.h).
-    ParallelFor(ctx, channels, 6 * n8, [&](int64_t begin, int64_t end) {
-      std::vector<float> z(n8);
-      for (int64_t c = begin; c < end; ++c) {
-        const __m256 a = _mm256_set1_ps(gamma[c] * (1.0f + pgamma[c]));
-        const __m256 b = _mm256_set1_ps(gamma[c] * pbeta[c] + beta[c]);
-        __m256 sum = _mm256_setzero_ps();
-        for (int i = 0; i < n8; i += 8) {
-          const __m256 v = _mm256_fmadd_ps(_mm256_loadu_ps(&quantiles.q[i]), a, b);
-          const __m256 zi = _mm256_mul_ps(Activate(act_, v, nullptr),
-                                          _mm256_loadu_ps(&quantiles.mask[i]));
-          _mm256_storeu_ps(&z[i], zi);
-          sum = _mm256_add_ps(sum, zi);
+    WithAct(act_, [&](auto kind) {  // the activation as a compile-time constant
+      constexpr Act act = decltype(kind)::value;
+      ParallelFor(ctx, channels, 6 * n8, [&](int64_t begin, int64_t end) {
+        std::vector<float> z(n8);
+        for (int64_t c = begin; c < end; ++c) {
+          const __m256 a = _mm256_set1_ps(gamma[c] * (1.0f + pgamma[c]));
+          const __m256 b = _mm256_set1_ps(gamma[c] * pbeta[c] + beta[c]);
+          __m256 sum = _mm256_setzero_ps();
+          for (int i = 0; i < n8; i += 8) {
+            const __m256 v = _mm256_fmadd_ps(_mm256_loadu_ps(&quantiles.q[i]), a, b);
+            const __m256 zi = _mm256_mul_ps(Activate(act, v, nullptr),
+                                            _mm256_loadu_ps(&quantiles.mask[i]));
+            _mm256_storeu_ps(&z[i], zi);
+            sum = _mm256_add_ps(sum, zi);
+          }
+          const float m = Sum(sum) / n;
+          const __m256 mv = _mm256_set1_ps(m);
+          __m256 squares = _mm256_setzero_ps();
+          for (int i = 0; i < n8; i += 8) {
+            const __m256 dev = _mm256_mul_ps(_mm256_sub_ps(_mm256_loadu_ps(&z[i]), mv),
+                                             _mm256_loadu_ps(&quantiles.mask[i]));
+            squares = _mm256_fmadd_ps(dev, dev, squares);
+          }
+          mean[c] = m;
+          scale[c] = 1.0f / std::sqrt(Sum(squares) / n + epsilon_);
         }
-        const float m = Sum(sum) / n;
-        const __m256 mv = _mm256_set1_ps(m);
-        __m256 squares = _mm256_setzero_ps();
-        for (int i = 0; i < n8; i += 8) {
-          const __m256 dev = _mm256_mul_ps(_mm256_sub_ps(_mm256_loadu_ps(&z[i]), mv),
-                                           _mm256_loadu_ps(&quantiles.mask[i]));
-          squares = _mm256_fmadd_ps(dev, dev, squares);
-        }
-        mean[c] = m;
-        scale[c] = 1.0f / std::sqrt(Sum(squares) / n + epsilon_);
-      }
+      });
     });
   }
 };
@@ -179,31 +183,34 @@ class ProxyMeanScaleGradOp : public ProxyBase {
     }
     const int n = quantiles.n, n8 = quantiles.n8;
     // About 8 cycles per quantile per channel, as measured (see the forward op).
-    ParallelFor(ctx, channels, 8 * n8, [&](int64_t begin, int64_t end) {
-      for (int64_t c = begin; c < end; ++c) {
-        const float gamma = in[0][c], beta = in[1][c], pgamma = in[2][c], pbeta = in[3][c];
-        const float mean = in[5][c], scale = in[6][c], dmean = in[7][c], dscale = in[8][c];
-        const float dvar = -0.5f * dscale * scale * scale * scale;
-        const __m256 k1 = _mm256_set1_ps(dmean / n - 2.0f * dvar * mean / n);
-        const __m256 k2 = _mm256_set1_ps(2.0f * dvar / n);
-        const __m256 a = _mm256_set1_ps(gamma * (1.0f + pgamma));
-        const __m256 b = _mm256_set1_ps(gamma * pbeta + beta);
-        __m256 s0 = _mm256_setzero_ps(), s1 = _mm256_setzero_ps();
-        for (int i = 0; i < n8; i += 8) {
-          const __m256 q = _mm256_loadu_ps(&quantiles.q[i]);
-          __m256 d;
-          const __m256 z = Activate(act_, _mm256_fmadd_ps(q, a, b), &d);
-          const __m256 dv = _mm256_mul_ps(_mm256_mul_ps(_mm256_fmadd_ps(z, k2, k1), d),
-                                          _mm256_loadu_ps(&quantiles.mask[i]));
-          s0 = _mm256_add_ps(s0, dv);
-          s1 = _mm256_fmadd_ps(dv, q, s1);
+    WithAct(act_, [&](auto kind) {  // the activation as a compile-time constant
+      constexpr Act act = decltype(kind)::value;
+      ParallelFor(ctx, channels, 8 * n8, [&](int64_t begin, int64_t end) {
+        for (int64_t c = begin; c < end; ++c) {
+          const float gamma = in[0][c], beta = in[1][c], pgamma = in[2][c], pbeta = in[3][c];
+          const float mean = in[5][c], scale = in[6][c], dmean = in[7][c], dscale = in[8][c];
+          const float dvar = -0.5f * dscale * scale * scale * scale;
+          const __m256 k1 = _mm256_set1_ps(dmean / n - 2.0f * dvar * mean / n);
+          const __m256 k2 = _mm256_set1_ps(2.0f * dvar / n);
+          const __m256 a = _mm256_set1_ps(gamma * (1.0f + pgamma));
+          const __m256 b = _mm256_set1_ps(gamma * pbeta + beta);
+          __m256 s0 = _mm256_setzero_ps(), s1 = _mm256_setzero_ps();
+          for (int i = 0; i < n8; i += 8) {
+            const __m256 q = _mm256_loadu_ps(&quantiles.q[i]);
+            __m256 d;
+            const __m256 z = Activate(act, _mm256_fmadd_ps(q, a, b), &d);
+            const __m256 dv = _mm256_mul_ps(_mm256_mul_ps(_mm256_fmadd_ps(z, k2, k1), d),
+                                            _mm256_loadu_ps(&quantiles.mask[i]));
+            s0 = _mm256_add_ps(s0, dv);
+            s1 = _mm256_fmadd_ps(dv, q, s1);
+          }
+          const float sum0 = Sum(s0), sum1 = Sum(s1);
+          out[0][c] = (1.0f + pgamma) * sum1 + pbeta * sum0;
+          out[1][c] = sum0;
+          out[2][c] = gamma * sum1;
+          out[3][c] = gamma * sum0;
         }
-        const float sum0 = Sum(s0), sum1 = Sum(s1);
-        out[0][c] = (1.0f + pgamma) * sum1 + pbeta * sum0;
-        out[1][c] = sum0;
-        out[2][c] = gamma * sum1;
-        out[3][c] = gamma * sum0;
-      }
+      });
     });
   }
 };
