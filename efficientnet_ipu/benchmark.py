@@ -456,10 +456,20 @@ def layer_table(model, resolution, batch, steps, warmup, kernel_variants=False):
     constructed, by a first call, while that entry's environment is set), to check on a
     new CPU that auto's kernel choice is its fastest.
 
+    The same rounds also time an empty step on the same input (the identity's forward and
+    gradient: no op runs), whose median is the call overhead that every entry's wall time
+    includes: the tf.function call, the thread hand-offs and the copies out, 0.7-1 ms on
+    the 2-core Zen 4 of issue #4, the same at every resolution. Until session 20 the table
+    gave the wall times only, and the small layers' overhead made B0-G1's depthwise layers
+    look as if they sped up 1.72-1.77x, not 1.84x, from 160 to 224 px.
+
     Returns a list of dicts: shape, kernel_size, stride, group_size, count (layers of this
-    shape), tensorflow_ms, auto_ms (medians) and speed (auto's speed over tensorflow's:
-    median, 25th, 75th percentile, 95 % CI low, high, ``paired_ratio``); with
-    ``kernel_variants`` also variants: {name: (ms, auto's speed over it as ``speed``)}."""
+    shape), tensorflow_ms, auto_ms (medians of the wall times), overhead_ms (the empty
+    step's median), net_tensorflow_ms and net_auto_ms (the medians less overhead_ms),
+    speed (auto's speed over tensorflow's in wall time: median, 25th, 75th percentile,
+    95 % CI low, high, ``paired_ratio``) and net_speed (net_tensorflow_ms / net_auto_ms);
+    with ``kernel_variants`` also variants: {name: (ms, auto's speed over it as
+    ``speed``)}."""
     rows = []
     for (shape, k, stride, group_size, filters), count in group_conv_layer_shapes(
             model, resolution, batch):
@@ -469,15 +479,20 @@ def layer_table(model, resolution, batch, steps, warmup, kernel_variants=False):
             return fwd_bwd_step(L.GroupConv2D(filters, k, strides=stride,
                                               group_size=group_size, implementation=impl), x)
         steps_by_impl = {impl: build(impl) for impl in ("tensorflow", "auto")}
+        steps_by_impl["empty step"] = fwd_bwd_step(tf.identity, x)
         for name, variables in (KERNEL_VARIANTS.items() if kernel_variants else ()):
             with mock.patch.dict(os.environ, variables):  # restored after the block
                 steps_by_impl[name] = build("auto")
                 steps_by_impl[name]()  # constructs the op kernels under ``variables``
         times = interleaved_times(steps_by_impl, steps, warmup)
+        ms = {name: 1e3 * float(np.median(t)) for name, t in times.items()}
         row = dict(shape=shape, kernel_size=k, stride=stride, group_size=group_size,
-                   count=count, tensorflow_ms=1e3 * float(np.median(times["tensorflow"])),
-                   auto_ms=1e3 * float(np.median(times["auto"])),
+                   count=count, tensorflow_ms=ms["tensorflow"], auto_ms=ms["auto"],
+                   overhead_ms=ms["empty step"],
+                   net_tensorflow_ms=ms["tensorflow"] - ms["empty step"],
+                   net_auto_ms=ms["auto"] - ms["empty step"],
                    speed=paired_ratio(times["tensorflow"], times["auto"]))
+        row["net_speed"] = row["net_tensorflow_ms"] / row["net_auto_ms"]
         if kernel_variants:
             row["variants"] = {name: (1e3 * float(np.median(times[name])),
                                       paired_ratio(times[name], times["auto"]))
@@ -759,24 +774,26 @@ def main(argv=None):
         model = models.EfficientNet(size, group_size=g, norm=norms[0],
                                     input_shape=(resolution, resolution, 3))
         print("GroupConv2D layers of %s-G%d at %d px, batch %d, forward + backward "
-              "(medians of %d interleaved rounds; auto's speed over tensorflow's, 95 %% CI):"
-              % (size.upper(), g, resolution, args.batch, args.steps))
+              "(medians of %d interleaved rounds, less the empty step's call overhead; "
+              "auto's speed over tensorflow's in wall time, 95 %% CI, and net of the "
+              "overhead):" % (size.upper(), g, resolution, args.batch, args.steps))
         totals = {"tensorflow": 0.0, "auto": 0.0}
         for r in layer_table(model, resolution, args.batch, args.steps, args.warmup,
                              kernel_variants=args.kernel_variants):
-            totals["tensorflow"] += r["count"] * r["tensorflow_ms"]
-            totals["auto"] += r["count"] * r["auto_ms"]
-            line = ("  %-20s %dx%d s%d G%-2d x%d  tensorflow %7.2f ms  auto %7.2f ms  %5.3fx "
-                    "[%.3f, %.3f]" % (r["shape"], r["kernel_size"], r["kernel_size"],
-                                      r["stride"], r["group_size"], r["count"],
-                                      r["tensorflow_ms"], r["auto_ms"], r["speed"][0],
-                                      r["speed"][3], r["speed"][4]))
+            totals["tensorflow"] += r["count"] * r["net_tensorflow_ms"]
+            totals["auto"] += r["count"] * r["net_auto_ms"]
+            line = ("  %-20s %dx%d s%d G%-2d x%d  tensorflow %7.2f ms  auto %7.2f ms  "
+                    "(overhead %.2f ms)  %5.3fx [%.3f, %.3f], net %5.3fx"
+                    % (r["shape"], r["kernel_size"], r["kernel_size"], r["stride"],
+                       r["group_size"], r["count"], r["net_tensorflow_ms"], r["net_auto_ms"],
+                       r["overhead_ms"], r["speed"][0], r["speed"][3], r["speed"][4],
+                       r["net_speed"]))
             for name, (ms, speed) in r.get("variants", {}).items():
-                totals[name] = totals.get(name, 0.0) + r["count"] * ms
+                totals[name] = totals.get(name, 0.0) + r["count"] * (ms - r["overhead_ms"])
                 line += "  %s %7.2f ms (auto %5.3fx [%.3f, %.3f])" % (
-                    name, ms, speed[0], speed[3], speed[4])
+                    name, ms - r["overhead_ms"], speed[0], speed[3], speed[4])
             print(line)
-        print("  summed over the layers: " + ", ".join(
+        print("  summed over the layers, net of the overhead: " + ", ".join(
             "%s %.1f ms" % item for item in totals.items()))
         return 0
     if args.pipeline:

@@ -281,7 +281,13 @@ def test_layer_table_times_every_group_conv_shape_of_the_model(capsys):
     rows = [line for line in lines if line.startswith("  (2, ")]
     assert len(rows) == len(benchmark.group_conv_layer_shapes(
         models.EfficientNet("b0", group_size=1, norm="bn", input_shape=(32, 32, 3)), 32, 2))
-    assert lines[-1].startswith("  summed over the layers: tensorflow")
+    assert lines[-1].startswith("  summed over the layers, net of the overhead: tensorflow")
+    row = benchmark.layer_table(model, 64, 2, steps=3, warmup=1)[0]
+    assert row["overhead_ms"] > 0  # the empty step's call, timed in the same rounds
+    for impl in ("tensorflow", "auto"):
+        assert row["net_%s_ms" % impl] == pytest.approx(row["%s_ms" % impl]
+                                                         - row["overhead_ms"])
+    assert row["net_speed"] == pytest.approx(row["net_tensorflow_ms"] / row["net_auto_ms"])
 
 
 def test_kernel_variants_are_timed_beside_auto_and_need_layers(capsys):
