@@ -9,7 +9,9 @@
 //
 // With AVX-512, 3x3 kernels at stride 1 (SAME) run the forward and the input gradient as
 // Winograd F(2x2, 3x3) (WinogradPass) on images of at least 100 pixels, and the kernel
-// gradient too from 400 pixels: 2.25x fewer multiply-adds.
+// gradient too from 400 pixels: 2.25x fewer multiply-adds. 5x5 kernels at stride 1
+// (SAME) run the forward and the input gradient as Winograd F(2x2, 5x5) from 196 pixels:
+// 2.8x fewer.
 //
 // Layouts (as tf.nn.conv2d): input [N, H, W, C], filter [k, k, 16, C] (filter[:, :, i, o]
 // reads input channel (o / 16) * 16 + i), output [N, OH, OW, C]. All three ops take
@@ -26,9 +28,11 @@
 #include <immintrin.h>
 
 #include <algorithm>
+#include <array>
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
+#include <utility>
 #include <vector>
 
 #include "tensorflow/core/framework/op.h"
@@ -261,6 +265,9 @@ __attribute__((noinline)) void WeightBlock512(const float* x, int64_t xs, int64_
 // from the direct sums by float32 round-off only (relative 5e-7 on that tensor, 1.4e-6 in
 // the kernel gradient's sums over 32 x 28 x 28 pixels).
 constexpr int kTileStride = kMaxR512 * kG;  // floats between positions in V and M
+// Winograd5Applies from 14x14 images: against the direct blocks, forward and input
+// gradient 1.41-1.59x at 14-28 px, 0.94-1.01x at 7 and 10 px (issue #4, session 20).
+constexpr int kWinograd5MinPixels = 196;
 constexpr float kWinogradG[4][3] = {{1.0f, 0.0f, 0.0f}, {0.5f, 0.5f, 0.5f},
                                     {0.5f, -0.5f, 0.5f}, {0.0f, 0.0f, 1.0f}};
 
@@ -321,9 +328,9 @@ void WinogradInput(const float* src, int H, int W, int C, const float* offset, i
 // [32, 28, 28, 240], forward + backward, the three ops with the output in memory: 1.19x;
 // each forward with a ReLU after it, 1.25-1.33x the direct blocks at 28-112 px against
 // 1.03-1.11x without (issue #4, session 15).
-template <int R>
+template <int R, int P>
 void WinogradProduct(float* VM, const float* U, PrefetchStream* pf, const char* const* lines) {
-  for (int p = 0; p < 16; ++p) {
+  for (int p = 0; p < P; ++p) {
     if (p < R) {
 #pragma GCC unroll 4
       for (int k = 4 * p; k < 4 * p + 4; ++k)
@@ -337,11 +344,13 @@ void WinogradProduct(float* VM, const float* U, PrefetchStream* pf, const char* 
   }
 }
 using ProductFn = void (*)(float*, const float*, PrefetchStream*, const char* const*);
-constexpr ProductFn kProducts[kMaxR512 + 1] = {
-    nullptr, WinogradProduct<1>, WinogradProduct<2>, WinogradProduct<3>, WinogradProduct<4>,
-    WinogradProduct<5>, WinogradProduct<6>, WinogradProduct<7>, WinogradProduct<8>,
-    WinogradProduct<9>, WinogradProduct<10>, WinogradProduct<11>, WinogradProduct<12>,
-    WinogradProduct<13>, WinogradProduct<14>};
+using ProductTable = std::array<ProductFn, kMaxR512 + 1>;  // [r]: blocks of r tiles
+
+template <int P, size_t... R>
+constexpr ProductTable MakeProducts(std::index_sequence<R...>) {
+  return {nullptr, WinogradProduct<static_cast<int>(R) + 1, P>...};
+}
+constexpr ProductTable kProducts = MakeProducts<16>(std::make_index_sequence<kMaxR512>());
 
 // Y = A^T M A for the chunk's tiles, stored at out + (oh * ow_size + ow) * C for the
 // outputs inside [oh_size, ow_size). If ``sum`` is not null, adds the stored outputs to
@@ -446,6 +455,118 @@ constexpr OuterFn kOuters[kMaxR512 + 1] = {
     WinogradOuterProducts<7>, WinogradOuterProducts<8>, WinogradOuterProducts<9>,
     WinogradOuterProducts<10>, WinogradOuterProducts<11>, WinogradOuterProducts<12>,
     WinogradOuterProducts<13>, WinogradOuterProducts<14>};
+// Winograd F(2x2, 5x5), the same construction with the interpolation points 0, 1, -1, 2,
+// -2 and infinity, for 5x5 kernels at stride 1 with SAME padding, in the forward and the
+// input gradient: a 2x2 tile of outputs from the 6x6 tile of inputs around it, with a
+// 16x16 matrix product at each of 36 positions. 576 multiply-adds per tile and output
+// channel vector against the direct convolution's 1600, plus about 260 for the
+// transforms. The kernel gradient keeps the direct blocks.
+//   B^T = [4 0 -5 0 1 0; 0 -4 -4 1 1 0; 0 4 -4 -1 1 0; 0 -2 -1 2 1 0; 0 2 -1 -2 1 0;
+//          0 4 0 -5 0 1],
+//   G = [1/4 0 0 0 0; -1/6 -1/6 -1/6 -1/6 -1/6; -1/6 1/6 -1/6 1/6 -1/6;
+//        1/24 1/12 1/6 1/3 2/3; 1/24 -1/12 1/6 -1/3 2/3; 0 0 0 0 1],
+//   A^T = [1 1 1 1 1 0; 0 1 -1 2 -2 1].
+constexpr float kWinograd5BT[6][6] = {{4, 0, -5, 0, 1, 0},  {0, -4, -4, 1, 1, 0},
+                                      {0, 4, -4, -1, 1, 0}, {0, -2, -1, 2, 1, 0},
+                                      {0, 2, -1, -2, 1, 0}, {0, 4, 0, -5, 0, 1}};
+constexpr float kWinograd5AT[2][6] = {{1, 1, 1, 1, 1, 0}, {0, 1, -1, 2, -2, 1}};
+constexpr double kWinograd5G[6][5] = {{1.0 / 4, 0, 0, 0, 0},
+                                      {-1.0 / 6, -1.0 / 6, -1.0 / 6, -1.0 / 6, -1.0 / 6},
+                                      {-1.0 / 6, 1.0 / 6, -1.0 / 6, 1.0 / 6, -1.0 / 6},
+                                      {1.0 / 24, 1.0 / 12, 1.0 / 6, 1.0 / 3, 2.0 / 3},
+                                      {1.0 / 24, -1.0 / 12, 1.0 / 6, -1.0 / 3, 2.0 / 3},
+                                      {0, 0, 0, 0, 1}};
+
+// sum_i c[i] x[i] for a row c of a transform matrix, skipping its zeros: with c a
+// constant row and the loop unrolled, the compiler keeps only the nonzero terms.
+inline __m512 Combine6(const float (&c)[6], const __m512* x) {
+  __m512 acc = _mm512_setzero_ps();
+#pragma GCC unroll 6
+  for (int i = 0; i < 6; ++i) {
+    if (c[i] == 1.0f) {
+      acc = _mm512_add_ps(acc, x[i]);
+    } else if (c[i] == -1.0f) {
+      acc = _mm512_sub_ps(acc, x[i]);
+    } else if (c[i] != 0.0f) {
+      acc = _mm512_fmadd_ps(_mm512_set1_ps(c[i]), x[i], acc);
+    }
+  }
+  return acc;
+}
+
+// V = B^T d B for tiles t0 .. t0 + r - 1 (as WinogradInput): d[u][v] is pixel
+// (2a - 2 + u, 2b - 2 + v) of src plus offset (16 floats, or null) inside the image, zero
+// outside it.
+void Winograd5Input(const float* src, int H, int W, int C, const float* offset, int tiles_w,
+                    int t0, int r, float* V) {
+  const __m512 off = offset != nullptr ? _mm512_loadu_ps(offset) : _mm512_setzero_ps();
+  alignas(64) float e[6][6][kG];  // B^T d
+  for (int j = 0; j < r; ++j) {
+    const int t = t0 + j, a = t / tiles_w, b = t % tiles_w;
+    const int y0 = 2 * a - 2, x0 = 2 * b - 2;
+    const float* p = src + (static_cast<int64_t>(y0) * W + x0) * C;
+    const bool inside = y0 >= 0 && y0 + 5 < H && x0 >= 0 && x0 + 5 < W;
+#pragma GCC unroll 6
+    for (int v = 0; v < 6; ++v) {  // B^T d, one column at a time
+      __m512 d[6];
+#pragma GCC unroll 6
+      for (int u = 0; u < 6; ++u) {
+        const bool in = inside || (y0 + u >= 0 && y0 + u < H && x0 + v >= 0 && x0 + v < W);
+        d[u] = in ? _mm512_add_ps(_mm512_loadu_ps(p + (static_cast<int64_t>(u) * W + v) * C),
+                                  off)
+                  : _mm512_setzero_ps();
+      }
+#pragma GCC unroll 6
+      for (int u = 0; u < 6; ++u) _mm512_store_ps(e[u][v], Combine6(kWinograd5BT[u], d));
+    }
+    float* out = V + j * kG;
+#pragma GCC unroll 6
+    for (int u = 0; u < 6; ++u) {  // (B^T d) B, one row at a time
+      __m512 row[6];
+#pragma GCC unroll 6
+      for (int v = 0; v < 6; ++v) row[v] = _mm512_load_ps(e[u][v]);
+#pragma GCC unroll 6
+      for (int v = 0; v < 6; ++v)
+        _mm512_storeu_ps(out + (6 * u + v) * kTileStride, Combine6(kWinograd5BT[v], row));
+    }
+  }
+}
+
+constexpr ProductTable kProducts5 = MakeProducts<36>(std::make_index_sequence<kMaxR512>());
+
+// Y = A^T M A for the chunk's tiles (as WinogradOutput, 6x6 positions).
+void Winograd5Output(const float* M, int tiles_w, int t0, int r, int oh_size, int ow_size,
+                     int C, float* out, float* sum) {
+  __m512 total = sum != nullptr ? _mm512_loadu_ps(sum) : _mm512_setzero_ps();
+  for (int j = 0; j < r; ++j) {
+    const int t = t0 + j, a = t / tiles_w, b = t % tiles_w;
+    const float* m = M + j * kG;
+    __m512 s[2][6];
+#pragma GCC unroll 6
+    for (int v = 0; v < 6; ++v) {  // A^T M, one column at a time
+      __m512 col[6];
+#pragma GCC unroll 6
+      for (int i = 0; i < 6; ++i) col[i] = _mm512_loadu_ps(m + (6 * i + v) * kTileStride);
+      s[0][v] = Combine6(kWinograd5AT[0], col);
+      s[1][v] = Combine6(kWinograd5AT[1], col);
+    }
+#pragma GCC unroll 2
+    for (int u = 0; u < 2; ++u) {  // (A^T M) A
+      const int oh = 2 * a + u;
+      if (oh >= oh_size) break;
+      float* o = out + (static_cast<int64_t>(oh) * ow_size + 2 * b) * C;
+      const __m512 y0 = Combine6(kWinograd5AT[0], s[u]);
+      _mm512_storeu_ps(o, y0);
+      total = _mm512_add_ps(total, y0);
+      if (2 * b + 1 < ow_size) {
+        const __m512 y1 = Combine6(kWinograd5AT[1], s[u]);
+        _mm512_storeu_ps(o + C, y1);
+        total = _mm512_add_ps(total, y1);
+      }
+    }
+  }
+  if (sum != nullptr) _mm512_storeu_ps(sum, total);
+}
 #pragma GCC pop_options
 
 // Copies channels [g*16, g*16+16) of image plane src ([rows, cols, C]) into a
@@ -585,6 +706,31 @@ std::vector<float> WinogradFilter(const std::vector<float>& packed, int groups, 
             const float* w = packed.data() + (static_cast<size_t>(gr) * 9 + tap) * kG * kG;
             for (int i = 0; i < kG * kG; ++i) dst[i] += c * w[i];
           }
+      }
+  return u;
+}
+
+// The Winograd F(2x2, 5x5) filter U = G w G^T of each group's 5x5 packed filter
+// ([groups][25][16][16]) as [groups][36 positions][16][16], summed in float64; ``flip`` as
+// in WinogradFilter (w[24 - tap]).
+std::vector<float> Winograd5Filter(const std::vector<float>& packed, int groups, bool flip) {
+  const auto& G = kWinograd5G;
+  std::vector<float> u(static_cast<size_t>(groups) * 36 * kG * kG);
+  std::vector<double> acc(kG * kG);
+  for (int gr = 0; gr < groups; ++gr)
+    for (int p = 0; p < 6; ++p)
+      for (int q = 0; q < 6; ++q) {
+        std::fill(acc.begin(), acc.end(), 0.0);
+        for (int kh = 0; kh < 5; ++kh)
+          for (int kw = 0; kw < 5; ++kw) {
+            const double c = G[p][kh] * G[q][kw];
+            if (c == 0.0) continue;
+            const int tap = flip ? 24 - (5 * kh + kw) : 5 * kh + kw;
+            const float* w = packed.data() + (static_cast<size_t>(gr) * 25 + tap) * kG * kG;
+            for (int i = 0; i < kG * kG; ++i) acc[i] += c * w[i];
+          }
+        float* dst = u.data() + (static_cast<size_t>(gr) * 36 + 6 * p + q) * kG * kG;
+        for (int i = 0; i < kG * kG; ++i) dst[i] = static_cast<float>(acc[i]);
       }
   return u;
 }
@@ -767,8 +913,17 @@ class GroupConv16Base : public OpKernel {
            g.OH == g.H && g.OW == g.W && g.H * g.W >= min_pixels;
   }
 
-  // dst = the 3x3 stride-1 SAME convolution of src (both [N, H, W, C]; of src + offset[c]
-  // where offset is not null, zero padding) with the Winograd filter U (WinogradFilter),
+  // The same for Winograd F(2x2, 5x5) (Winograd5Input), in the forward and the input
+  // gradient only: 5x5 kernels, stride 1, SAME padding, AVX-512 blocks, and images of at
+  // least kWinograd5MinPixels.
+  bool Winograd5Applies(const Geometry& g) const {
+    return use_winograd_ && g.k == 5 && g.s == 1 && same_ && g.pt == 2 && g.pl == 2 &&
+           g.OH == g.H && g.OW == g.W && g.H * g.W >= kWinograd5MinPixels;
+  }
+
+  // dst = the 3x3 or 5x5 (g.k) stride-1 SAME convolution of src (both [N, H, W, C]; of
+  // src + offset[c] where offset is not null, zero padding) with the Winograd filter U
+  // (WinogradFilter or Winograd5Filter),
   // by units of (image, group), as the direct passes; sum (not null: [N, C], zeroed) gets
   // dst summed over H and W. The transforms read src in place, where the next unit's
   // lines were prefetched (NextPlanes), and each chunk's output lines are prefetched for
@@ -783,16 +938,21 @@ class GroupConv16Base : public OpKernel {
                     float* sum) const {
     const int tiles_h = (g.H + 1) / 2, tiles_w = (g.W + 1) / 2, tiles = tiles_h * tiles_w;
     const int64_t image = static_cast<int64_t>(g.H) * g.W * g.C;
-    const int64_t ticks = int64_t{16} * 8 * ((tiles + kMaxR512 - 1) / kMaxR512);
-    const int64_t cost = static_cast<int64_t>(tiles) * 16 * kG * kG;
+    const bool five = g.k == 5;  // F(2x2, 5x5), else F(2x2, 3x3)
+    const int positions = five ? 36 : 16;
+    const auto input = five ? Winograd5Input : WinogradInput;
+    const auto output = five ? Winograd5Output : WinogradOutput;
+    const ProductTable& products = five ? kProducts5 : kProducts;
+    const int64_t ticks = int64_t{positions} * 8 * ((tiles + kMaxR512 - 1) / kMaxR512);
+    const int64_t cost = static_cast<int64_t>(tiles) * positions * kG * kG;
     ParallelFor(ctx, static_cast<int64_t>(g.N) * g.groups, cost, [&](int64_t b, int64_t e) {
-      std::vector<float> VM(16 * kTileStride);
+      std::vector<float> VM(positions * kTileStride);
       for (int64_t u = b; u < e; ++u) {
         const int n = u / g.groups, gr = u % g.groups;
         // The next unit's input lines only (0 output rows): WinogradProduct prefetches
         // the output lines of each chunk itself.
         PrefetchStream pf = NextPlanes(src, g.H, g.W, dst, 0, 0, g, u, e, ticks);
-        const float* ug = U.data() + static_cast<size_t>(gr) * 16 * kG * kG;
+        const float* ug = U.data() + static_cast<size_t>(gr) * positions * kG * kG;
         const float* in = src + n * image + gr * kG;
         const float* off = offset != nullptr ? offset + gr * kG : nullptr;
         float* out = dst + n * image + gr * kG;
@@ -807,9 +967,9 @@ class GroupConv16Base : public OpKernel {
                   out + (static_cast<int64_t>(oh) * g.W + ow) * g.C) : nullptr;
             }
           }
-          WinogradInput(in, g.H, g.W, g.C, off, tiles_w, t0, r, VM.data());
-          kProducts[r](VM.data(), ug, &pf, lines);
-          WinogradOutput(VM.data(), tiles_w, t0, r, g.H, g.W, g.C, out, s);
+          input(in, g.H, g.W, g.C, off, tiles_w, t0, r, VM.data());
+          products[r](VM.data(), ug, &pf, lines);
+          output(VM.data(), tiles_w, t0, r, g.H, g.W, g.C, out, s);
         });
       }
     });
@@ -901,8 +1061,9 @@ class GroupConv16Op : public GroupConv16Base {
           [](int, int, int) {});
       return;
     }
-    if (WinogradApplies(g, 100)) {
-      WinogradPass(ctx, g, xd, od, WinogradFilter(wp, g.groups, false), yd, nullptr);
+    if (WinogradApplies(g, 100) || Winograd5Applies(g)) {
+      WinogradPass(ctx, g, xd, od, (g.k == 5 ? Winograd5Filter : WinogradFilter)(
+                                       wp, g.groups, false), yd, nullptr);
       return;
     }
     const int width = g.PaddedWidth();  // scratch plane: all input rows, padded columns
@@ -1002,8 +1163,9 @@ class GroupConv16BackpropInputOp : public GroupConv16Base {
           });
       return;
     }
-    if (WinogradApplies(g, 100)) {
-      WinogradPass(ctx, g, dyd, nullptr, WinogradFilter(wp, g.groups, true), dxd, sumd);
+    if (WinogradApplies(g, 100) || Winograd5Applies(g)) {
+      WinogradPass(ctx, g, dyd, nullptr, (g.k == 5 ? Winograd5Filter : WinogradFilter)(
+                                             wp, g.groups, true), dxd, sumd);
       return;
     }
     // Along rows: columns with the same remainder px = iw mod s read consecutive dy
