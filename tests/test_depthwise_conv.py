@@ -26,25 +26,30 @@ def _size(size, k, stride, padding):
     return max((size - k + stride) // stride, 0), 0
 
 
-def reference_gradients(x, kernel, dy, stride, padding):
-    """dL/dx and dL/dkernel of L = sum(dy * depthwise_conv2d(x, kernel)), in float64, tap by
-    tap over a zero-padded copy of x: x [N, H, W, C], kernel [k, k, C, 1]."""
+def _padded_taps(x, k, stride, padding):
+    """A zero-padded float64 copy of x [N, H, W, C], and for each tap (i, j) of a k x k
+    kernel the index of the part of it that the tap reads for every output pixel."""
     n, h, w, c = x.shape
-    k = kernel.shape[0]
     oh, pt = _size(h, k, stride, padding)
     ow, pl = _size(w, k, stride, padding)
     padded = np.zeros((n, h + 2 * k + stride * oh, w + 2 * k + stride * ow, c))
     padded[:, k:k + h, k:k + w] = x
+    return padded, [(i, j, (slice(None), slice(k + i - pt, k + i - pt + stride * oh, stride),
+                            slice(k + j - pl, k + j - pl + stride * ow, stride)))
+                    for i in range(k) for j in range(k)]
+
+
+def reference_gradients(x, kernel, dy, stride, padding):
+    """dL/dx and dL/dkernel of L = sum(dy * depthwise_conv2d(x, kernel)), in float64, tap by
+    tap over a zero-padded copy of x: x [N, H, W, C], kernel [k, k, C, 1]."""
+    k, (_, h, w, c) = kernel.shape[0], x.shape
+    padded, taps = _padded_taps(x, k, stride, padding)
     dpadded = np.zeros_like(padded)
     dkernel = np.zeros((k, k, c, 1))
-    for i in range(k):
-        for j in range(k):
-            rows = slice(k + i - pt, k + i - pt + stride * oh, stride)
-            cols = slice(k + j - pl, k + j - pl + stride * ow, stride)
-            dkernel[i, j, :, 0] = (padded[:, rows, cols] * dy).sum(axis=(0, 1, 2))
-            dpadded[:, rows, cols] += dy * kernel[i, j, :, 0]
+    for i, j, part in taps:
+        dkernel[i, j, :, 0] = (padded[part] * dy).sum(axis=(0, 1, 2))
+        dpadded[part] += dy * kernel[i, j, :, 0]
     return dpadded[:, k:k + h, k:k + w], dkernel
-
 
 SHAPES = [(2, 9, 11, 16), (3, 7, 5, 12), (1, 16, 16, 3), (2, 14, 15, 40), (1, 2, 3, 8),
           (2, 1, 1, 24), (1, 12, 29, 48)]  # channel tails of 4 and 3; rows of 1-29 px
@@ -99,19 +104,8 @@ def test_gradient_ops_reject_shapes_they_do_not_compute():
 
 def reference_forward(x, kernel, stride, padding):
     """depthwise_conv2d(x, kernel) in float64, tap by tap over a zero-padded copy of x."""
-    n, h, w, c = x.shape
-    k = kernel.shape[0]
-    oh, pt = _size(h, k, stride, padding)
-    ow, pl = _size(w, k, stride, padding)
-    padded = np.zeros((n, h + 2 * k + stride * oh, w + 2 * k + stride * ow, c))
-    padded[:, k:k + h, k:k + w] = x
-    y = np.zeros((n, oh, ow, c))
-    for i in range(k):
-        for j in range(k):
-            y += (padded[:, k + i - pt:k + i - pt + stride * oh:stride,
-                         k + j - pl:k + j - pl + stride * ow:stride] * kernel[i, j, :, 0])
-    return y
-
+    padded, taps = _padded_taps(x, kernel.shape[0], stride, padding)
+    return sum(padded[part] * kernel[i, j, :, 0] for i, j, part in taps)
 
 ROUTED = [(14, 3, 2, 0), (21, 5, 2, 0), (10, 5, 0, 2), (13, 5, 0, 2), (6, 3, 0, 2),
           (64, 3, 1, 1)]  # width, k, and how many of the two passes each code runs

@@ -270,6 +270,30 @@ constexpr int kTileStride = kMaxR512 * kG;  // floats between positions in V and
 constexpr int kWinograd5MinPixels = 196;
 constexpr float kWinogradG[4][3] = {{1.0f, 0.0f, 0.0f}, {0.5f, 0.5f, 0.5f},
                                     {0.5f, -0.5f, 0.5f}, {0.0f, 0.0f, 1.0f}};
+constexpr float kWinogradAT[2][4] = {{1, 1, 1, 0}, {0, 1, -1, -1}};
+
+// sum_i c[i] x[i] for a row c of a transform matrix: with c a constant row and the loop
+// unrolled, the compiler keeps only the nonzero terms, a 1 or -1 as an add or subtract.
+template <int N>
+inline __m512 Combine(const float (&c)[N], const __m512* x) {
+  __m512 acc = _mm512_setzero_ps();
+  bool first = true;
+#pragma GCC unroll 8
+  for (int i = 0; i < N; ++i) {
+    if (c[i] == 0.0f) continue;
+    if (first) {
+      acc = c[i] == 1.0f ? x[i] : _mm512_mul_ps(_mm512_set1_ps(c[i]), x[i]);
+    } else if (c[i] == 1.0f) {
+      acc = _mm512_add_ps(acc, x[i]);
+    } else if (c[i] == -1.0f) {
+      acc = _mm512_sub_ps(acc, x[i]);
+    } else {
+      acc = _mm512_fmadd_ps(_mm512_set1_ps(c[i]), x[i], acc);
+    }
+    first = false;
+  }
+  return acc;
+}
 
 // V = B^T d B for tiles t0 .. t0 + r - 1 (tile t at tile row a = t / tiles_w, column
 // b = t % tiles_w): d[u][v] is pixel (2a - 1 + u, 2b - 1 + v) of the image plane src
@@ -352,35 +376,35 @@ constexpr ProductTable MakeProducts(std::index_sequence<R...>) {
 }
 constexpr ProductTable kProducts = MakeProducts<16>(std::make_index_sequence<kMaxR512>());
 
-// Y = A^T M A for the chunk's tiles, stored at out + (oh * ow_size + ow) * C for the
-// outputs inside [oh_size, ow_size). If ``sum`` is not null, adds the stored outputs to
-// sum[0:16].
+// Y = A^T M A for the chunk's tiles (A^T: kAT, 2 x N; N x N positions), stored at
+// out + (oh * ow_size + ow) * C for the outputs inside [oh_size, ow_size). If ``sum`` is
+// not null, adds the stored outputs to sum[0:16].
+template <int N, const float (&kAT)[2][N]>
 void WinogradOutput(const float* M, int tiles_w, int t0, int r, int oh_size, int ow_size,
                     int C, float* out, float* sum) {
   __m512 total = sum != nullptr ? _mm512_loadu_ps(sum) : _mm512_setzero_ps();
   for (int j = 0; j < r; ++j) {
     const int t = t0 + j, a = t / tiles_w, b = t % tiles_w;
     const float* m = M + j * kG;
-    __m512 s[2][4];
-#pragma GCC unroll 4
-    for (int v = 0; v < 4; ++v) {  // A^T M: rows
-      const __m512 m0 = _mm512_loadu_ps(m + v * kTileStride);
-      const __m512 m1 = _mm512_loadu_ps(m + (4 + v) * kTileStride);
-      const __m512 m2 = _mm512_loadu_ps(m + (8 + v) * kTileStride);
-      const __m512 m3 = _mm512_loadu_ps(m + (12 + v) * kTileStride);
-      s[0][v] = _mm512_add_ps(_mm512_add_ps(m0, m1), m2);
-      s[1][v] = _mm512_sub_ps(_mm512_sub_ps(m1, m2), m3);
+    __m512 s[2][N];
+#pragma GCC unroll 6
+    for (int v = 0; v < N; ++v) {  // A^T M, one column at a time
+      __m512 col[N];
+#pragma GCC unroll 6
+      for (int i = 0; i < N; ++i) col[i] = _mm512_loadu_ps(m + (N * i + v) * kTileStride);
+      s[0][v] = Combine(kAT[0], col);
+      s[1][v] = Combine(kAT[1], col);
     }
 #pragma GCC unroll 2
-    for (int u = 0; u < 2; ++u) {  // (A^T M) A: columns
+    for (int u = 0; u < 2; ++u) {  // (A^T M) A
       const int oh = 2 * a + u;
       if (oh >= oh_size) break;
-      const __m512 y0 = _mm512_add_ps(_mm512_add_ps(s[u][0], s[u][1]), s[u][2]);
-      const __m512 y1 = _mm512_sub_ps(_mm512_sub_ps(s[u][1], s[u][2]), s[u][3]);
       float* o = out + (static_cast<int64_t>(oh) * ow_size + 2 * b) * C;
+      const __m512 y0 = Combine(kAT[0], s[u]);
       _mm512_storeu_ps(o, y0);
       total = _mm512_add_ps(total, y0);
       if (2 * b + 1 < ow_size) {
+        const __m512 y1 = Combine(kAT[1], s[u]);
         _mm512_storeu_ps(o + C, y1);
         total = _mm512_add_ps(total, y1);
       }
@@ -477,23 +501,6 @@ constexpr double kWinograd5G[6][5] = {{1.0 / 4, 0, 0, 0, 0},
                                       {1.0 / 24, -1.0 / 12, 1.0 / 6, -1.0 / 3, 2.0 / 3},
                                       {0, 0, 0, 0, 1}};
 
-// sum_i c[i] x[i] for a row c of a transform matrix, skipping its zeros: with c a
-// constant row and the loop unrolled, the compiler keeps only the nonzero terms.
-inline __m512 Combine6(const float (&c)[6], const __m512* x) {
-  __m512 acc = _mm512_setzero_ps();
-#pragma GCC unroll 6
-  for (int i = 0; i < 6; ++i) {
-    if (c[i] == 1.0f) {
-      acc = _mm512_add_ps(acc, x[i]);
-    } else if (c[i] == -1.0f) {
-      acc = _mm512_sub_ps(acc, x[i]);
-    } else if (c[i] != 0.0f) {
-      acc = _mm512_fmadd_ps(_mm512_set1_ps(c[i]), x[i], acc);
-    }
-  }
-  return acc;
-}
-
 // V = B^T d B for tiles t0 .. t0 + r - 1 (as WinogradInput): d[u][v] is pixel
 // (2a - 2 + u, 2b - 2 + v) of src plus offset (16 floats, or null) inside the image, zero
 // outside it.
@@ -517,7 +524,7 @@ void Winograd5Input(const float* src, int H, int W, int C, const float* offset, 
                   : _mm512_setzero_ps();
       }
 #pragma GCC unroll 6
-      for (int u = 0; u < 6; ++u) _mm512_store_ps(e[u][v], Combine6(kWinograd5BT[u], d));
+      for (int u = 0; u < 6; ++u) _mm512_store_ps(e[u][v], Combine(kWinograd5BT[u], d));
     }
     float* out = V + j * kG;
 #pragma GCC unroll 6
@@ -527,46 +534,13 @@ void Winograd5Input(const float* src, int H, int W, int C, const float* offset, 
       for (int v = 0; v < 6; ++v) row[v] = _mm512_load_ps(e[u][v]);
 #pragma GCC unroll 6
       for (int v = 0; v < 6; ++v)
-        _mm512_storeu_ps(out + (6 * u + v) * kTileStride, Combine6(kWinograd5BT[v], row));
+        _mm512_storeu_ps(out + (6 * u + v) * kTileStride, Combine(kWinograd5BT[v], row));
     }
   }
 }
 
 constexpr ProductTable kProducts5 = MakeProducts<36>(std::make_index_sequence<kMaxR512>());
 
-// Y = A^T M A for the chunk's tiles (as WinogradOutput, 6x6 positions).
-void Winograd5Output(const float* M, int tiles_w, int t0, int r, int oh_size, int ow_size,
-                     int C, float* out, float* sum) {
-  __m512 total = sum != nullptr ? _mm512_loadu_ps(sum) : _mm512_setzero_ps();
-  for (int j = 0; j < r; ++j) {
-    const int t = t0 + j, a = t / tiles_w, b = t % tiles_w;
-    const float* m = M + j * kG;
-    __m512 s[2][6];
-#pragma GCC unroll 6
-    for (int v = 0; v < 6; ++v) {  // A^T M, one column at a time
-      __m512 col[6];
-#pragma GCC unroll 6
-      for (int i = 0; i < 6; ++i) col[i] = _mm512_loadu_ps(m + (6 * i + v) * kTileStride);
-      s[0][v] = Combine6(kWinograd5AT[0], col);
-      s[1][v] = Combine6(kWinograd5AT[1], col);
-    }
-#pragma GCC unroll 2
-    for (int u = 0; u < 2; ++u) {  // (A^T M) A
-      const int oh = 2 * a + u;
-      if (oh >= oh_size) break;
-      float* o = out + (static_cast<int64_t>(oh) * ow_size + 2 * b) * C;
-      const __m512 y0 = Combine6(kWinograd5AT[0], s[u]);
-      _mm512_storeu_ps(o, y0);
-      total = _mm512_add_ps(total, y0);
-      if (2 * b + 1 < ow_size) {
-        const __m512 y1 = Combine6(kWinograd5AT[1], s[u]);
-        _mm512_storeu_ps(o + C, y1);
-        total = _mm512_add_ps(total, y1);
-      }
-    }
-  }
-  if (sum != nullptr) _mm512_storeu_ps(sum, total);
-}
 #pragma GCC pop_options
 
 // Copies channels [g*16, g*16+16) of image plane src ([rows, cols, C]) into a
@@ -956,7 +930,8 @@ class GroupConv16Base : public OpKernel {
     const bool five = g.k == 5;  // F(2x2, 5x5), else F(2x2, 3x3)
     const int positions = five ? 36 : 16;
     const auto input = five ? Winograd5Input : WinogradInput;
-    const auto output = five ? Winograd5Output : WinogradOutput;
+    const auto output =
+        five ? WinogradOutput<6, kWinograd5AT> : WinogradOutput<4, kWinogradAT>;
     const ProductTable& products = five ? kProducts5 : kProducts;
     const int64_t ticks = int64_t{positions} * 8 * ((tiles + kMaxR512 - 1) / kMaxR512);
     const int64_t cost = static_cast<int64_t>(tiles) * positions * kG * kG;
