@@ -152,12 +152,13 @@ def test_fused_channel_moments_precision_on_a_large_offset_image():
 
 @needs_kernels
 @pytest.mark.parametrize("shape", [(3, 9, 11, 75), (2, 5, 5, 1030), (2, 23, 17, 40),
-                                   (4, 1, 1, 3)])
+                                   (4, 1, 1, 3), (2, 3, 3, 0)])
 def test_channel_moments_equal_float64_across_runs_and_channel_blocks(shape):
     """The moments op sums runs of up to 64 pixels per block of up to 32 channels: channel
     counts with 4-vector blocks, single vectors and a tail (75 = 64 + 8 + 3), runs that
     end inside an image (1030 channels: 7-pixel runs; 40 channels: 64-pixel runs over 391
-    pixels) and 1-pixel images give float64's mean and variance, offset by 50."""
+    pixels), 1-pixel images and no channels give float64's mean and variance, offset by
+    50."""
     rng = np.random.default_rng(sum(shape))
     x = (rng.normal(size=shape) * rng.uniform(0.5, 3.0, size=shape[3]) + 50.0)
     x = x.astype(np.float32)

@@ -271,7 +271,6 @@ struct Prefetch {
 // image, C channels per pixel), for the NB vectors of 8 channels from c, to total
 // (float64: sums at [c], squares at [cpad + c]). The sums stay in registers over the
 // pixels, in float32, and go to float64 once per call.
-
 template <int NB, bool kFull>
 inline void MomentsBlock(const float* x, int64_t C, int64_t p0, int64_t p1, int64_t c,
                          const float* shift, int64_t cpad, __m256i tail, double* total,
@@ -351,7 +350,7 @@ class ChannelMomentsOp : public NormOpBase {
           const int64_t steps = blocks * (p1 - p0);
           Prefetch pf{reinterpret_cast<const char*>(next),
                       reinterpret_cast<const char*>(next) + lines * 64,
-                      static_cast<int>((lines + steps - 1) / steps)};
+                      static_cast<int>(steps > 0 ? (lines + steps - 1) / steps : 0)};
           const float* k = shift.data();
           int64_t c = 0;
           for (; c + 32 <= c8; c += 32)
