@@ -4,7 +4,8 @@
 
 - ``group_conv16.cc``: group convolutions with 16 channels per group (paper 001's G16),
   forward and both gradients; used by ``GroupConv2D`` through ``group_conv16``; its inner
-  blocks also have AVX-512 versions, chosen at run time on CPUs with AVX-512F;
+  blocks also have AVX-512 versions, chosen at run time on CPUs with AVX-512F, where
+  3x3 and 5x5 stride-1 layers run as Winograd F(2x2, 3x3) and F(2x2, 5x5);
 - ``proxy_norm.cc``: the proxy statistics of a proxy-normalized activation (paper 002
   eq. 7) and their gradient, one op each instead of about 35 small TensorFlow ops per
   layer; used by ``ProxyNormActivation``;
@@ -22,10 +23,12 @@
   gradient); used by ``blocks.channel_gate`` and ``blocks.squeeze_excite``;
 - ``depthwise_conv.cc``: the two gradients of a depthwise convolution (G1, kernels up to
   7x7), AVX2 or AVX-512 loops from ``depthwise_conv_kernels.h`` (included once for
-  each); used by ``GroupConv2D`` through ``depthwise_conv``;
+  each); used by ``GroupConv2D`` through ``depthwise_conv``, whose ``route`` also runs
+  the forward of 3x3 stride-1 layers of 10-56 px on the input-gradient op;
 - ``op_util.h``: the thread pool, TensorFlow's output size and padding, and masked
   8-float loads and stores;
-- ``vector_math.h``: the activations and exp for 8 floats, shared by ``proxy_norm.cc`` and
+- ``vector_math.h``: the activations and exp for 8 floats, and ``WithAct`` (the activation
+  as a compile-time constant for a loop), shared by ``proxy_norm.cc`` and
   ``norm_activation.cc``.
 
 They are compiled together into one shared library with the machine's C++ compiler
