@@ -662,66 +662,55 @@ std::vector<float> PackFilter(const float* f, const float* scale, const Geometry
   return p;
 }
 
-// The Winograd F(2x2, 3x3) filter U = G w G^T of each group's 3x3 packed filter (PackFilter,
-// [groups][9][16][16]) as [groups][16 positions][16][16]; ``flip``: of the filter rotated
-// by 180 degrees (w[8 - tap]), which with the transposed packing is the input gradient's.
-std::vector<float> WinogradFilter(const std::vector<float>& packed, int groups, bool flip) {
-  const auto& G = kWinogradG;
-  std::vector<float> u(static_cast<size_t>(groups) * 16 * kG * kG, 0.0f);
-  for (int gr = 0; gr < groups; ++gr)
-    for (int p = 0; p < 4; ++p)
-      for (int q = 0; q < 4; ++q) {
-        float* dst = u.data() + (static_cast<size_t>(gr) * 16 + 4 * p + q) * kG * kG;
-        for (int kh = 0; kh < 3; ++kh)
-          for (int kw = 0; kw < 3; ++kw) {
-            const float c = G[p][kh] * G[q][kw];
-            if (c == 0.0f) continue;
-            const int tap = flip ? 8 - (3 * kh + kw) : 3 * kh + kw;
-            const float* w = packed.data() + (static_cast<size_t>(gr) * 9 + tap) * kG * kG;
-            for (int i = 0; i < kG * kG; ++i) dst[i] += c * w[i];
-          }
-      }
-  return u;
-}
-
-// The Winograd F(2x2, 5x5) filter U = G w G^T of each group's 5x5 packed filter
-// ([groups][25][16][16]) as [groups][36 positions][16][16], in float64 and in two passes
-// (T = G w over the rows, then U = T G^T over the columns: 330 multiply-adds per weight
-// instead of 900); ``flip`` as in WinogradFilter (w[24 - tap]). The ops transform the
-// filter at every call: for 448 channels (28 groups) 0.27 ms, against 0.47 ms with the
-// 900 at once (one core, Zen 4; issue #4, session 20).
-std::vector<float> Winograd5Filter(const std::vector<float>& packed, int groups, bool flip) {
-  const auto& G = kWinograd5G;
+// The Winograd filter U = G w G^T (G: N x R, kWinogradG or kWinograd5G) of each group's
+// R x R packed filter (PackFilter, [groups][R R][16][16]) as [groups][N N positions][16]
+// [16], summed in float64 in two passes (T = G w over the rows, then U = T G^T over the
+// columns: for 5x5, 330 multiply-adds per weight instead of 900); ``flip``: of the
+// filter rotated by 180 degrees (w[R R - 1 - tap]), which with the transposed packing is
+// the input gradient's. The ops transform the filter at every call: for 448 channels
+// (28 groups) at 5x5, 0.27 ms, against 0.47 ms with the 900 at once (one core, Zen 4;
+// issue #4, session 20).
+template <typename T, int N, int R>
+std::vector<float> WinogradFilter(const T (&G)[N][R], const std::vector<float>& packed,
+                                  int groups, bool flip) {
   constexpr int kW = kG * kG;  // weights per tap of a group
-  std::vector<float> u(static_cast<size_t>(groups) * 36 * kW);
-  std::vector<double> t(6 * 5 * kW);  // T[p][kw][i]
+  std::vector<float> u(static_cast<size_t>(groups) * N * N * kW);
+  std::vector<double> t(N * R * kW);  // T[p][kw][i]
   for (int gr = 0; gr < groups; ++gr) {
-    const float* w = packed.data() + static_cast<size_t>(gr) * 25 * kW;
+    const float* w = packed.data() + static_cast<size_t>(gr) * R * R * kW;
     std::fill(t.begin(), t.end(), 0.0);
-    for (int p = 0; p < 6; ++p)
-      for (int kh = 0; kh < 5; ++kh) {
+    for (int p = 0; p < N; ++p)
+      for (int kh = 0; kh < R; ++kh) {
         const double c = G[p][kh];
         if (c == 0.0) continue;
-        for (int kw = 0; kw < 5; ++kw) {
-          const float* wt = w + (flip ? 24 - (5 * kh + kw) : 5 * kh + kw) * kW;
-          double* tp = t.data() + (p * 5 + kw) * kW;
+        for (int kw = 0; kw < R; ++kw) {
+          const int tap = R * kh + kw;
+          const float* wt = w + (flip ? R * R - 1 - tap : tap) * kW;
+          double* tp = t.data() + (p * R + kw) * kW;
           for (int i = 0; i < kW; ++i) tp[i] += c * wt[i];
         }
       }
-    for (int p = 0; p < 6; ++p)
-      for (int q = 0; q < 6; ++q) {
-        float* dst = u.data() + (static_cast<size_t>(gr) * 36 + 6 * p + q) * kW;
+    for (int p = 0; p < N; ++p)
+      for (int q = 0; q < N; ++q) {
+        float* dst = u.data() + (static_cast<size_t>(gr) * N * N + N * p + q) * kW;
         double acc[kW] = {};
-        for (int kw = 0; kw < 5; ++kw) {
+        for (int kw = 0; kw < R; ++kw) {
           const double c = G[q][kw];
           if (c == 0.0) continue;
-          const double* tp = t.data() + (p * 5 + kw) * kW;
+          const double* tp = t.data() + (p * R + kw) * kW;
           for (int i = 0; i < kW; ++i) acc[i] += c * tp[i];
         }
         for (int i = 0; i < kW; ++i) dst[i] = static_cast<float>(acc[i]);
       }
   }
   return u;
+}
+
+// WinogradFilter for a k x k filter: F(2x2, 3x3) for k = 3, F(2x2, 5x5) for k = 5.
+std::vector<float> WinogradFilterFor(int k, const std::vector<float>& packed, int groups,
+                                     bool flip) {
+  return k == 5 ? WinogradFilter(kWinograd5G, packed, groups, flip)
+                : WinogradFilter(kWinogradG, packed, groups, flip);
 }
 
 // dW[tap = 3 kh + kw] += sum over positions (p, q) of sign G[p][kh] G[q][kw] S[4p + q] for
@@ -912,7 +901,7 @@ class GroupConv16Base : public OpKernel {
 
   // dst = the 3x3 or 5x5 (g.k) stride-1 SAME convolution of src (both [N, H, W, C]; of
   // src + offset[c] where offset is not null, zero padding) with the Winograd filter U
-  // (WinogradFilter or Winograd5Filter),
+  // (WinogradFilterFor),
   // by units of (image, group), as the direct passes; sum (not null: [N, C], zeroed) gets
   // dst summed over H and W. The transforms read src in place, where the next unit's
   // lines were prefetched (NextPlanes), and each chunk's output lines are prefetched for
@@ -1052,8 +1041,7 @@ class GroupConv16Op : public GroupConv16Base {
       return;
     }
     if (WinogradApplies(g, 100) || Winograd5Applies(g)) {
-      WinogradPass(ctx, g, xd, od, (g.k == 5 ? Winograd5Filter : WinogradFilter)(
-                                       wp, g.groups, false), yd, nullptr);
+      WinogradPass(ctx, g, xd, od, WinogradFilterFor(g.k, wp, g.groups, false), yd, nullptr);
       return;
     }
     const int width = g.PaddedWidth();  // scratch plane: all input rows, padded columns
@@ -1154,8 +1142,8 @@ class GroupConv16BackpropInputOp : public GroupConv16Base {
       return;
     }
     if (WinogradApplies(g, 100) || Winograd5Applies(g)) {
-      WinogradPass(ctx, g, dyd, nullptr, (g.k == 5 ? Winograd5Filter : WinogradFilter)(
-                                             wp, g.groups, true), dxd, sumd);
+      WinogradPass(ctx, g, dyd, nullptr, WinogradFilterFor(g.k, wp, g.groups, true), dxd,
+                   sumd);
       return;
     }
     // Along rows: columns with the same remainder px = iw mod s read consecutive dy
