@@ -567,7 +567,8 @@ def test_pointwise_conv_equals_keras_conv2d_both_paths(height, use_bias):
     # 7x7 and 20x20 run as one matmul (<= MATMUL_MAX_PIXELS = 784), 40x40 as the conv.
     x = tf.constant(np.random.default_rng(height).normal(size=(3, height, height, 24)),
                     tf.float32)
-    ours = L.PointwiseConv2D(40, use_bias=use_bias, bias_initializer="random_normal")
+    ours = L.PointwiseConv2D(40, matmul_max_pixels=L.conv.MATMUL_MAX_PIXELS,
+                             use_bias=use_bias, bias_initializer="random_normal")
     ref = keras.layers.Conv2D(40, 1, use_bias=use_bias)
     ours(x), ref(x)
     ref.set_weights(ours.get_weights())
@@ -595,12 +596,34 @@ def test_pointwise_conv_equals_keras_conv2d_both_paths(height, use_bias):
     assert "StridedSlice" not in types
 
 
+def test_pointwise_conv_auto_threshold_follows_the_cpu(monkeypatch):
+    # "auto": a matmul at every size on an AVX-512 CPU-only machine, else up to 784 px.
+    x = tf.zeros([2, 40, 40, 8])
+
+    def op_types():
+        layer = L.PointwiseConv2D(4, use_bias=False)
+        return {op.type for op in tf.function(layer).get_concrete_function(x).graph
+                .get_operations()}
+    monkeypatch.setattr(L.kernels, "cpu_only", lambda: True)
+    for flags, matmul in (({"avx2", "fma", "avx512f"}, True), ({"avx2", "fma"}, False)):
+        monkeypatch.setattr(L.kernels, "cpu_flags", lambda flags=flags: frozenset(flags))
+        assert L.conv.auto_matmul_max_pixels() >= (1600 if matmul else 0)
+        types = op_types()
+        assert ("MatMul" in types, "Conv2D" in types) == (matmul, not matmul)
+    monkeypatch.setattr(L.kernels, "cpu_flags", lambda: frozenset({"avx512f"}))
+    monkeypatch.setattr(L.kernels, "cpu_only", lambda: False)  # e.g. an IPU or a GPU
+    assert L.conv.auto_matmul_max_pixels() == L.conv.MATMUL_MAX_PIXELS
+
+
 def test_pointwise_conv_config_round_trip_and_bad_arguments():
     layer = L.PointwiseConv2D(8, matmul_max_pixels=0, use_bias=False, name="top_conv")
     clone = L.PointwiseConv2D.from_config(layer.get_config())
     assert (clone.filters, clone.matmul_max_pixels, clone.name) == (8, 0, "top_conv")
+    assert L.PointwiseConv2D.from_config(
+        L.PointwiseConv2D(8).get_config()).matmul_max_pixels == "auto"
     for kwargs, field in ((dict(kernel_size=3), "kernel_size"), (dict(strides=2), "strides"),
                           (dict(matmul_max_pixels=-1), "matmul_max_pixels"),
+                          (dict(matmul_max_pixels="always"), "matmul_max_pixels"),
                           (dict(data_format="channels_first"), "data_format")):
         with pytest.raises(ValueError, match=field):
             L.PointwiseConv2D(8, **kwargs)

@@ -7,6 +7,8 @@ no grouped Conv2D at all, so this layer calls ``tf.nn.conv2d`` on a grouped kern
 project's own kernels: for 16-channel groups (``group_conv16``), and for the gradients of
 depthwise convolutions (``depthwise_conv``).
 """
+import sys
+
 from tensorflow import keras
 import tensorflow as tf
 
@@ -330,16 +332,33 @@ class GroupConv2D(keras.layers.Layer):
         return config
 
 
-# Largest image (H * W pixels) on which PointwiseConv2D runs as a matrix product: on this
-# project's 2-core AVX2 CPU (TF 2.21, oneDNN), forward + backward of B0-G16's 1x1
-# convolutions (batch 32, 224 and 160 px) ran 0.98-1.35x as fast (median 1.13x) as a
-# matmul than as Keras' convolution at 28x28 px and below, and 0.79-1.05x at 40x40 px and
-# above (issue #4, session 6). On a 2-core AMD EPYC Zen 4 (session 18), B0-G1's 1x1
-# convolutions, forward + backward: as a matmul 0.98-1.38x (summed 1.13x at 224 and at
-# 160 px) at 28x28 px and below, and summed 1.02x (160 px) and 1.07x (224 px) at 40x40 px
-# and above, where single layers ranged 0.93-1.15x with most intervals across 1 (the AVX2
-# EPYC: 0.79-1.05x); the threshold stays.
+# Largest image (H * W pixels) on which PointwiseConv2D runs as a matrix product where
+# ``matmul_max_pixels`` is "auto" and the CPU has no AVX-512 (or the model is not on a
+# CPU): on this project's 2-core AVX2 CPU (TF 2.21, oneDNN), forward + backward of
+# B0-G16's 1x1 convolutions (batch 32, 224 and 160 px) ran 0.98-1.35x as fast (median
+# 1.13x) as a matmul than as Keras' convolution at 28x28 px and below, and 0.79-1.05x at
+# 40x40 px and above (issue #4, session 6).
 MATMUL_MAX_PIXELS = 28 * 28
+
+
+def auto_matmul_max_pixels():
+    """``PointwiseConv2D``'s "auto" threshold (pixels): no limit on a CPU with AVX-512
+    where only CPU devices are in use (``kernels.cpu_only``), else ``MATMUL_MAX_PIXELS``.
+
+    Measured on a 2-core AMD EPYC Zen 4 (AVX-512, TF 2.21; issue #4, session 21), op time
+    alone (15 interleaved rounds, less the call overhead), B0-G1's five 1x1 layers of at
+    least 40x40 px, forward + input gradient + kernel gradient summed: 52.0 ms as the
+    convolution against 45.9 ms as the matmul at 160 px (1.13x), 98.1 against 88.7 ms at
+    224 px (1.11x); the matmul was faster in 26 of the 30 passes (slower: the kernel
+    gradient of the 32 -> 16 projection at 80 and 112 px, 0.92x and 0.94x, the forward of
+    the 16 -> 96 expansion at 112 px, 0.98x, and one input gradient at 56 px, 0.97x).
+    Whole training steps (B0 G1-BN and G16-BN, batch 32, 40 interleaved rounds): 1.004x
+    and 1.001x (G1, 160 / 224 px), 1.008x and 1.005x (G16), medians whose 95 % intervals
+    all but G16's at 224 px (1.001-1.009) include 1. Session 18 measured 1.02x / 1.07x on
+    the same layers on such a CPU; the AVX2 CPU of session 6 did not gain (above)."""
+    if "avx512f" in kernels.cpu_flags() and kernels.cpu_only():
+        return sys.maxsize
+    return MATMUL_MAX_PIXELS
 
 
 class PointwiseConv2D(keras.layers.Conv2D):
@@ -355,16 +374,17 @@ class PointwiseConv2D(keras.layers.Conv2D):
 
     Args:
       filters: C_out.
-      matmul_max_pixels: int >= 0; 0 always uses the convolution.
+      matmul_max_pixels: int >= 0 (0 always uses the convolution), or "auto" (default):
+        ``auto_matmul_max_pixels()`` when the layer is traced.
       **kwargs: ``keras.layers.Conv2D``'s (``kernel_size`` and ``strides``, if given, must
         be 1; padding does not matter for 1x1).
 
     Raises:
       ValueError: kernel_size or strides other than 1, a channels_first data format, or a
-        negative matmul_max_pixels.
+        matmul_max_pixels other than "auto" or an int >= 0.
     """
 
-    def __init__(self, filters, matmul_max_pixels=MATMUL_MAX_PIXELS, **kwargs):
+    def __init__(self, filters, matmul_max_pixels="auto", **kwargs):
         for key in ("kernel_size", "strides", "dilation_rate"):
             value = kwargs.pop(key, 1)
             values = tuple(value) if isinstance(value, (list, tuple)) else (value,)
@@ -373,8 +393,9 @@ class PointwiseConv2D(keras.layers.Conv2D):
         if kwargs.get("data_format", "channels_last") not in (None, "channels_last"):
             raise ValueError("PointwiseConv2D data_format must be 'channels_last', got %r"
                              % (kwargs["data_format"],))
-        if not isinstance(matmul_max_pixels, int) or matmul_max_pixels < 0:
-            raise ValueError("matmul_max_pixels must be an int >= 0, got %r"
+        if matmul_max_pixels != "auto" and not (
+                isinstance(matmul_max_pixels, int) and matmul_max_pixels >= 0):
+            raise ValueError('matmul_max_pixels must be "auto" or an int >= 0, got %r'
                              % (matmul_max_pixels,))
         kwargs["data_format"] = "channels_last"
         super().__init__(filters, 1, **kwargs)
@@ -382,7 +403,9 @@ class PointwiseConv2D(keras.layers.Conv2D):
 
     def call(self, inputs):
         height, width = inputs.shape[1], inputs.shape[2]
-        if height is None or width is None or height * width > self.matmul_max_pixels:
+        limit = self.matmul_max_pixels
+        limit = auto_matmul_max_pixels() if limit == "auto" else limit
+        if height is None or width is None or height * width > limit:
             return super().call(inputs)
         kernel = self.kernel_matrix(inputs.dtype)
         outputs = tf.matmul(tf.reshape(inputs, [-1, kernel.shape[0]]), kernel)
