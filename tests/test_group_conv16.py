@@ -42,7 +42,10 @@ KERNEL_CASES = [
     ((1, 7, 61, 32), 3, 1, "SAME"),      # odd: the last tile row and column half outside
     ((2, 21, 23, 16), 3, 1, "SAME"),
     # 5x5, stride 1, SAME on AVX-512: Winograd F(2x2, 5x5) in the forward and the input
-    # gradient from 196 px; (1, 18, 17, 16) above is one at 306 px
+    # gradient from 100 px, before the image-stacked blocks; (1, 18, 17, 16) above is one
+    # at 306 px, (9, 5, 5, 32) a stacked one
+    ((4, 10, 10, 32), 5, 1, "SAME"),     # 100 px: B0's 10 px stage (at 160 px), not stacked
+    ((3, 9, 10, 16), 5, 1, "SAME"),      # 90 px: stacked
     ((2, 14, 14, 32), 5, 1, "SAME"),     # 196 px: B0's 14 px stage
     ((1, 1, 203, 16), 5, 1, "SAME"),     # one row: two rows of padding above and below
     ((2, 15, 17, 48), 5, 1, "SAME"),     # odd: the last tile row and column half outside

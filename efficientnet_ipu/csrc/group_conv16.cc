@@ -10,8 +10,8 @@
 // With AVX-512, 3x3 kernels at stride 1 (SAME) run the forward and the input gradient as
 // Winograd F(2x2, 3x3) (WinogradPass) on images of at least 100 pixels, and the kernel
 // gradient too from 400 pixels: 2.25x fewer multiply-adds. 5x5 kernels at stride 1
-// (SAME) run the forward and the input gradient as Winograd F(2x2, 5x5) from 196 pixels:
-// 2.8x fewer.
+// (SAME) run the forward and the input gradient as Winograd F(2x2, 5x5) from 100 pixels:
+// 2.8x fewer. Where Winograd applies it goes before the image-stacked blocks (StackSize).
 //
 // Layouts (as tf.nn.conv2d): input [N, H, W, C], filter [k, k, 16, C] (filter[:, :, i, o]
 // reads input channel (o / 16) * 16 + i), output [N, OH, OW, C]. All three ops take
@@ -265,9 +265,13 @@ __attribute__((noinline)) void WeightBlock512(const float* x, int64_t xs, int64_
 // from the direct sums by float32 round-off only (relative 5e-7 on that tensor, 1.4e-6 in
 // the kernel gradient's sums over 32 x 28 x 28 pixels).
 constexpr int kTileStride = kMaxR512 * kG;  // floats between positions in V and M
-// Winograd5Applies from 14x14 images: against the direct blocks, forward and input
-// gradient 1.41-1.59x at 14-28 px, 0.94-1.01x at 7 and 10 px (issue #4, session 20).
-constexpr int kWinograd5MinPixels = 196;
+// Winograd5Applies from 10x10 images: against the direct blocks, forward and input
+// gradient 1.41-1.59x at 14-28 px (issue #4, session 20). At 10 px, where the forward and
+// the input gradient would otherwise take the image-stacked blocks (StackSize), the
+// forward alone 1.24x, forward + both gradients of B0-G16's 10 px layers 1.20-1.21x
+// (session 21; session 20's 0.94-1.01x at 7 and 10 px had timed the stacked blocks twice,
+// as they were checked first). At 7 px the forward is 0.87x: 16 tiles, 64 outputs for 49.
+constexpr int kWinograd5MinPixels = 100;
 constexpr float kWinogradG[4][3] = {{1.0f, 0.0f, 0.0f}, {0.5f, 0.5f, 0.5f},
                                     {0.5f, -0.5f, 0.5f}, {0.0f, 0.0f, 1.0f}};
 constexpr float kWinogradAT[2][4] = {{1, 1, 1, 0}, {0, 1, -1, -1}};
@@ -772,7 +776,8 @@ class GroupConv16Base : public OpKernel {
   // gradient) on 10x10 and 0.95x / 0.91x on 14x14 px. Hence rows of at most 2k pixels.
   // The stacks are as even as possible (32 images in 11 + 11 + 10, not 14 + 14 + 4: a
   // stack of fewer images than 8 waits on its accumulators, see ForEachBlock), so R is
-  // the largest stack's size.
+  // the largest stack's size. Callers check Winograd (WinogradApplies, Winograd5Applies)
+  // first: at 10 px a 5x5 forward ran 1.24x faster as Winograd than stacked (session 21).
   int StackSize(const Geometry& g, int64_t image_floats) const {
     if (g.N < 2 || g.OW > 2 * g.k || image_floats > (int64_t{1} << 30)) return 0;
     const int stacks = (g.N + max_block_ - 1) / max_block_;
@@ -1025,7 +1030,8 @@ class GroupConv16Op : public GroupConv16Base {
     const float* xd = x.flat<float>().data();
     float* yd = y->flat<float>().data();
     const int64_t cost = static_cast<int64_t>(g.OH) * g.OW * g.k * g.k * kG * kG;
-    const int R = StackSize(g, static_cast<int64_t>(g.OH) * g.OW * g.C);
+    const bool winograd = WinogradApplies(g, 100) || Winograd5Applies(g);
+    const int R = winograd ? 0 : StackSize(g, static_cast<int64_t>(g.OH) * g.OW * g.C);
     if (R > 0) {  // image-stacked blocks: one per output pixel, R images deep
       StackedPass(
           ctx, g, R, cost, xd, g.H, g.W, od, wp, yd, g.OH, g.OW,
@@ -1040,7 +1046,7 @@ class GroupConv16Op : public GroupConv16Base {
           [](int, int, int) {});
       return;
     }
-    if (WinogradApplies(g, 100) || Winograd5Applies(g)) {
+    if (winograd) {
       WinogradPass(ctx, g, xd, od, WinogradFilterFor(g.k, wp, g.groups, false), yd, nullptr);
       return;
     }
@@ -1116,7 +1122,8 @@ class GroupConv16BackpropInputOp : public GroupConv16Base {
     // s * ow of W[kh, kw]^T dy[oh, ow].
     const int64_t cost = static_cast<int64_t>(g.H) * g.W * g.k * g.k * kG * kG / (g.s * g.s);
     const BlockFn* blocks = Blocks(kG);
-    const int R = StackSize(g, static_cast<int64_t>(g.H) * g.W * g.C);
+    const bool winograd = WinogradApplies(g, 100) || Winograd5Applies(g);
+    const int R = winograd ? 0 : StackSize(g, static_cast<int64_t>(g.H) * g.W * g.C);
     if (R > 0) {  // image-stacked blocks, as in the forward: one per input pixel
       // The output row (column) a tap reaches from input row ih (column iw), or -1.
       auto out_index = [&](int i, int k, int pad, int size) {
@@ -1141,7 +1148,7 @@ class GroupConv16BackpropInputOp : public GroupConv16Base {
           });
       return;
     }
-    if (WinogradApplies(g, 100) || Winograd5Applies(g)) {
+    if (winograd) {
       WinogradPass(ctx, g, dyd, nullptr, WinogradFilterFor(g.k, wp, g.groups, true), dxd,
                    sumd);
       return;

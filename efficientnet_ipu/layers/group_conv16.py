@@ -18,6 +18,10 @@ backwards on images of at least 400 pixels: 2.25x fewer multiply-adds; 1.34x (fo
 1.46x (input gradient) and 1.08x (kernel gradient) the direct blocks on
 [32, 28, 28, 240] (issue #4, session 15); set
 $EFFICIENTNET_IPU_WINOGRAD=0 before the ops are first run to keep the direct blocks.
+5x5 kernels at stride 1 with SAME padding run the forward and the input gradient as
+Winograd F(2x2, 5x5) on images of at least 100 pixels (2.8x fewer multiply-adds; over the
+direct blocks 1.41-1.59x at 14-28 px, issue #4 session 20, and 1.20-1.21x for a 10 px
+layer's forward and backward, session 21).
 They compute ``tf.nn.conv2d`` on a grouped kernel, up to float32 round-off (Winograd's
 results differ from the direct sums by about 5e-7 of the largest output).
 
