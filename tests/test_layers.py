@@ -2,6 +2,7 @@
 import contextlib
 import math
 import os
+import sys
 
 import numpy as np
 import pytest
@@ -607,7 +608,8 @@ def test_pointwise_conv_auto_threshold_follows_the_cpu(monkeypatch):
     monkeypatch.setattr(L.kernels, "cpu_only", lambda: True)
     for flags, matmul in (({"avx2", "fma", "avx512f"}, True), ({"avx2", "fma"}, False)):
         monkeypatch.setattr(L.kernels, "cpu_flags", lambda flags=flags: frozenset(flags))
-        assert L.conv.auto_matmul_max_pixels() >= (1600 if matmul else 0)
+        assert L.conv.auto_matmul_max_pixels() == (
+            sys.maxsize if matmul else L.conv.MATMUL_MAX_PIXELS)
         types = op_types()
         assert ("MatMul" in types, "Conv2D" in types) == (matmul, not matmul)
     monkeypatch.setattr(L.kernels, "cpu_flags", lambda: frozenset({"avx512f"}))
