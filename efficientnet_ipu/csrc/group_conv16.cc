@@ -776,8 +776,8 @@ class GroupConv16Base : public OpKernel {
   // gradient) on 10x10 and 0.95x / 0.91x on 14x14 px. Hence rows of at most 2k pixels.
   // The stacks are as even as possible (32 images in 11 + 11 + 10, not 14 + 14 + 4: a
   // stack of fewer images than 8 waits on its accumulators, see ForEachBlock), so R is
-  // the largest stack's size. Callers check Winograd (WinogradApplies, Winograd5Applies)
-  // first: at 10 px a 5x5 forward ran 1.24x faster as Winograd than stacked (session 21).
+  // the largest stack's size. Callers check WinogradPassApplies first: at 10 px a 5x5
+  // forward ran 1.24x faster as Winograd than stacked (session 21).
   int StackSize(const Geometry& g, int64_t image_floats) const {
     if (g.N < 2 || g.OW > 2 * g.k || image_floats > (int64_t{1} << 30)) return 0;
     const int stacks = (g.N + max_block_ - 1) / max_block_;
@@ -902,6 +902,12 @@ class GroupConv16Base : public OpKernel {
   bool Winograd5Applies(const Geometry& g) const {
     return use_winograd_ && g.k == 5 && g.s == 1 && same_ && g.pt == 2 && g.pl == 2 &&
            g.OH == g.H && g.OW == g.W && g.H * g.W >= kWinograd5MinPixels;
+  }
+
+  // True where the forward and the input gradient run as WinogradPass: 3x3 from 100
+  // pixels or 5x5 from kWinograd5MinPixels. Checked before the image-stacked blocks.
+  bool WinogradPassApplies(const Geometry& g) const {
+    return WinogradApplies(g, 100) || Winograd5Applies(g);
   }
 
   // dst = the 3x3 or 5x5 (g.k) stride-1 SAME convolution of src (both [N, H, W, C]; of
@@ -1030,7 +1036,7 @@ class GroupConv16Op : public GroupConv16Base {
     const float* xd = x.flat<float>().data();
     float* yd = y->flat<float>().data();
     const int64_t cost = static_cast<int64_t>(g.OH) * g.OW * g.k * g.k * kG * kG;
-    const bool winograd = WinogradApplies(g, 100) || Winograd5Applies(g);
+    const bool winograd = WinogradPassApplies(g);
     const int R = winograd ? 0 : StackSize(g, static_cast<int64_t>(g.OH) * g.OW * g.C);
     if (R > 0) {  // image-stacked blocks: one per output pixel, R images deep
       StackedPass(
@@ -1122,7 +1128,7 @@ class GroupConv16BackpropInputOp : public GroupConv16Base {
     // s * ow of W[kh, kw]^T dy[oh, ow].
     const int64_t cost = static_cast<int64_t>(g.H) * g.W * g.k * g.k * kG * kG / (g.s * g.s);
     const BlockFn* blocks = Blocks(kG);
-    const bool winograd = WinogradApplies(g, 100) || Winograd5Applies(g);
+    const bool winograd = WinogradPassApplies(g);
     const int R = winograd ? 0 : StackSize(g, static_cast<int64_t>(g.H) * g.W * g.C);
     if (R > 0) {  // image-stacked blocks, as in the forward: one per input pixel
       // The output row (column) a tap reaches from input row ih (column iw), or -1.

@@ -3,10 +3,10 @@ gradient kernels.
 
 The forward is ``tf.nn.depthwise_conv2d`` (oneDNN's, which runs at about the speed of
 memory here; but see ``route`` below); the gradients with respect to the input and to
-the kernel are the two ops of ``csrc/depthwise_conv.cc`` (AVX2+FMA, kernels up to 7x7). On this project's 2-core
-AVX-512 Xeon, oneDNN's depthwise gradients took 472 of B0-G1's 1689 ms of op time per
-training step at batch 32, 224 px, the kernel gradient 360 ms of it (issue #4,
-session 16). They compute TensorFlow's gradients up to float32 round-off.
+the kernel are the two ops of ``csrc/depthwise_conv.cc`` (AVX2+FMA, kernels up to 7x7).
+On this project's 2-core AVX-512 Xeon, oneDNN's depthwise gradients took 472 of B0-G1's
+1689 ms of op time per training step at batch 32, 224 px, the kernel gradient 360 ms of
+it (issue #4, session 16). They compute TensorFlow's gradients up to float32 round-off.
 
 They are part of this project's CPU op library (``kernels``: compiled on first use with
 the machine's C++ compiler, cached, and kept out of SavedModels by
