@@ -50,6 +50,10 @@ KERNEL_CASES = [
     ((1, 1, 203, 16), 5, 1, "SAME"),     # one row: two rows of padding above and below
     ((2, 15, 17, 48), 5, 1, "SAME"),     # odd: the last tile row and column half outside
     ((1, 28, 30, 16), 5, 1, "SAME"),     # 14 x 15 tiles: chunks across tile rows
+    # The kernel gradient's per-group pass on AVX-512, for images of at most 196 px in and
+    # 100 px out (most of the cases above); spans of 8 images: (9, 5, 5, 32) above is 8 + 1
+    ((11, 7, 7, 48), 3, 1, "SAME"),      # B0's 7 px 3x3 stage: 8 + 3 images, 3 groups
+    ((10, 14, 14, 16), 5, 2, "SAME"),    # 196 px in, 49 out
 ]
 
 
@@ -207,12 +211,15 @@ def test_model_builder_selects_the_conv_implementation_same_function(monkeypatch
                     reason="this CPU has no AVX-512F: the AVX2 blocks are the ones the other "
                            "tests ran")
 @pytest.mark.parametrize("variable", ["EFFICIENTNET_IPU_AVX2_ONLY=1",
-                                      "EFFICIENTNET_IPU_WINOGRAD=0"])
+                                      "EFFICIENTNET_IPU_WINOGRAD=0",
+                                      "EFFICIENTNET_IPU_PER_GROUP=0"])
 def test_other_blocks_also_equal_tensorflow_on_an_avx512_cpu(variable):
-    """On an AVX-512 CPU the other tests ran the AVX-512 blocks, with Winograd F(2x2, 3x3) for
-    3x3 kernels at stride 1. The AVX2 blocks (what AVX2-only CPUs run, selected by
-    $EFFICIENTNET_IPU_AVX2_ONLY) and the direct AVX-512 blocks for those kernels
-    ($EFFICIENTNET_IPU_WINOGRAD=0) must give the same results."""
+    """On an AVX-512 CPU the other tests ran the AVX-512 blocks, with Winograd for 3x3 and
+    5x5 kernels at stride 1 and the kernel gradient's per-group pass on small images. The
+    AVX2 blocks (what AVX2-only CPUs run, selected by $EFFICIENTNET_IPU_AVX2_ONLY), the
+    direct AVX-512 blocks for those kernels ($EFFICIENTNET_IPU_WINOGRAD=0) and the general
+    kernel-gradient pass on small images ($EFFICIENTNET_IPU_PER_GROUP=0) must give the
+    same results."""
     import subprocess
     import sys
     name, value = variable.split("=")

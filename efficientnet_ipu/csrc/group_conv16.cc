@@ -223,26 +223,37 @@ constexpr BlockFn kBlocks512[3][kMaxR512 + 1] = {EFFICIENTNET_IPU_BLOCKS512(0),
                                                  EFFICIENTNET_IPU_BLOCKS512(32)};
 #undef EFFICIENTNET_IPU_BLOCKS512
 
+// The pixels one kernel-gradient block sums over, for one tap and one group: ``images``
+// images of ``rows`` rows of ``count`` pixels. Input pixel (m, y, q) is at
+// x + m * xis + y * xrs + q * xs and its output gradient at dy + m * dis + y * drs + q * ds
+// (floats; the 16 channels of the group follow each).
+struct WeightSpan {
+  const float* x;
+  int64_t xs, xrs, xis;
+  const float* dy;
+  int64_t ds, drs, dis;
+  int images, rows, count;
+};
+
 // The kernel gradient's block (WeightBlock below) with AVX-512: all 16 input channels
 // of a group in one pass, one register each.
-__attribute__((noinline)) void WeightBlock512(const float* x, int64_t xs, int64_t xrs,
-                                              const float* dy, int64_t ds, int64_t drs,
-                                              int rows, int count, float* dw,
+__attribute__((noinline)) void WeightBlock512(const WeightSpan& s, float* dw,
                                               PrefetchStream* pf) {
   __m512 a[kG];
 #pragma GCC unroll 16
   for (int i = 0; i < kG; ++i) a[i] = _mm512_setzero_ps();
-  for (int y = 0; y < rows; ++y) {
-    const float* xy = x + y * xrs;
-    const float* dyy = dy + y * drs;
-    for (int q = 0; q < count; ++q) {
-      const __m512 d = _mm512_loadu_ps(dyy + q * ds);
-      const float* xq = xy + q * xs;
-      pf->Tick(q);
+  for (int m = 0; m < s.images; ++m)
+    for (int y = 0; y < s.rows; ++y) {
+      const float* xy = s.x + m * s.xis + y * s.xrs;
+      const float* dyy = s.dy + m * s.dis + y * s.drs;
+      for (int q = 0; q < s.count; ++q) {
+        const __m512 d = _mm512_loadu_ps(dyy + q * s.ds);
+        const float* xq = xy + q * s.xs;
+        pf->Tick(q);
 #pragma GCC unroll 16
-      for (int i = 0; i < kG; ++i) a[i] = _mm512_fmadd_ps(_mm512_set1_ps(xq[i]), d, a[i]);
+        for (int i = 0; i < kG; ++i) a[i] = _mm512_fmadd_ps(_mm512_set1_ps(xq[i]), d, a[i]);
+      }
     }
-  }
 #pragma GCC unroll 16
   for (int i = 0; i < kG; ++i)
     _mm512_storeu_ps(dw + i * kG, _mm512_add_ps(_mm512_loadu_ps(dw + i * kG), a[i]));
@@ -742,6 +753,18 @@ bool UseWinograd() {
   return !(env != nullptr && std::strcmp(env, "0") == 0);
 }
 
+// The kernel gradient's per-group pass (GroupConv16BackpropFilterOp::PerGroupPass):
+// images per register block, and the largest images (input and output pixels) it runs on.
+constexpr int kImagesPerSpan = 8;
+constexpr int kPerGroupMaxPixels = 196;
+constexpr int kPerGroupMaxOutputPixels = 100;
+// True unless $EFFICIENTNET_IPU_PER_GROUP is "0", which keeps the kernel gradient's
+// general pass for small images too (for tests and for comparing the two).
+bool UsePerGroup() {
+  const char* env = std::getenv("EFFICIENTNET_IPU_PER_GROUP");
+  return !(env != nullptr && std::strcmp(env, "0") == 0);
+}
+
 // The attributes all three ops share: stride and padding, and the CPU check.
 class GroupConv16Base : public OpKernel {
  public:
@@ -1210,31 +1233,31 @@ class GroupConv16BackpropInputOp : public GroupConv16Base {
   }
 };
 
-// dW[t][i][0:16] += sum over rows y < rows and pixels q < count of x(y, q)[i] * dy(y, q)[0:16]
-// for i in [i0, i0 + IB); x(y, q) = x + y * xrs + q * xs, dy(y, q) = dy + y * drs + q * ds.
-// Summing several rows per call keeps the accumulators in registers for longer, which
-// matters for the small images of the late stages (5x5 or 7x7 pixels).
+// dW[t][i][0:16] += sum over the pixels p of span s of x(p)[i0 + i] * dy(p)[0:16], for
+// i < IB (WeightSpan). Summing several rows, or several images, per call keeps the
+// accumulators in registers for longer, which matters for the small images of the late
+// stages (5x5 or 7x7 pixels).
 template <int IB>
-inline void WeightBlock(const float* x, int64_t xs, int64_t xrs, const float* dy, int64_t ds,
-                        int64_t drs, int rows, int count, float* dw, PrefetchStream* pf) {
+inline void WeightBlock(const WeightSpan& s, int i0, float* dw, PrefetchStream* pf) {
   __m256 a0[IB], a1[IB];
 #pragma GCC unroll 8
   for (int i = 0; i < IB; ++i) a0[i] = a1[i] = _mm256_setzero_ps();
-  for (int y = 0; y < rows; ++y) {
-    const float* xy = x + y * xrs;
-    const float* dyy = dy + y * drs;
-    for (int q = 0; q < count; ++q) {
-      const __m256 d0 = _mm256_loadu_ps(dyy + q * ds);
-      const __m256 d1 = _mm256_loadu_ps(dyy + q * ds + 8);
-      pf->Tick(q);
+  for (int m = 0; m < s.images; ++m)
+    for (int y = 0; y < s.rows; ++y) {
+      const float* xy = s.x + m * s.xis + y * s.xrs + i0;
+      const float* dyy = s.dy + m * s.dis + y * s.drs;
+      for (int q = 0; q < s.count; ++q) {
+        const __m256 d0 = _mm256_loadu_ps(dyy + q * s.ds);
+        const __m256 d1 = _mm256_loadu_ps(dyy + q * s.ds + 8);
+        pf->Tick(q);
 #pragma GCC unroll 8
-      for (int i = 0; i < IB; ++i) {
-        const __m256 b = _mm256_broadcast_ss(xy + q * xs + i);
-        a0[i] = _mm256_fmadd_ps(b, d0, a0[i]);
-        a1[i] = _mm256_fmadd_ps(b, d1, a1[i]);
+        for (int i = 0; i < IB; ++i) {
+          const __m256 b = _mm256_broadcast_ss(xy + q * s.xs + i);
+          a0[i] = _mm256_fmadd_ps(b, d0, a0[i]);
+          a1[i] = _mm256_fmadd_ps(b, d1, a1[i]);
+        }
       }
     }
-  }
 #pragma GCC unroll 8
   for (int i = 0; i < IB; ++i) {
     _mm256_storeu_ps(dw + i * kG, _mm256_add_ps(_mm256_loadu_ps(dw + i * kG), a0[i]));
@@ -1265,6 +1288,14 @@ class GroupConv16BackpropFilterOp : public GroupConv16Base {
     Tensor* dscale = nullptr;
     OP_REQUIRES_OK(ctx, ctx->allocate_output(1, TensorShape({g.C}), &dscale));
     const int taps = g.k * g.k;
+    const float* xd = x.flat<float>().data();
+    const float* dyd = dy.flat<float>().data();
+    const int64_t x_image = static_cast<int64_t>(g.H) * g.W * g.C;
+    const int64_t dy_image = static_cast<int64_t>(g.OH) * g.OW * g.C;
+    if (PerGroupApplies(g)) {
+      PerGroupPass(ctx, g, xd, dyd, od, f, scale, df, dscale);
+      return;
+    }
     // Units: a chunk of the images times a block of the groups, (image, group) pairs
     // images outer (ForEachPair); each (chunk, group) sums into its own slice of
     // ``packed``, and the chunks are added at the end. Against one unit per group, each
@@ -1277,10 +1308,6 @@ class GroupConv16BackpropFilterOp : public GroupConv16Base {
     const int group_blocks = std::min(g.groups, (2 * std::max(1, threads) + chunks - 1) / chunks);
     const size_t slice = static_cast<size_t>(taps) * kG * kG;  // one group's gradient
     std::vector<float> packed(static_cast<size_t>(chunks) * g.groups * slice, 0.0f);
-    const float* xd = x.flat<float>().data();
-    const float* dyd = dy.flat<float>().data();
-    const int64_t x_image = static_cast<int64_t>(g.H) * g.W * g.C;
-    const int64_t dy_image = static_cast<int64_t>(g.OH) * g.OW * g.C;
     // Winograd F(2x2, 3x3) read backwards (WinogradGradientInput) where WinogradApplies:
     // ForEachPair's units and pairs, as the direct pass below, each pair's tiles in chunks
     // of up to 14, and S, the sums of the transformed outer products, per (chunk, group)
@@ -1350,7 +1377,6 @@ class GroupConv16BackpropFilterOp : public GroupConv16Base {
     ForEachPair(ctx, g, chunks, group_blocks, cost, static_cast<size_t>(g.H) * width * kG,
                 xd, dyd, [&](int chunk, int n, int gr, PrefetchStream* pf, float* plane) {
         pf->mask = period - 1;
-        PrefetchStream none;
         float* dwg = packed.data() + (static_cast<size_t>(chunk) * g.groups + gr) * slice;
         CopyPlane(xd + n * x_image, g.H, g.W, g.C, gr, g.pl, width, od + gr * kG, plane);
         const float* dg = dyd + n * dy_image + gr * kG;
@@ -1370,18 +1396,12 @@ class GroupConv16BackpropFilterOp : public GroupConv16Base {
               g.InsideColumns(kw, &q0, &q1);
               if (q0 >= q1) continue;
               float* dwt = dwg + (kh * g.k + kw) * kG * kG;
-              const float* xr = plane +
-                  (static_cast<int64_t>(lo * g.s + kh - g.pt) * width + kw + q0 * g.s) * kG;
-              const float* dq = dg + (static_cast<int64_t>(lo) * g.OW + q0) * g.C;
-              const int rows = hi - lo, count = q1 - q0, xs = g.s * kG;
-              if (use_avx512_) {
-                WeightBlock512(xr, xs, xrs, dq, g.C, drs, rows, count, dwt, pf);
-                continue;
-              }
-              // AVX2: three blocks per pixel; the first issues the prefetches.
-              WeightBlock<6>(xr, xs, xrs, dq, g.C, drs, rows, count, dwt, pf);
-              WeightBlock<6>(xr + 6, xs, xrs, dq, g.C, drs, rows, count, dwt + 6 * kG, &none);
-              WeightBlock<4>(xr + 12, xs, xrs, dq, g.C, drs, rows, count, dwt + 12 * kG, &none);
+              const WeightSpan span{
+                  plane + (static_cast<int64_t>(lo * g.s + kh - g.pt) * width + kw +
+                           q0 * g.s) * kG, g.s * kG, xrs, 0,
+                  dg + (static_cast<int64_t>(lo) * g.OW + q0) * g.C, g.C, drs, 0,
+                  1, hi - lo, q1 - q0};
+              WeightBlocks(span, dwt, pf);
             }
           }
         }
@@ -1390,41 +1410,148 @@ class GroupConv16BackpropFilterOp : public GroupConv16Base {
   }
 
  private:
+  // The sums of one tap's span (WeightSpan) into dw ([16][16]): one AVX-512 block, or
+  // three AVX2 blocks of 6, 6 and 4 input channels, the first issuing the prefetches.
+  void WeightBlocks(const WeightSpan& span, float* dw, PrefetchStream* pf) const {
+    if (use_avx512_) {
+      WeightBlock512(span, dw, pf);
+      return;
+    }
+    PrefetchStream none;
+    WeightBlock<6>(span, 0, dw, pf);
+    WeightBlock<6>(span, 6, dw + 6 * kG, &none);
+    WeightBlock<4>(span, 12, dw + 12 * kG, &none);
+  }
+
+  // True where the kernel gradient takes PerGroupPass: small images (at most
+  // kPerGroupMaxPixels in, kPerGroupMaxOutputPixels out) on the AVX-512 blocks, unless
+  // UsePerGroup() was false. With the AVX2 blocks it measured 0.89-1.18x the general pass
+  // (the AVX-512 CPU limited to them, session 22), so they keep the general pass.
+  bool PerGroupApplies(const Geometry& g) const {
+    return use_per_group_ && use_avx512_ && g.H * g.W <= kPerGroupMaxPixels &&
+           g.OH * g.OW <= kPerGroupMaxOutputPixels;
+  }
+
+  // The kernel gradient of small images (PerGroupApplies). Units are groups. A unit
+  // copies the planes of kImagesPerSpan images at a time, input (CopyPlane: padding,
+  // offset added) and output gradient, prefetching the next span's lines from inside the
+  // blocks, and sums each tap over all of them in registers; its [k * k][16][16] sums stay
+  // in L1, and it writes the group's df and dscale itself (FinishGroup). The general
+  // pass's (image, group) pairs sum only 14-34 pixels per tap of a 5 or 7 px image before
+  // loading and storing the tap's sums, whose copies for all the groups (one per image
+  // chunk: 4 x 1.2 MB at [32, 5, 5, 768], 5x5) outgrow L2 and are added in one thread at
+  // the end. Against the general pass, the op alone (issue #4, session 22, 20 rounds, 2
+  // threads, AVX-512): 1.33-1.39x at [32, 5, 5, 768] 5x5 and 1.17-1.24x at 7 px, 3x3 at 5
+  // and 7 px 1.12-1.23x and 1.03-1.11x, at 10 px 1.02-1.10x, 5x5 stride 2 from 10 and 14
+  // px 1.17-1.23x and 1.06-1.09x; but 0.98-1.00x at 14 px and 0.86-0.91x for 3x3 stride 2
+  // from 20 px, hence the limits.
+  void PerGroupPass(OpKernelContext* ctx, const Geometry& g, const float* xd,
+                    const float* dyd, const float* od, const Tensor& f, const Tensor& scale,
+                    Tensor* df, Tensor* dscale) const {
+    const int taps = g.k * g.k;
+    const int width = g.PaddedWidth();
+    const int64_t plane = static_cast<int64_t>(g.H) * width * kG;
+    const int64_t x_image = static_cast<int64_t>(g.H) * g.W * g.C;
+    const int64_t dy_image = static_cast<int64_t>(g.OH) * g.OW * g.C;
+    const int64_t dy_plane = static_cast<int64_t>(g.OH) * g.OW * kG;
+    const int span_images = std::min(g.N, kImagesPerSpan);
+    const int64_t cost = static_cast<int64_t>(g.N) * g.OH * g.OW * taps * kG * kG;
+    ParallelFor(ctx, g.groups, cost, [&](int64_t begin, int64_t end) {
+      std::vector<float> planes(span_images * plane);
+      std::vector<float> dys(span_images * dy_plane);
+      std::vector<float> sums(static_cast<size_t>(taps) * kG * kG);
+      for (int64_t gr = begin; gr < end; ++gr) {
+        std::fill(sums.begin(), sums.end(), 0.0f);
+        for (int n0 = 0; n0 < g.N; n0 += span_images) {
+          const int images = std::min(span_images, g.N - n0);
+          // The next span's lines (this group's next images, or the next group's first),
+          // a few per row of a block, as in ForEachPair.
+          const int next_n = n0 + images < g.N ? n0 + images : 0;
+          const int64_t next_gr = n0 + images < g.N ? gr : gr + 1;
+          const int next_images = std::min(span_images, g.N - next_n);
+          PrefetchStream pf;
+          if (next_gr < end)
+            pf = PrefetchStream::Pixels(
+                xd + next_n * x_image + next_gr * kG,
+                static_cast<int64_t>(next_images) * g.H * g.W,
+                dyd + next_n * dy_image + next_gr * kG,
+                static_cast<int64_t>(next_images) * g.OH * g.OW, g.C);
+          pf.mask = 3;
+          for (int m = 0; m < images; ++m)
+            CopyPlane(xd + (n0 + m) * x_image, g.H, g.W, g.C, gr, g.pl, width, od + gr * kG,
+                      planes.data() + m * plane);
+          for (int m = 0; m < images; ++m)  // [OH, OW, 16] planes of the output gradient
+            CopyPlane(dyd + (n0 + m) * dy_image, g.OH, g.OW, g.C, gr, 0, g.OW, nullptr,
+                      dys.data() + m * dy_plane);
+          for (int kh = 0; kh < g.k; ++kh) {
+            int lo = 0, hi = g.OH;  // output rows whose tap row kh is inside the image
+            while (lo < hi && !g.RowInside(lo, kh)) ++lo;
+            while (hi > lo && !g.RowInside(hi - 1, kh)) --hi;
+            if (lo == hi) continue;
+            for (int kw = 0; kw < g.k; ++kw) {
+              int q0, q1;
+              g.InsideColumns(kw, &q0, &q1);
+              if (q0 >= q1) continue;
+              const WeightSpan span{
+                  planes.data() + (static_cast<int64_t>(lo * g.s + kh - g.pt) * width + kw +
+                                   q0 * g.s) * kG, g.s * kG,
+                  static_cast<int64_t>(g.s) * width * kG, plane,
+                  dys.data() + (static_cast<int64_t>(lo) * g.OW + q0) * kG, kG,
+                  static_cast<int64_t>(g.OW) * kG, dy_plane,
+                  images, hi - lo, q1 - q0};
+              WeightBlocks(span, sums.data() + (kh * g.k + kw) * kG * kG, &pf);
+            }
+          }
+        }
+        FinishGroup(sums.data(), 1, 0, gr, g, f, scale, df, dscale);
+      }
+    });
+  }
+
   // packed ([chunks][groups][k * k][16][16]), summed over the chunks, is the gradient with
   // respect to the scaled filter f * scale: the filter's (df) is that times the scale, and
   // the scale's (dscale) is its product with f summed over taps and output channels.
   static void Finish(const std::vector<float>& packed, int chunks, const Geometry& g,
                      const Tensor& f, const Tensor& scale, Tensor* df, Tensor* dscale) {
+    const size_t slice = static_cast<size_t>(g.k) * g.k * kG * kG;
+    for (int gr = 0; gr < g.groups; ++gr)
+      FinishGroup(packed.data() + gr * slice, chunks, g.groups * slice, gr, g, f, scale, df,
+                  dscale);
+  }
+
+  // Finish for group gr, whose sums for chunk c are at sums + c * chunk_stride.
+  static void FinishGroup(const float* sums, int chunks, size_t chunk_stride, int gr,
+                          const Geometry& g, const Tensor& f, const Tensor& scale, Tensor* df,
+                          Tensor* dscale) {
     const int taps = g.k * g.k;
-    const size_t slice = static_cast<size_t>(taps) * kG * kG;
-    const size_t chunk_stride = static_cast<size_t>(g.groups) * slice;
     const float* fd = f.flat<float>().data();
     const float* sd = scale.flat<float>().data();
     float* dfd = df->flat<float>().data();
     float* dsd = dscale->flat<float>().data();
-    for (int c = 0; c < g.C; ++c) dsd[c] = 0.0f;
-    for (int gr = 0; gr < g.groups; ++gr)
-      for (int t = 0; t < taps; ++t)
-        for (int i = 0; i < kG; ++i) {
-          const int c = gr * kG + i;
-          const int64_t at = (static_cast<int64_t>(t) * kG + i) * g.C + gr * kG;
-          const float* src = packed.data() + ((static_cast<size_t>(gr) * taps + t) * kG + i) * kG;
-          const __m256 s = _mm256_set1_ps(sd[c]);
-          __m256 d0 = _mm256_loadu_ps(src), d1 = _mm256_loadu_ps(src + 8);
-          for (int chunk = 1; chunk < chunks; ++chunk) {
-            d0 = _mm256_add_ps(d0, _mm256_loadu_ps(src + chunk * chunk_stride));
-            d1 = _mm256_add_ps(d1, _mm256_loadu_ps(src + chunk * chunk_stride + 8));
-          }
-          _mm256_storeu_ps(dfd + at, _mm256_mul_ps(d0, s));
-          _mm256_storeu_ps(dfd + at + 8, _mm256_mul_ps(d1, s));
-          __m256 p = _mm256_fmadd_ps(d0, _mm256_loadu_ps(fd + at),
-                                     _mm256_mul_ps(d1, _mm256_loadu_ps(fd + at + 8)));
-          __m128 q = _mm_add_ps(_mm256_castps256_ps128(p), _mm256_extractf128_ps(p, 1));
-          q = _mm_hadd_ps(q, q);
-          q = _mm_hadd_ps(q, q);
-          dsd[c] += _mm_cvtss_f32(q);
+    for (int i = 0; i < kG; ++i) dsd[gr * kG + i] = 0.0f;
+    for (int t = 0; t < taps; ++t)
+      for (int i = 0; i < kG; ++i) {
+        const int c = gr * kG + i;
+        const int64_t at = (static_cast<int64_t>(t) * kG + i) * g.C + gr * kG;
+        const float* src = sums + (static_cast<size_t>(t) * kG + i) * kG;
+        const __m256 s = _mm256_set1_ps(sd[c]);
+        __m256 d0 = _mm256_loadu_ps(src), d1 = _mm256_loadu_ps(src + 8);
+        for (int chunk = 1; chunk < chunks; ++chunk) {
+          d0 = _mm256_add_ps(d0, _mm256_loadu_ps(src + chunk * chunk_stride));
+          d1 = _mm256_add_ps(d1, _mm256_loadu_ps(src + chunk * chunk_stride + 8));
         }
+        _mm256_storeu_ps(dfd + at, _mm256_mul_ps(d0, s));
+        _mm256_storeu_ps(dfd + at + 8, _mm256_mul_ps(d1, s));
+        __m256 p = _mm256_fmadd_ps(d0, _mm256_loadu_ps(fd + at),
+                                   _mm256_mul_ps(d1, _mm256_loadu_ps(fd + at + 8)));
+        __m128 q = _mm_add_ps(_mm256_castps256_ps128(p), _mm256_extractf128_ps(p, 1));
+        q = _mm_hadd_ps(q, q);
+        q = _mm_hadd_ps(q, q);
+        dsd[c] += _mm_cvtss_f32(q);
+      }
   }
+
+  const bool use_per_group_ = UsePerGroup();  // when the kernel was built
 };
 
 absl::Status ForwardShape(InferenceContext* c) {
