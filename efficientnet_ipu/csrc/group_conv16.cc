@@ -509,12 +509,12 @@ constexpr float kWinograd5BT[6][6] = {{4, 0, -5, 0, 1, 0},  {0, -4, -4, 1, 1, 0}
                                       {0, 4, -4, -1, 1, 0}, {0, -2, -1, 2, 1, 0},
                                       {0, 2, -1, -2, 1, 0}, {0, 4, 0, -5, 0, 1}};
 constexpr float kWinograd5AT[2][6] = {{1, 1, 1, 1, 1, 0}, {0, 1, -1, 2, -2, 1}};
-constexpr double kWinograd5G[6][5] = {{1.0 / 4, 0, 0, 0, 0},
-                                      {-1.0 / 6, -1.0 / 6, -1.0 / 6, -1.0 / 6, -1.0 / 6},
-                                      {-1.0 / 6, 1.0 / 6, -1.0 / 6, 1.0 / 6, -1.0 / 6},
-                                      {1.0 / 24, 1.0 / 12, 1.0 / 6, 1.0 / 3, 2.0 / 3},
-                                      {1.0 / 24, -1.0 / 12, 1.0 / 6, -1.0 / 3, 2.0 / 3},
-                                      {0, 0, 0, 0, 1}};
+constexpr float kWinograd5G[6][5] = {{1.0f / 4, 0, 0, 0, 0},
+                                     {-1.0f / 6, -1.0f / 6, -1.0f / 6, -1.0f / 6, -1.0f / 6},
+                                     {-1.0f / 6, 1.0f / 6, -1.0f / 6, 1.0f / 6, -1.0f / 6},
+                                     {1.0f / 24, 1.0f / 12, 1.0f / 6, 1.0f / 3, 2.0f / 3},
+                                     {1.0f / 24, -1.0f / 12, 1.0f / 6, -1.0f / 3, 2.0f / 3},
+                                     {0, 0, 0, 0, 1}};
 
 // V = B^T d B for tiles t0 .. t0 + r - 1 (as WinogradInput): d[u][v] is pixel
 // (2a - 2 + u, 2b - 2 + v) of src plus offset (16 floats, or null) inside the image, zero
@@ -677,55 +677,68 @@ std::vector<float> PackFilter(const float* f, const float* scale, const Geometry
   return p;
 }
 
-// The Winograd filter U = G w G^T (G: N x R, kWinogradG or kWinograd5G) of each group's
-// R x R packed filter (PackFilter, [groups][R R][16][16]) as [groups][N N positions][16]
-// [16], summed in float64 in two passes (T = G w over the rows, then U = T G^T over the
-// columns: for 5x5, 330 multiply-adds per weight instead of 900); ``flip``: of the
-// filter rotated by 180 degrees (w[R R - 1 - tap]), which with the transposed packing is
-// the input gradient's. The ops transform the filter at every call: for 448 channels
-// (28 groups) at 5x5, 0.27 ms, against 0.47 ms with the 900 at once (one core, Zen 4;
-// issue #4, session 20).
-template <typename T, int N, int R>
-std::vector<float> WinogradFilter(const T (&G)[N][R], const std::vector<float>& packed,
-                                  int groups, bool flip) {
-  constexpr int kW = kG * kG;  // weights per tap of a group
-  std::vector<float> u(static_cast<size_t>(groups) * N * N * kW);
-  std::vector<double> t(N * R * kW);  // T[p][kw][i]
-  for (int gr = 0; gr < groups; ++gr) {
-    const float* w = packed.data() + static_cast<size_t>(gr) * R * R * kW;
-    std::fill(t.begin(), t.end(), 0.0);
-    for (int p = 0; p < N; ++p)
-      for (int kh = 0; kh < R; ++kh) {
-        const double c = G[p][kh];
-        if (c == 0.0) continue;
-        for (int kw = 0; kw < R; ++kw) {
-          const int tap = R * kh + kw;
-          const float* wt = w + (flip ? R * R - 1 - tap : tap) * kW;
-          double* tp = t.data() + (p * R + kw) * kW;
-          for (int i = 0; i < kW; ++i) tp[i] += c * wt[i];
-        }
+#pragma GCC push_options
+#pragma GCC target("avx512f")
+// The Winograd filter U = G w G^T (G: N x R, kWinogradG or kWinograd5G) of one group's
+// R x R packed filter w ([R R][16][16], PackFilter) as u ([N N positions][16][16]), in
+// float32, 16 weights (one row of the 16 x 16 matrix of a tap) per register: the R R taps
+// of a row in registers, T = G w over the rows, then U = T G^T over the columns, 330
+// multiply-adds per weight for 5x5 (the zeros of G skipped at compile time). ``flip``:
+// of the filter rotated by 180 degrees (w[R R - 1 - tap]), which with the transposed
+// packing is the input gradient's.
+template <int N, int R>
+void WinogradFilterGroup(const float (&G)[N][R], const float* w, bool flip, float* u) {
+  for (int i = 0; i < kG; ++i) {
+    __m512 x[R * R];
+#pragma GCC unroll 25
+    for (int tap = 0; tap < R * R; ++tap)
+      x[tap] = _mm512_loadu_ps(w + ((flip ? R * R - 1 - tap : tap) * kG + i) * kG);
+#pragma GCC unroll 6
+    for (int p = 0; p < N; ++p) {
+      __m512 t[R];
+#pragma GCC unroll 5
+      for (int kw = 0; kw < R; ++kw) {
+        t[kw] = _mm512_setzero_ps();
+#pragma GCC unroll 5
+        for (int kh = 0; kh < R; ++kh)
+          if (G[p][kh] != 0.0f)
+            t[kw] = _mm512_fmadd_ps(_mm512_set1_ps(G[p][kh]), x[R * kh + kw], t[kw]);
       }
-    for (int p = 0; p < N; ++p)
+#pragma GCC unroll 6
       for (int q = 0; q < N; ++q) {
-        float* dst = u.data() + (static_cast<size_t>(gr) * N * N + N * p + q) * kW;
-        double acc[kW] = {};
-        for (int kw = 0; kw < R; ++kw) {
-          const double c = G[q][kw];
-          if (c == 0.0) continue;
-          const double* tp = t.data() + (p * R + kw) * kW;
-          for (int i = 0; i < kW; ++i) acc[i] += c * tp[i];
-        }
-        for (int i = 0; i < kW; ++i) dst[i] = static_cast<float>(acc[i]);
+        __m512 acc = _mm512_setzero_ps();
+#pragma GCC unroll 5
+        for (int kw = 0; kw < R; ++kw)
+          if (G[q][kw] != 0.0f) acc = _mm512_fmadd_ps(_mm512_set1_ps(G[q][kw]), t[kw], acc);
+        _mm512_storeu_ps(u + ((N * p + q) * kG + i) * kG, acc);
       }
+    }
   }
-  return u;
 }
+#pragma GCC pop_options
 
-// WinogradFilter for a k x k filter: F(2x2, 3x3) for k = 3, F(2x2, 5x5) for k = 5.
-std::vector<float> WinogradFilterFor(int k, const std::vector<float>& packed, int groups,
+// WinogradFilterGroup of every group of ``packed`` ([groups][k k][16][16]), on the op's
+// threads: F(2x2, 3x3) for k = 3, F(2x2, 5x5) for k = 5. The ops transform the filter at
+// every call, so this is a cost per call that does not shrink with the images. Until
+// session 22 it ran on one thread in float64 over memory (0.27 ms for 448 channels at 5x5
+// on one Zen 4 core): a 5x5 op on [1, 10, 10, 448] took 361-363 us (forward) and 420-565
+// us (input gradient), now 209-231 and 250-279 us (20 ops per tf.function, issue #4).
+std::vector<float> WinogradFilterFor(OpKernelContext* ctx, int k,
+                                     const std::vector<float>& packed, int groups,
                                      bool flip) {
-  return k == 5 ? WinogradFilter(kWinograd5G, packed, groups, flip)
-                : WinogradFilter(kWinogradG, packed, groups, flip);
+  const int n = k == 5 ? 6 : 4;
+  std::vector<float> u(static_cast<size_t>(groups) * n * n * kG * kG);
+  ParallelFor(ctx, groups, 2 * kG * kG * n * (k * k + n * k), [&](int64_t b, int64_t e) {
+    for (int64_t gr = b; gr < e; ++gr) {
+      const float* w = packed.data() + gr * k * k * kG * kG;
+      float* ug = u.data() + gr * n * n * kG * kG;
+      if (k == 5)
+        WinogradFilterGroup(kWinograd5G, w, flip, ug);
+      else
+        WinogradFilterGroup(kWinogradG, w, flip, ug);
+    }
+  });
+  return u;
 }
 
 // dW[tap = 3 kh + kw] += sum over positions (p, q) of sign G[p][kh] G[q][kw] S[4p + q] for
@@ -1076,7 +1089,7 @@ class GroupConv16Op : public GroupConv16Base {
       return;
     }
     if (winograd) {
-      WinogradPass(ctx, g, xd, od, WinogradFilterFor(g.k, wp, g.groups, false), yd, nullptr);
+      WinogradPass(ctx, g, xd, od, WinogradFilterFor(ctx, g.k, wp, g.groups, false), yd, nullptr);
       return;
     }
     const int width = g.PaddedWidth();  // scratch plane: all input rows, padded columns
@@ -1178,7 +1191,7 @@ class GroupConv16BackpropInputOp : public GroupConv16Base {
       return;
     }
     if (winograd) {
-      WinogradPass(ctx, g, dyd, nullptr, WinogradFilterFor(g.k, wp, g.groups, true), dxd,
+      WinogradPass(ctx, g, dyd, nullptr, WinogradFilterFor(ctx, g.k, wp, g.groups, true), dxd,
                    sumd);
       return;
     }
