@@ -158,23 +158,26 @@ def fused_proxy_mean_scale(gamma, beta, proxy_gamma, proxy_beta, quantiles, acti
                          % (sorted(FUSED_ACTIVATIONS), activation))
     library = kernels.load("ProxyNormActivation implementation='fused'",
                            "implementation='tensorflow'")
-    return library.efficientnet_ipu_proxy_mean_scale(
+    mean, scale, _ = library.efficientnet_ipu_proxy_mean_scale(
         gamma, beta, proxy_gamma, proxy_beta, quantiles,
         activation=FUSED_ACTIVATIONS[activation], epsilon=float(epsilon))
+    return mean, scale
 
 
 @tf.RegisterGradient("EfficientnetIpuProxyMeanScale")
-def _fused_gradient(op, grad_mean, grad_scale):
+def _fused_gradient(op, grad_mean, grad_scale, unused_grad_sums):
     """Gradients of the fused proxy statistics with respect to gamma, beta, proxy_gamma,
-    proxy_beta (none for the quantiles), in one op."""
-    mean, scale = op.outputs
+    proxy_beta (none for the quantiles), in one op of a few multiply-adds per channel: the
+    forward op's third output holds the four means over the quantiles that the gradient is
+    linear in (``csrc/proxy_norm.cc``). That output only feeds this gradient."""
+    mean, scale, sums = op.outputs
     if grad_mean is None:
         grad_mean = tf.zeros_like(mean)
     if grad_scale is None:
         grad_scale = tf.zeros_like(scale)
+    gamma, _, proxy_gamma, proxy_beta, _ = op.inputs
     grads = kernels.load().efficientnet_ipu_proxy_mean_scale_grad(
-        *op.inputs, mean, scale, grad_mean, grad_scale,
-        activation=op.get_attr("activation"), epsilon=op.get_attr("epsilon"))
+        gamma, proxy_gamma, proxy_beta, scale, sums, grad_mean, grad_scale)
     return list(grads) + [None]
 
 
