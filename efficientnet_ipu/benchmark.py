@@ -444,7 +444,8 @@ def group_conv_layer_shapes(model, resolution, batch):
 # (AVX-512 blocks and Winograd F(2x2, 3x3) on AVX-512 CPUs), the direct AVX-512 blocks, and
 # the AVX2 blocks. On a CPU without AVX-512 the three are the same kernels.
 KERNEL_VARIANTS = {"avx512-direct": {"EFFICIENTNET_IPU_WINOGRAD": "0"},
-                   "avx2-blocks": {"EFFICIENTNET_IPU_AVX2_ONLY": "1"}}
+                   "avx2-blocks": {"EFFICIENTNET_IPU_AVX2_ONLY": "1"},
+                   "general-kernel-grad": {"EFFICIENTNET_IPU_PER_GROUP": "0"}}
 
 
 def layer_table(model, resolution, batch, steps, warmup, kernel_variants=False):
