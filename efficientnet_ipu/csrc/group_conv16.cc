@@ -1395,34 +1395,40 @@ class GroupConv16BackpropFilterOp : public GroupConv16Base {
         const float* dg = dyd + n * dy_image + gr * kG;
         for (int oh0 = 0; oh0 < g.OH; oh0 += rows_per_pass) {
           const int oh1 = std::min(g.OH, oh0 + rows_per_pass);
-          for (int kh = 0; kh < g.k; ++kh) {
-            // Output rows oh in [lo, hi) read input row ih = oh * s + kh - pt in [0, H).
-            int lo = oh0, hi = oh1;
-            while (lo < hi && !g.RowInside(lo, kh)) ++lo;
-            while (hi > lo && !g.RowInside(hi - 1, kh)) --hi;
-            if (lo == hi) continue;
-            for (int kw = 0; kw < g.k; ++kw) {
-              // Only output columns q whose input column q * s + kw - pl is in the image:
-              // the padding's zeros add nothing (a quarter of the work of a 5x5 kernel on
-              // B0's 5x5 px stage; issue #4, session 13).
-              int q0, q1;
-              g.InsideColumns(kw, &q0, &q1);
-              if (q0 >= q1) continue;
-              float* dwt = dwg + (kh * g.k + kw) * kG * kG;
-              const WeightSpan span{
-                  plane + (static_cast<int64_t>(lo * g.s + kh - g.pt) * width + kw +
-                           q0 * g.s) * kG, g.s * kG, xrs, 0,
-                  dg + (static_cast<int64_t>(lo) * g.OW + q0) * g.C, g.C, drs, 0,
-                  1, hi - lo, q1 - q0};
-              WeightBlocks(span, dwt, pf);
-            }
-          }
+          ForEachInsideTap(g, oh0, oh1, [&](int kh, int kw, int lo, int hi, int q0, int q1) {
+            const WeightSpan span{
+                plane + (static_cast<int64_t>(lo * g.s + kh - g.pt) * width + kw +
+                         q0 * g.s) * kG, g.s * kG, xrs, 0,
+                dg + (static_cast<int64_t>(lo) * g.OW + q0) * g.C, g.C, drs, 0,
+                1, hi - lo, q1 - q0};
+            WeightBlocks(span, dwg + (kh * g.k + kw) * kG * kG, pf);
+          });
         }
     });
     Finish(packed, chunks, g, f, scale, df, dscale);
   }
 
  private:
+  // Calls fn(kh, kw, lo, hi, q0, q1) for each tap (kh, kw) that reads inside the image
+  // from some of the output rows [oh0, oh1): the output rows [lo, hi) whose input row
+  // oh * s + kh - pt is in [0, H) and the output columns [q0, q1) whose input column
+  // q * s + kw - pl is in [0, W). The padding's zeros add nothing (a quarter of the work of
+  // a 5x5 kernel on B0's 5x5 px stage; issue #4, session 13).
+  template <typename Fn>
+  static void ForEachInsideTap(const Geometry& g, int oh0, int oh1, const Fn& fn) {
+    for (int kh = 0; kh < g.k; ++kh) {
+      int lo = oh0, hi = oh1;
+      while (lo < hi && !g.RowInside(lo, kh)) ++lo;
+      while (hi > lo && !g.RowInside(hi - 1, kh)) --hi;
+      if (lo == hi) continue;
+      for (int kw = 0; kw < g.k; ++kw) {
+        int q0, q1;
+        g.InsideColumns(kw, &q0, &q1);
+        if (q0 < q1) fn(kh, kw, lo, hi, q0, q1);
+      }
+    }
+  }
+
   // The sums of one tap's span (WeightSpan) into dw ([16][16]): one AVX-512 block, or
   // three AVX2 blocks of 6, 6 and 4 input channels, the first issuing the prefetches.
   void WeightBlocks(const WeightSpan& span, float* dw, PrefetchStream* pf) const {
@@ -1496,25 +1502,16 @@ class GroupConv16BackpropFilterOp : public GroupConv16Base {
           for (int m = 0; m < images; ++m)  // [OH, OW, 16] planes of the output gradient
             CopyPlane(dyd + (n0 + m) * dy_image, g.OH, g.OW, g.C, gr, 0, g.OW, nullptr,
                       dys.data() + m * dy_plane);
-          for (int kh = 0; kh < g.k; ++kh) {
-            int lo = 0, hi = g.OH;  // output rows whose tap row kh is inside the image
-            while (lo < hi && !g.RowInside(lo, kh)) ++lo;
-            while (hi > lo && !g.RowInside(hi - 1, kh)) --hi;
-            if (lo == hi) continue;
-            for (int kw = 0; kw < g.k; ++kw) {
-              int q0, q1;
-              g.InsideColumns(kw, &q0, &q1);
-              if (q0 >= q1) continue;
-              const WeightSpan span{
-                  planes.data() + (static_cast<int64_t>(lo * g.s + kh - g.pt) * width + kw +
-                                   q0 * g.s) * kG, g.s * kG,
-                  static_cast<int64_t>(g.s) * width * kG, plane,
-                  dys.data() + (static_cast<int64_t>(lo) * g.OW + q0) * kG, kG,
-                  static_cast<int64_t>(g.OW) * kG, dy_plane,
-                  images, hi - lo, q1 - q0};
-              WeightBlocks(span, sums.data() + (kh * g.k + kw) * kG * kG, &pf);
-            }
-          }
+          ForEachInsideTap(g, 0, g.OH, [&](int kh, int kw, int lo, int hi, int q0, int q1) {
+            const WeightSpan span{
+                planes.data() + (static_cast<int64_t>(lo * g.s + kh - g.pt) * width + kw +
+                                 q0 * g.s) * kG, g.s * kG,
+                static_cast<int64_t>(g.s) * width * kG, plane,
+                dys.data() + (static_cast<int64_t>(lo) * g.OW + q0) * kG, kG,
+                static_cast<int64_t>(g.OW) * kG, dy_plane,
+                images, hi - lo, q1 - q0};
+            WeightBlocks(span, sums.data() + (kh * g.k + kw) * kG * kG, &pf);
+          });
         }
         FinishGroup(sums.data(), 1, 0, gr, g, f, scale, df, dscale);
       }

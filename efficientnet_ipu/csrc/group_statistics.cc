@@ -31,8 +31,8 @@
 // One op each instead of about 25 small ops forward and 25 backward per batch norm (B0:
 // 33 of them). Sums are in double; GN's, over the channels of a group, 4 channels per AVX2
 // register (one accumulator per lane: scalar sums over channels waited on the adder's
-// latency, about 13 cycles per channel in the gradient; issue #4, session 22). Loaded by efficientnet_ipu/layers/kernels.py, which
-// compiles it.
+// latency, about 13 cycles per channel in the gradient; issue #4, session 22). Loaded by
+// efficientnet_ipu/layers/kernels.py, which compiles it.
 
 #include <immintrin.h>
 
