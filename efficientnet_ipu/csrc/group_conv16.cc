@@ -604,6 +604,9 @@ struct Geometry {
   // Columns of an input plane padded so that every tap of every output column reads
   // inside it (zeros outside the image).
   int PaddedWidth() const { return std::max((OW - 1) * s + k, W + pl); }
+  // Floats of one input image ([H, W, C]) and of one output image ([OH, OW, C]).
+  int64_t InputImage() const { return static_cast<int64_t>(H) * W * C; }
+  int64_t OutputImage() const { return static_cast<int64_t>(OH) * OW * C; }
   // True where tap row kh of output row oh reads an input row inside the image.
   bool RowInside(int oh, int kh) const {
     const int ih = oh * s + kh - pt;
@@ -1012,8 +1015,7 @@ class GroupConv16Base : public OpKernel {
   void ForEachPair(OpKernelContext* ctx, const Geometry& g, int chunks, int group_blocks,
                    int64_t cost, size_t scratch_floats, const float* x, const float* dy,
                    const Fn& fn) const {
-    const int64_t x_image = static_cast<int64_t>(g.H) * g.W * g.C;
-    const int64_t dy_image = static_cast<int64_t>(g.OH) * g.OW * g.C;
+    const int64_t x_image = g.InputImage(), dy_image = g.OutputImage();
     ParallelFor(ctx, static_cast<int64_t>(chunks) * group_blocks, cost, [&](int64_t b, int64_t e) {
       std::vector<float> scratch(scratch_floats);
       for (int64_t u = b; u < e; ++u) {
@@ -1300,15 +1302,14 @@ class GroupConv16BackpropFilterOp : public GroupConv16Base {
     OP_REQUIRES_OK(ctx, ctx->allocate_output(0, f.shape(), &df));
     Tensor* dscale = nullptr;
     OP_REQUIRES_OK(ctx, ctx->allocate_output(1, TensorShape({g.C}), &dscale));
-    const int taps = g.k * g.k;
     const float* xd = x.flat<float>().data();
     const float* dyd = dy.flat<float>().data();
-    const int64_t x_image = static_cast<int64_t>(g.H) * g.W * g.C;
-    const int64_t dy_image = static_cast<int64_t>(g.OH) * g.OW * g.C;
     if (PerGroupApplies(g)) {
       PerGroupPass(ctx, g, xd, dyd, od, f, scale, df, dscale);
       return;
     }
+    const int taps = g.k * g.k;
+    const int64_t x_image = g.InputImage(), dy_image = g.OutputImage();
     // Units: a chunk of the images times a block of the groups, (image, group) pairs
     // images outer (ForEachPair); each (chunk, group) sums into its own slice of
     // ``packed``, and the chunks are added at the end. Against one unit per group, each
@@ -1470,8 +1471,7 @@ class GroupConv16BackpropFilterOp : public GroupConv16Base {
     const int taps = g.k * g.k;
     const int width = g.PaddedWidth();
     const int64_t plane = static_cast<int64_t>(g.H) * width * kG;
-    const int64_t x_image = static_cast<int64_t>(g.H) * g.W * g.C;
-    const int64_t dy_image = static_cast<int64_t>(g.OH) * g.OW * g.C;
+    const int64_t x_image = g.InputImage(), dy_image = g.OutputImage();
     const int64_t dy_plane = static_cast<int64_t>(g.OH) * g.OW * kG;
     const int span_images = std::min(g.N, kImagesPerSpan);
     const int64_t cost = static_cast<int64_t>(g.N) * g.OH * g.OW * taps * kG * kG;
