@@ -12,6 +12,8 @@
         --resolutions=32 --steps=30                      # the optimizer update's cost
     python -m efficientnet_ipu.benchmark --pipeline=image_folder:../shared/data/imagenette2_224 \
         --pipeline-split=val                             # input pipeline images/s
+    python -m efficientnet_ipu.benchmark --pool-rounds=a_rounds.csv,b_rounds.csv
+                                         # the model targets of several runs' rounds pooled
 
 For every (size, G, norm, resolution) it prints and writes to CSV: training images/s
 (forward + backward + optimizer update: ``--optimizer``, by default the training
@@ -28,7 +30,10 @@ It ends with issue #4's speed targets (``target_rows``): each is the median over
 the ratio of two entries timed in the same round, with its 95 % confidence interval
 (``median_ci``) and the interquartile range of single rounds, judged "yes" or "no" when
 the whole interval meets or misses the goal and "within noise" when it straddles it,
-and written to ``<csv>_targets.csv``.
+and written to ``<csv>_targets.csv``. Every round's training step times go to
+``<csv>_rounds.csv`` (``round_rows``); ``--pool-rounds`` recomputes the model targets from
+several runs' rounds together (``pooled_round_times``), each round still paired with the
+entries timed beside it.
 """
 import argparse
 import contextlib
@@ -619,6 +624,61 @@ def fixed_cost_rows(size, train_times):
     return rows
 
 
+ROUND_FIELDS = ("size", "G", "norm", "res", "round", "seconds")
+
+
+def round_rows(size, train_times):
+    """One dict per timed round of every model in ``train_times`` (keyed as from
+    ``bench_models``): size, G ("" for keras.applications), norm ("keras" for it), res
+    (px), round (0-based, in the order timed; entries with the same round number were
+    timed in the same round) and seconds (the training step's wall time)."""
+    rows = []
+    for key, times in train_times.items():
+        g, norm = ("", "keras") if key[1:] == ("keras",) else key[1:]
+        rows += [dict(size=size, G=g, norm=norm, res=key[0], round=i, seconds=float(t))
+                 for i, t in enumerate(times)]
+    return rows
+
+
+def pooled_round_times(paths):
+    """Training step times of several runs' ``<csv>_rounds.csv`` files (``round_rows``),
+    pooled: {size: {key: seconds}} with keys as ``bench_models``'s, each list the runs'
+    rounds one run after another, so that the entries of one round stay paired. Only the
+    models timed in every run are kept.
+
+    Raises: ValueError naming the file if one is missing, lacks a column of
+    ``ROUND_FIELDS``, or times its models in unequal numbers of rounds."""
+    runs = []
+    for path in paths:
+        if not os.path.isfile(path):
+            raise ValueError("--pool-rounds: no such file %r" % path)
+        with open(path, newline="") as f:
+            reader = csv.DictReader(f)
+            missing = set(ROUND_FIELDS) - set(reader.fieldnames or ())
+            if missing:
+                raise ValueError("--pool-rounds: %s lacks the column(s) %s (expected %s)" % (
+                    path, ", ".join(sorted(missing)), ", ".join(ROUND_FIELDS)))
+            run = {}
+            for row in reader:
+                res = int(row["res"])
+                key = (res, "keras") if row["norm"] == "keras" else (
+                    res, int(row["G"]), row["norm"])
+                run.setdefault(row["size"], {}).setdefault(key, {})[int(row["round"])] = (
+                    float(row["seconds"]))
+        for size, by_key in run.items():
+            counts = {len(r) for r in by_key.values()}
+            if len(counts) != 1:
+                raise ValueError("--pool-rounds: %s times the %s models in unequal numbers "
+                                 "of rounds (%s)" % (path, size, sorted(counts)))
+        runs.append({size: {key: [r[i] for i in sorted(r)] for key, r in by_key.items()}
+                     for size, by_key in run.items()})
+    pooled = {}
+    for size in set.intersection(*(set(run) for run in runs)):
+        keys = set.intersection(*(set(run[size]) for run in runs))
+        pooled[size] = {key: [t for run in runs for t in run[size][key]] for key in keys}
+    return pooled
+
+
 def pipeline_images_per_second(dataset_name, split, size, batch, steps, mixup, cutmix):
     """Training input pipeline throughput (images/s, all cores): decode, random-resized
     crop, flip, resize to ``size`` and Mixup/CutMix, as ``data.train_dataset`` runs it."""
@@ -717,6 +777,10 @@ def main(argv=None):
                              "image_folder:../shared/data/imagenette2_224")
     parser.add_argument("--pipeline-split", default="train")
     parser.add_argument("--csv", default="benchmark.csv")
+    parser.add_argument("--pool-rounds", default="",
+                        help="only the model speed targets of earlier runs' "
+                             "<csv>_rounds.csv files (comma-separated), their rounds pooled "
+                             "(pooled_round_times); times nothing")
     args = parser.parse_args(argv)
     for flag in ("batch", "gradient_accumulation", "micro_batches_in_flight"):
         if getattr(args, flag) < 1:
@@ -734,6 +798,20 @@ def main(argv=None):
     for norm in norms:
         L.parse_norm(norm)
     group_sizes = parse_list(args.group_sizes, int)
+    if args.pool_rounds:
+        try:
+            pooled = pooled_round_times(parse_list(args.pool_rounds))
+        except ValueError as e:
+            parser.error(str(e))
+        for size, times in sorted(pooled.items()):
+            rounds = len(next(iter(times.values()))) if times else 0
+            print("%s: %d models, %d rounds pooled from %s" % (
+                size.upper(), len(times), rounds, args.pool_rounds))
+            for t in target_rows(size, sorted({key[0] for key in times}), times):
+                print("  %-52s %7.3f  CI [%.3f, %.3f]  IQR [%.3f, %.3f]  goal %-7s met: %s" % (
+                    t["target"], t["value"], t["ci_low"], t["ci_high"], t["q25"], t["q75"],
+                    t["goal"], t["met"]))
+        return 0
 
     print("TensorFlow %s, Keras %s, %d CPU threads" % (
         tf.__version__, getattr(keras, "__version__", "2"), os.cpu_count()))
@@ -820,6 +898,7 @@ def main(argv=None):
     keras.mixed_precision.set_global_policy(policy[args.precision])
     rows, targets = [], conv_target_rows(conv_rows)
     fixed_costs = []  # fixed_cost_rows of every size
+    rounds = []  # round_rows of every size
     header = ("size", "G", "E", "norm", "res", "batch", "train_img_s", "infer_img_s",
               "latency_ms", "macs_m", "train_gflops", "of_peak", "vs_keras_train",
               "vs_keras_infer")
@@ -855,6 +934,7 @@ def main(argv=None):
         results, train_times = bench_models(built, args.batch, args)
         targets += target_rows(size, resolutions, train_times)
         fixed_costs += [dict(r, size=size) for r in fixed_cost_rows(size, train_times)]
+        rounds += round_rows(size, train_times)
         for resolution in resolutions:
             baseline = results.get((resolution, "keras"), {})
             if baseline:
@@ -906,6 +986,14 @@ def main(argv=None):
         writer.writeheader()
         writer.writerows(targets)
     print("wrote %s" % targets_csv)
+    if rounds:
+        rounds_csv = os.path.splitext(args.csv)[0] + "_rounds.csv"
+        with open(rounds_csv, "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=ROUND_FIELDS)
+            writer.writeheader()
+            writer.writerows(rounds)
+        print("wrote %s (every round's training step times; --pool-rounds pools runs)"
+              % rounds_csv)
     if fixed_costs:
         print("\nPer-step fixed cost (fit per round of step time = F + a x pixels over the "
               "timed resolutions; medians with 95 % confidence intervals) and the "

@@ -38,6 +38,11 @@ def test_benchmark_writes_csv_and_plots_use_it(tmp_path):
         assert float(t["q25"]) <= float(t["value"]) <= float(t["q75"])
         assert float(t["ci_low"]) <= float(t["value"]) <= float(t["ci_high"])
         assert t["met"] in ("yes", "no", "within noise")
+    # Every timed round's step time, for pooling runs later (--pool-rounds).
+    rounds = list(csv.DictReader(open(str(tmp_path / "bench_rounds.csv"))))
+    assert [(r["size"], r["G"], r["norm"], r["res"], r["round"]) for r in rounds] == [
+        ("b0", "16", "gn", "32", "0")]
+    assert float(rounds[0]["seconds"]) > 0
     # The paper's G16-GN B0 point at 32 px training resolution, with this throughput.
     results = [r for r in csv.DictReader(open(os.path.join(REPO, "results", "accuracy.csv")))
                if r["source"] == "paper001_table2" and r["size"] == "b0" and r["G"] in ("1", "16")]
@@ -152,6 +157,49 @@ def test_fixed_cost_rows_fit_the_per_step_cost_that_does_not_shrink():
     bound = (0.050 + 30e-6 * 224 ** 2) / (0.050 + 30e-6 * 160 ** 2)
     assert row["bound"] == pytest.approx(bound) and bound < (224 / 160) ** 2
     assert row["bound_ci"] == pytest.approx((bound, bound))
+
+
+def _write_rounds(path, size, times):
+    with open(str(path), "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=benchmark.ROUND_FIELDS)
+        writer.writeheader()
+        writer.writerows(benchmark.round_rows(size, times))
+
+
+def test_pool_rounds_keeps_each_round_paired_across_runs(tmp_path, capsys):
+    # Run 1: half resolution 2.0x in both rounds; run 2 (a slower machine): 1.8x in all
+    # three. Pooled, the five paired ratios are 2, 2, 1.8, 1.8, 1.8: median 1.8. Pooling
+    # the two lists of times of each model separately would pair run 1's rounds with
+    # run 2's and give other ratios.
+    _write_rounds(tmp_path / "a_rounds.csv", "b0", {
+        (224, 16, "ln_pn"): [0.8, 0.9], (160, 16, "ln_pn"): [0.4, 0.45],
+        (224, "keras"): [2.0, 2.1]})           # keras only in run 1: left out
+    _write_rounds(tmp_path / "b_rounds.csv", "b0", {
+        (224, 16, "ln_pn"): [0.9, 1.8, 0.9], (160, 16, "ln_pn"): [0.5, 1.0, 0.5]})
+    paths = [str(tmp_path / "a_rounds.csv"), str(tmp_path / "b_rounds.csv")]
+    pooled = benchmark.pooled_round_times(paths)
+    assert pooled == {"b0": {(224, 16, "ln_pn"): [0.8, 0.9, 0.9, 1.8, 0.9],
+                             (160, 16, "ln_pn"): [0.4, 0.45, 0.5, 1.0, 0.5]}}
+    assert benchmark.main(["--pool-rounds=" + ",".join(paths)]) == 0
+    out = capsys.readouterr().out
+    assert "B0: 2 models, 5 rounds pooled" in out
+    line = [l for l in out.splitlines() if "half-res speed-up, G16-ln_pn" in l][0]
+    # Five rounds are too few for a 95 % interval of the median: it is their full range.
+    assert "1.800  CI [1.800, 2.000]" in line and "met: within noise" in line
+
+
+def test_pool_rounds_rejects_bad_files(tmp_path):
+    with pytest.raises(ValueError, match="no such file"):
+        benchmark.pooled_round_times([str(tmp_path / "missing.csv")])
+    (tmp_path / "bad.csv").write_text("size,G,norm,res,seconds\nb0,16,gn,224,0.5\n")
+    with pytest.raises(ValueError, match="lacks the column.*round"):
+        benchmark.pooled_round_times([str(tmp_path / "bad.csv")])
+    _write_rounds(tmp_path / "uneven.csv", "b0", {(224, 16, "gn"): [0.8, 0.9],
+                                                  (160, 16, "gn"): [0.4]})
+    with pytest.raises(ValueError, match="unequal numbers of rounds"):
+        benchmark.pooled_round_times([str(tmp_path / "uneven.csv")])
+    with pytest.raises(SystemExit):  # the CLI names the flag and exits with a usage error
+        benchmark.main(["--pool-rounds=" + str(tmp_path / "missing.csv")])
 
 
 def test_accuracy_csv_holds_paper_tables():
