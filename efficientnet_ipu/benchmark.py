@@ -804,9 +804,9 @@ def main(argv=None):
         except ValueError as e:
             parser.error(str(e))
         for size, times in sorted(pooled.items()):
-            rounds = len(next(iter(times.values()))) if times else 0
+            n_rounds = len(next(iter(times.values()))) if times else 0
             print("%s: %d models, %d rounds pooled from %s" % (
-                size.upper(), len(times), rounds, args.pool_rounds))
+                size.upper(), len(times), n_rounds, args.pool_rounds))
             for t in target_rows(size, sorted({key[0] for key in times}), times):
                 print("  %-52s %7.3f  CI [%.3f, %.3f]  IQR [%.3f, %.3f]  goal %-7s met: %s" % (
                     t["target"], t["value"], t["ci_low"], t["ci_high"], t["q25"], t["q75"],

@@ -167,10 +167,10 @@ def _write_rounds(path, size, times):
 
 
 def test_pool_rounds_keeps_each_round_paired_across_runs(tmp_path, capsys):
-    # Run 1: half resolution 2.0x in both rounds; run 2 (a slower machine): 1.8x in all
-    # three. Pooled, the five paired ratios are 2, 2, 1.8, 1.8, 1.8: median 1.8. Pooling
-    # the two lists of times of each model separately would pair run 1's rounds with
-    # run 2's and give other ratios.
+    # Run 1: half resolution 2.0x in both rounds; run 2 (a slower machine, and a round
+    # twice as slow again): 1.8x in all three. Pooled, the five paired ratios are 2, 2,
+    # 1.8, 1.8, 1.8: median 1.8. Reordering one model's times (sorting them, say) would
+    # pair rounds that were not timed together and change these ratios.
     _write_rounds(tmp_path / "a_rounds.csv", "b0", {
         (224, 16, "ln_pn"): [0.8, 0.9], (160, 16, "ln_pn"): [0.4, 0.45],
         (224, "keras"): [2.0, 2.1]})           # keras only in run 1: left out
