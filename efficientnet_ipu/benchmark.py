@@ -624,6 +624,15 @@ def fixed_cost_rows(size, train_times):
     return rows
 
 
+def print_targets(targets):
+    """Prints ``_target`` rows, one line each: the value, its 95 % CI, the single rounds'
+    IQR, the goal and whether it is met."""
+    for t in targets:
+        print("  %-52s %7.3f  CI [%.3f, %.3f]  IQR [%.3f, %.3f]  goal %-7s met: %s" % (
+            t["target"], t["value"], t["ci_low"], t["ci_high"], t["q25"], t["q75"],
+            t["goal"], t["met"]))
+
+
 ROUND_FIELDS = ("size", "G", "norm", "res", "round", "seconds")
 
 
@@ -807,10 +816,7 @@ def main(argv=None):
             n_rounds = len(next(iter(times.values()))) if times else 0
             print("%s: %d models, %d rounds pooled from %s" % (
                 size.upper(), len(times), n_rounds, args.pool_rounds))
-            for t in target_rows(size, sorted({key[0] for key in times}), times):
-                print("  %-52s %7.3f  CI [%.3f, %.3f]  IQR [%.3f, %.3f]  goal %-7s met: %s" % (
-                    t["target"], t["value"], t["ci_low"], t["ci_high"], t["q25"], t["q75"],
-                    t["goal"], t["met"]))
+            print_targets(target_rows(size, sorted({key[0] for key in times}), times))
         return 0
 
     print("TensorFlow %s, Keras %s, %d CPU threads" % (
@@ -975,10 +981,7 @@ def main(argv=None):
     print("\nTargets (median over rounds of the paired ratio, its 95 % confidence interval, "
           "and the interquartile range of single rounds; met when the whole interval meets "
           "the goal):")
-    for t in targets:
-        print("  %-52s %7.3f  CI [%.3f, %.3f]  IQR [%.3f, %.3f]  goal %-7s met: %s" % (
-            t["target"], t["value"], t["ci_low"], t["ci_high"], t["q25"], t["q75"],
-            t["goal"], t["met"]))
+    print_targets(targets)
     targets_csv = os.path.splitext(args.csv)[0] + "_targets.csv"
     with open(targets_csv, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=("target", "value", "q25", "q75", "ci_low",

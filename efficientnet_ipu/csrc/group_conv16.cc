@@ -965,7 +965,7 @@ class GroupConv16Base : public OpKernel {
                     const float* offset, const std::vector<float>& U, float* dst,
                     float* sum) const {
     const int tiles_h = (g.H + 1) / 2, tiles_w = (g.W + 1) / 2, tiles = tiles_h * tiles_w;
-    const int64_t image = static_cast<int64_t>(g.H) * g.W * g.C;
+    const int64_t image = g.InputImage();  // stride 1, SAME: the output's size too
     const bool five = g.k == 5;  // F(2x2, 5x5), else F(2x2, 3x3)
     const int positions = five ? 36 : 16;
     const auto input = five ? Winograd5Input : WinogradInput;
@@ -1075,7 +1075,7 @@ class GroupConv16Op : public GroupConv16Base {
     float* yd = y->flat<float>().data();
     const int64_t cost = static_cast<int64_t>(g.OH) * g.OW * g.k * g.k * kG * kG;
     const bool winograd = WinogradPassApplies(g);
-    const int R = winograd ? 0 : StackSize(g, static_cast<int64_t>(g.OH) * g.OW * g.C);
+    const int R = winograd ? 0 : StackSize(g, g.OutputImage());
     if (R > 0) {  // image-stacked blocks: one per output pixel, R images deep
       StackedPass(
           ctx, g, R, cost, xd, g.H, g.W, od, wp, yd, g.OH, g.OW,
@@ -1167,7 +1167,7 @@ class GroupConv16BackpropInputOp : public GroupConv16Base {
     const int64_t cost = static_cast<int64_t>(g.H) * g.W * g.k * g.k * kG * kG / (g.s * g.s);
     const BlockFn* blocks = Blocks(kG);
     const bool winograd = WinogradPassApplies(g);
-    const int R = winograd ? 0 : StackSize(g, static_cast<int64_t>(g.H) * g.W * g.C);
+    const int R = winograd ? 0 : StackSize(g, g.InputImage());
     if (R > 0) {  // image-stacked blocks, as in the forward: one per input pixel
       // The output row (column) a tap reaches from input row ih (column iw), or -1.
       auto out_index = [&](int i, int k, int pad, int size) {
