@@ -7,8 +7,8 @@ setup(
     description=("TensorFlow/Keras implementation of 'Making EfficientNet More Efficient' and "
                  "'Proxy-Normalizing Activations' for IPU, CPU, GPU and TPU"),
     packages=find_packages(include=["efficientnet_ipu", "efficientnet_ipu.*"]),
-    # The AVX2 group-convolution kernels' source, compiled on first use (layers/group_conv16).
-    package_data={"efficientnet_ipu": ["csrc/*.cc", "csrc/*.h"]},
+    # The CPU kernels' C++ sources, compiled on first use (efficientnet_ipu/kernels).
+    package_data={"efficientnet_ipu.kernels": ["csrc/*.cc", "csrc/*.h"]},
     python_requires=">=3.8",
     install_requires=[
         "tensorflow>=2.16,<3", "tensorboard", "tensorflow-datasets>=4.9", "importlib_resources",

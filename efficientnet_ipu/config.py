@@ -10,9 +10,8 @@ import numbers
 import ml_collections
 
 from efficientnet_ipu import models
+from efficientnet_ipu.kernels.settings import MODES as KERNEL_MODES
 from efficientnet_ipu.layers import NORMS
-from efficientnet_ipu.layers.conv import IMPLEMENTATIONS
-from efficientnet_ipu.layers.proxy_norm import IMPLEMENTATIONS as PROXY_IMPLEMENTATIONS
 
 STRATEGIES = ("auto", "default", "mirrored", "multi_worker", "tpu", "ipu")
 PRECISIONS = ("fp32", "fp16", "bf16")
@@ -27,12 +26,9 @@ def base_config():
     c.seed = 0
     c.model = dict(size="b0", group_size=16, expansion_ratio=0, norm="ln_pn", norm_groups=4,
                    dropout_rate=-1.0, drop_connect_rate=0.2, activation="swish",
-                   # GroupConv2D implementation (layers.conv.IMPLEMENTATIONS); "auto" uses
-                   # the AVX2 kernels for G16 on CPU where they build
-                   conv_implementation="auto",
-                   # how proxy-norm statistics are computed (layers.proxy_norm.IMPLEMENTATIONS);
-                   # "auto" uses the fused CPU op on CPU where it builds
-                   proxy_implementation="auto")
+                   # "auto": this project's CPU kernels where they apply; "tensorflow":
+                   # TensorFlow's ops only (efficientnet_ipu.kernels). Same function.
+                   kernels="auto")
     c.dataset = dict(name="imagenet2012", data_dir="", manual_dir="", train_split="train",
                      eval_split="validation", num_classes=0,
                      train_examples=0)  # > 0: train on only the first N examples
@@ -100,12 +96,8 @@ def validate(config):
         fail("model.norm", "one of %s" % list(NORMS), m.norm)
     if not _positive_int(m.group_size):
         fail("model.group_size", "a positive integer", m.group_size)
-    if m.conv_implementation not in IMPLEMENTATIONS:
-        fail("model.conv_implementation", "one of %s" % list(IMPLEMENTATIONS),
-             m.conv_implementation)
-    if m.proxy_implementation not in PROXY_IMPLEMENTATIONS:
-        fail("model.proxy_implementation", "one of %s" % list(PROXY_IMPLEMENTATIONS),
-             m.proxy_implementation)
+    if m.kernels not in KERNEL_MODES:
+        fail("model.kernels", "one of %s" % list(KERNEL_MODES), m.kernels)
     if m.expansion_ratio == 0:
         try:
             models.default_expansion_ratio(m.group_size)
@@ -148,5 +140,4 @@ def model_kwargs(config, num_classes):
                 norm_groups=m.norm_groups, num_classes=num_classes,
                 dropout_rate=None if m.dropout_rate < 0 else m.dropout_rate,
                 drop_connect_rate=m.drop_connect_rate, activation=m.activation,
-                conv_implementation=m.conv_implementation,
-                proxy_implementation=m.proxy_implementation)
+                kernels=m.kernels)

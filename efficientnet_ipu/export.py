@@ -7,17 +7,18 @@ evaluation) and normalization happen inside. Class names are written to
 ``assets/labels.txt`` (one per line, in class-index order). Written with Keras'
 ``ExportArchive`` (Keras 3 and tf-keras >= 2.13), whose SavedModels also load in TF1-style
 sessions (``saved_model_cli run``, TensorFlow Serving). The graph holds only TensorFlow's own
-ops: it is traced under ``kernels.portable_kernels()``, so layers that run on this project's
+ops: it is traced under ``kernels.tensorflow_only()``, so layers that run on this project's
 CPU kernels trace with TensorFlow ops instead: GroupConv2D as ``tf.nn.conv2d`` on the same
 kernel, ProxyNormActivation's statistics as their TensorFlow composition.
 """
+import inspect
 import os
 
 from tensorflow import keras
 import tensorflow as tf
 
 from efficientnet_ipu import data
-from efficientnet_ipu.layers import kernels
+from efficientnet_ipu import kernels
 
 
 def serving_fn(model, image_size):
@@ -52,13 +53,18 @@ def export_saved_model(model, root, version, image_size, class_names):
     if len(names) != num_classes:
         raise ValueError("class_names has %d names for %d classes" % (len(names), num_classes))
     path = os.path.join(root, str(int(version)))
-    with kernels.portable_kernels():
+    with kernels.tensorflow_only():
         archive = keras.export.ExportArchive()
         archive.track(model)
         archive.add_endpoint(
             "serving_default", serving_fn(model, image_size),
             input_signature=[tf.TensorSpec([None, None, None, 3], tf.uint8, name="images")])
-        archive.write_out(path)
+        # Keras 3 lists every endpoint's TensorSpecs when it writes; the main job prints
+        # one line with the path instead.
+        if "verbose" in inspect.signature(archive.write_out).parameters:
+            archive.write_out(path, verbose=False)
+        else:
+            archive.write_out(path)
     os.makedirs(os.path.join(path, "assets"), exist_ok=True)
     with open(os.path.join(path, "assets", "labels.txt"), "w") as f:
         f.write("\n".join(names) + "\n")

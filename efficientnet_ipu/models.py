@@ -6,10 +6,12 @@ FLOP-matched expansion ratios of Table 2, sec. 3.2 batch-independent normalizati
 proxy-normalized activations) and paper 002's (sec. 5, Appendix A.1).
 """
 import math
+import warnings
 
 from tensorflow import keras
 import numpy as np
 
+from efficientnet_ipu import kernels as kernels_lib  # ``kernels`` is also an argument
 from efficientnet_ipu import layers as L
 
 # size: (width coefficient, depth coefficient, native resolution, dropout rate).
@@ -101,8 +103,8 @@ def EfficientNet(size="b0", group_size=1, expansion_ratio=None, norm="bn", norm_
                  activation="swish", proxy_params=True, input_shape=(None, None, 3),
                  include_preprocessing=True, mean=(0.485, 0.456, 0.406),
                  std=(0.229, 0.224, 0.225), classifier_activation=None, name=None,
-                 fold_proxy_norm="auto", conv_implementation="auto",
-                 proxy_implementation="auto"):
+                 kernels="auto", fold_proxy_norm=None, conv_implementation=None,
+                 proxy_implementation=None):
     """Build an EfficientNet as a functional ``keras.Model``.
 
     Args:
@@ -121,17 +123,11 @@ def EfficientNet(size="b0", group_size=1, expansion_ratio=None, norm="bn", norm_
       include_preprocessing: inputs are pixels in [0, 255] and the model standardizes them
         with ``mean``/``std`` (in [0, 1] units), as keras.applications' EfficientNet.
       classifier_activation: None for logits (float32) or "softmax" for probabilities.
-      fold_proxy_norm: under GN/LN/IN + PN, fold the proxy means and scales into the
-        convolutions and norms around them (same function, faster on this project's
-        group-conv ops; see ``layers.MBConvBlock.call_proxy_folded``). False runs the plain
-        composition; "auto" (default) folds where the group convs run on the "avx2" ops.
-      conv_implementation: the blocks' ``GroupConv2D`` implementation, one of
-        ``layers.conv.IMPLEMENTATIONS`` ("auto": this project's AVX2 kernels for G16 on
-        CPU where they build, else TensorFlow's convolutions; "tensorflow": TensorFlow's
-        only). The same function and weights whichever is used.
-      proxy_implementation: how proxy-norm statistics are computed, one of
-        ``layers.proxy_norm.IMPLEMENTATIONS`` ("auto": this project's fused CPU op on CPU
-        where it builds, else TensorFlow ops; "fused"; "tensorflow"). Same function.
+      kernels: "auto" (default: this project's CPU kernels where they apply,
+        ``efficientnet_ipu.kernels``) or "tensorflow" (TensorFlow's ops only). The same
+        function and weights either way; only the speed differs.
+      fold_proxy_norm, conv_implementation, proxy_implementation: the former speed
+        options, deprecated (a warning says so); see ``layers.MBConvBlock``.
 
     Returns:
       keras.Model: [N, H, W, 3] float -> [N, num_classes] float32.
@@ -141,12 +137,18 @@ def EfficientNet(size="b0", group_size=1, expansion_ratio=None, norm="bn", norm_
     """
     check_size(size)
     L.parse_norm(norm)
-    if conv_implementation not in L.conv.IMPLEMENTATIONS:
-        raise ValueError("conv_implementation must be one of %s, got %r"
-                         % (L.conv.IMPLEMENTATIONS, conv_implementation))
-    if proxy_implementation not in L.proxy_norm.IMPLEMENTATIONS:
-        raise ValueError("proxy_implementation must be one of %s, got %r"
-                         % (L.proxy_norm.IMPLEMENTATIONS, proxy_implementation))
+    kernels_lib.check_mode(kernels, "kernels")
+    deprecated = dict(fold_proxy_norm=fold_proxy_norm, conv_implementation=conv_implementation,
+                      proxy_implementation=proxy_implementation)
+    deprecated = {key: value for key, value in deprecated.items() if value is not None}
+    if deprecated:
+        warnings.warn("EfficientNet(%s) is deprecated: use kernels='auto' or 'tensorflow'"
+                      % ", ".join(sorted(deprecated)), DeprecationWarning, stacklevel=2)
+    proxy_kernels = None
+    if proxy_implementation is not None:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            proxy_kernels = L.blocks.deprecated_proxy_implementation(proxy_implementation)
     if expansion_ratio is None:
         expansion_ratio = default_expansion_ratio(group_size)
     if not isinstance(num_classes, int) or num_classes < 1:
@@ -169,23 +171,23 @@ def EfficientNet(size="b0", group_size=1, expansion_ratio=None, norm="bn", norm_
                             use_bias=False, kernel_initializer=L.blocks.CONV_INITIALIZER,
                             name="stem_conv")(x)
     x = L.NormActivation(norm, norm_groups, activation, "normalize", proxy_params,
-                         prefix="stem_", name="stem_norm_act",
-                         proxy_implementation=proxy_implementation)(x)
+                         prefix="stem_", name="stem_norm_act", kernels=kernels,
+                         proxy_kernels=proxy_kernels)(x)
     blocks = block_args(size, expansion_ratio)
     for index, (block_name, args) in enumerate(blocks):
-        x = L.MBConvBlock(group_size=group_size, norm=norm, norm_groups=norm_groups,
-                          activation=activation, proxy_params=proxy_params,
-                          fold_proxy_norm=fold_proxy_norm,
-                          conv_implementation=conv_implementation,
-                          proxy_implementation=proxy_implementation,
-                          drop_rate=drop_connect_rate * index / len(blocks),
-                          name=block_name, **args)(x)
+        with warnings.catch_warnings():  # warned above, once
+            warnings.simplefilter("ignore", DeprecationWarning)
+            block = L.MBConvBlock(group_size=group_size, norm=norm, norm_groups=norm_groups,
+                                  activation=activation, proxy_params=proxy_params,
+                                  kernels=kernels, drop_rate=drop_connect_rate * index / len(blocks),
+                                  name=block_name, **dict(args, **deprecated))
+        x = block(x)
     x = L.PointwiseConv2D(round_filters(1280, width), use_bias=False,
                           kernel_initializer=L.blocks.CONV_INITIALIZER, name="top_conv")(x)
     # Before global pooling PN subtracts the proxy mean but drops the scale.
     x = L.NormActivation(norm, norm_groups, activation, "center", proxy_params,
-                         prefix="top_", name="top_norm_act",
-                         proxy_implementation=proxy_implementation)(x)
+                         prefix="top_", name="top_norm_act", kernels=kernels,
+                         proxy_kernels=proxy_kernels)(x)
     x = keras.layers.GlobalAveragePooling2D(name="avg_pool")(x)
     if dropout_rate > 0:
         x = keras.layers.Dropout(dropout_rate, name="top_dropout")(x)

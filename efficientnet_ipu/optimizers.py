@@ -129,8 +129,8 @@ def sum_over_micro_batches(micro_batch, count, in_flight, zeros):
     Up to ``in_flight`` micro-batches run at the same time (the loop's
     ``parallel_iterations``): one micro-batch's forward and backward pass is a chain of
     many small ops that leaves CPU cores idle part of the time, and a second one in flight
-    fills them (B0-G16 on 2 cores: 1.10-1.18x the images/s of one in flight, README
-    "Measured here", session 10). Each micro-batch in flight holds its own activations.
+    fills them (``python -m efficientnet_ipu.benchmark --gradient-accumulation=4
+    --compare-in-flight`` measures it). Each micro-batch in flight holds its own activations.
 
     Raises: ValueError if ``count`` or ``in_flight`` is not an integer >= 1.
     """

@@ -11,7 +11,8 @@ import pytest
 import tensorflow as tf
 
 from efficientnet_ipu import layers as L
-from efficientnet_ipu.layers import depthwise_conv, kernels
+from efficientnet_ipu import kernels
+from efficientnet_ipu.kernels import conv_ops
 
 needs_kernels = pytest.mark.skipif(
     not kernels.available(),
@@ -60,7 +61,7 @@ SHAPES = [(2, 9, 11, 16), (3, 7, 5, 12), (1, 16, 16, 3), (2, 14, 15, 40), (1, 2,
 @pytest.mark.parametrize("k", [1, 2, 3, 5, 7])
 def test_gradient_ops_equal_the_direct_computation(shape, k):
     rng = np.random.default_rng(sum(shape) * 7 + k)
-    library = kernels.load()
+    library = kernels.library.load()
     for stride in (1, 2, 3):
         for padding in ("SAME", "VALID"):
             x = rng.normal(size=shape).astype(np.float32)
@@ -83,7 +84,7 @@ def test_gradient_ops_equal_the_direct_computation(shape, k):
 
 @needs_kernels
 def test_gradient_ops_reject_shapes_they_do_not_compute():
-    library = kernels.load()
+    library = kernels.library.load()
     with pytest.raises(tf.errors.InvalidArgumentError, match="out_backprop must be"):
         library.efficientnet_ipu_depthwise_conv_backprop_filter(
             tf.zeros([1, 8, 8, 16]), tf.zeros([1, 4, 4, 16]), kernel_size=3, stride=1,
@@ -97,7 +98,7 @@ def test_gradient_ops_reject_shapes_they_do_not_compute():
             np.array([1, 8, 8, 16], np.int32), tf.zeros([3, 3, 8, 1]), tf.zeros([1, 8, 8, 16]),
             stride=1, padding="SAME")
     with pytest.raises(ValueError, match="kernels up to 7x7"):
-        depthwise_conv.depthwise_conv2d(tf.zeros([1, 9, 9, 8]), tf.zeros([9, 9, 8, 1]), 1,
+        conv_ops.depthwise_conv2d(tf.zeros([1, 9, 9, 8]), tf.zeros([9, 9, 8, 1]), 1,
                                         "SAME")
 
 
@@ -112,7 +113,7 @@ ROUTED = [(14, 3, 2, 0), (21, 5, 2, 0), (10, 5, 0, 2), (13, 5, 0, 2), (6, 3, 0, 
 
 
 def test_route_takes_the_faster_code_only_where_both_compute_the_pass():
-    route = depthwise_conv.route
+    route = kernels.dispatch.depthwise_route
     assert route(10, 5, 1, "SAME") == (False, True)  # 4 of 10 px are row ends: oneDNN
     assert route(14, 5, 1, "SAME") == (False, True)
     assert route(28, 5, 1, "SAME") == (True, False)  # 4 of 28 px: ours
@@ -140,7 +141,7 @@ def test_routed_passes_equal_the_direct_computation(width, k, ours, onednn):
     def passes(x, kernel):
         with tf.GradientTape() as tape:
             tape.watch([x, kernel])
-            y = depthwise_conv.depthwise_conv2d(x, kernel, 1, "SAME")
+            y = conv_ops.depthwise_conv2d(x, kernel, 1, "SAME")
         return [y] + tape.gradient(y, [x, kernel], output_gradients=dy)
     graph = passes.get_concrete_function(tf.constant(x), tf.constant(kernel)).graph
     types = [op.type for op in graph.get_operations()]
@@ -191,21 +192,23 @@ def test_group_conv2d_g1_avx2_equals_tensorflow_in_a_tf_function(k, strides):
 
 def test_auto_chooses_the_kernels_for_float32_depthwise_up_to_7x7():
     cpu_only = all(d.device_type == "CPU" for d in tf.config.list_physical_devices())
-    choose = L.conv.choose_implementation
+    def choose(groups, group_size, filters_per_group, dtype, kernel_size):
+        return kernels.dispatch.group_conv_variant(groups, group_size, filters_per_group,
+                                                   dtype, kernel_size, "auto")
     if cpu_only and kernels.available():
-        assert choose(96, 1, 1, "float32", kernel_size=5) == "avx2"
+        assert choose(96, 1, 1, "float32", kernel_size=5) == "ours"
         layer = L.GroupConv2D(24, 3, group_size=1)
         layer(tf.zeros([1, 6, 6, 24]))
-        assert layer.depthwise and layer.resolved_implementation == "avx2"
-    assert choose(96, 1, 1, "float32", kernel_size=9) != "avx2"  # larger than the blocks
-    assert choose(96, 1, 1, "float16", kernel_size=3) != "avx2"  # mixed precision
-    assert choose(48, 1, 2, "float32", kernel_size=3) != "avx2"  # channel multiplier 2
+        assert layer.depthwise and layer.kernel_variant == "ours"
+    assert choose(96, 1, 1, "float32", kernel_size=9) != "ours"  # larger than the blocks
+    assert choose(96, 1, 1, "float16", kernel_size=3) != "ours"  # mixed precision
+    assert choose(48, 1, 2, "float32", kernel_size=3) != "ours"  # channel multiplier 2
     with pytest.raises(ValueError, match="kernel_size <= 7"):
         L.GroupConv2D(24, 9, group_size=1, implementation="avx2")(tf.zeros([1, 9, 9, 24]))
 
 
 @needs_kernels
-@pytest.mark.skipif("avx512f" not in kernels.cpu_flags(),
+@pytest.mark.skipif("avx512f" not in kernels.library.cpu_flags(),
                     reason="this CPU has no AVX-512F: the AVX2 loops are the ones the other "
                            "tests ran")
 def test_avx2_loops_also_equal_the_direct_computation_on_an_avx512_cpu():
@@ -234,8 +237,8 @@ def test_b0_g1_training_gradients_equal_with_tensorflows_depthwise_gradients():
     theirs = models.EfficientNet("b0", group_size=1, norm="bn", num_classes=10,
                                  conv_implementation="tensorflow", **no_dropout)
     theirs.set_weights(ours.get_weights())
-    assert {layer.resolved_implementation for layer in models.iter_layers(ours)
-            if isinstance(layer, L.GroupConv2D)} == {"avx2"}
+    assert {layer.kernel_variant for layer in models.iter_layers(ours)
+            if isinstance(layer, L.GroupConv2D)} == {"ours"}
     rng = np.random.default_rng(5)
     images = tf.constant(rng.uniform(0, 255, (4, 48, 48, 3)).astype(np.float32))
     labels = tf.constant([1, 3, 5, 7])

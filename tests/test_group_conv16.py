@@ -11,7 +11,8 @@ from tensorflow import keras
 from conftest import reference_group_conv
 from efficientnet_ipu import export, models
 from efficientnet_ipu import layers as L
-from efficientnet_ipu.layers import group_conv16, kernels
+from efficientnet_ipu import kernels
+from efficientnet_ipu.kernels import conv_ops
 
 needs_kernels = pytest.mark.skipif(
     not kernels.available(),
@@ -67,7 +68,7 @@ def test_kernels_equal_tensorflow_convolution_and_its_gradients(shape, k, stride
     in_scale = tf.constant(rng.uniform(-2.0, 2.0, size=shape[-1]).astype(np.float32))
     with tf.GradientTape(persistent=True) as tape:
         tape.watch([x, kernel, offset, in_scale])
-        ours = group_conv16.group_conv16(x, kernel, stride, padding, offset, in_scale)
+        ours = conv_ops.group_conv16(x, kernel, stride, padding, offset, in_scale)
         ref = reference_group_conv((x + offset) * in_scale, kernel, stride, shape[-1] // 16,
                                    padding)
         weights = tf.constant(rng.normal(size=ref.shape).astype(np.float32))
@@ -86,9 +87,9 @@ def test_kernels_equal_tensorflow_convolution_and_its_gradients(shape, k, stride
 def test_kernels_reject_shapes_they_do_not_compute():
     x = tf.zeros([1, 8, 8, 24])
     with pytest.raises(tf.errors.InvalidArgumentError, match="multiple of 16"):
-        group_conv16.group_conv16(x, tf.zeros([3, 3, 16, 24]), 1, "SAME")
+        conv_ops.group_conv16(x, tf.zeros([3, 3, 16, 24]), 1, "SAME")
     with pytest.raises(tf.errors.InvalidArgumentError, match=r"\[k, k, 16, C\]"):
-        group_conv16.group_conv16(tf.zeros([1, 8, 8, 32]), tf.zeros([3, 3, 8, 32]), 1, "SAME")
+        conv_ops.group_conv16(tf.zeros([1, 8, 8, 32]), tf.zeros([3, 3, 8, 32]), 1, "SAME")
 
 
 @needs_kernels
@@ -117,7 +118,7 @@ def test_group_conv2d_avx2_equals_split_in_a_tf_function(strides, with_scale):
     graph = grads.get_concrete_function(avx2).graph
     assert any(op.type == "EfficientnetIpuGroupConv16" for op in graph.get_operations())
     # The scale goes into the ops as they pack the kernel: no kernel-sized op of its own
-    # (a Mul with its gradient's Mul and Sum, and Transposes, before session 11).
+    # (a Mul with its gradient's Mul and Sum, and Transposes,).
     kernel_sized = [op.type for op in graph.get_operations()
                     if op.type in ("Mul", "Transpose", "Sum")
                     and op.inputs[0].shape.as_list()[:3] == [3, 3, 16]]  # [3, 3, 16, ...]
@@ -126,28 +127,36 @@ def test_group_conv2d_avx2_equals_split_in_a_tf_function(strides, with_scale):
         np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-4, atol=1e-4)
 
 
-def test_avx2_implementation_rejects_layers_it_does_not_compute():
+def test_forcing_our_ops_rejects_layers_they_do_not_compute():
+    def build(*args, dtype=None, **kwargs):
+        layer = L.GroupConv2D(*args, dtype=dtype, **kwargs)
+        layer.variant = "ours"
+        return layer
     with pytest.raises(ValueError, match="group_size 16"):
-        L.GroupConv2D(48, 3, group_size=8, implementation="avx2")(tf.zeros([1, 4, 4, 48]))
-    with pytest.raises(ValueError, match="16 filters per group"):
-        L.GroupConv2D(64, 3, group_size=16, implementation="avx2")(tf.zeros([1, 4, 4, 32]))
-    with pytest.raises(ValueError, match="float32 compute"):
-        L.GroupConv2D(32, 3, group_size=16, implementation="avx2",
-                      dtype="mixed_float16")(tf.zeros([1, 4, 4, 32], tf.float16))
+        build(48, 3, group_size=8)(tf.zeros([1, 4, 4, 48]))
+    with pytest.raises(ValueError, match="2 filters per group"):
+        build(64, 3, group_size=16)(tf.zeros([1, 4, 4, 32]))
+    with pytest.raises(ValueError, match="float16"):
+        build(32, 3, group_size=16, dtype="mixed_float16")(tf.zeros([1, 4, 4, 32], tf.float16))
 
 
-def test_auto_chooses_avx2_only_where_it_applies(monkeypatch):
+def test_auto_chooses_our_ops_only_where_they_apply(monkeypatch):
     cpu_only = all(d.device_type == "CPU" for d in tf.config.list_physical_devices())
-    choose = L.conv.choose_implementation
-    flags = kernels.cpu_flags()
-    monkeypatch.setattr(kernels, "cpu_flags", lambda: flags - {"avx512f"})  # AVX2-only rule
-    expected = "avx2" if cpu_only and kernels.available() else None
-    if expected:
-        assert choose(15, 16, 16, "float32") == "avx2"
-        assert choose(48, 16, 16, "float32") == "avx2"
-    assert choose(15, 16, 16, "float16") != "avx2"     # mixed precision
-    assert choose(15, 16, 32, "float32") != "avx2"     # channel multiplier 2
-    assert choose(6, 8, 8, "float32") != "avx2"
+
+    def choose(groups, group_size, filters_per_group, dtype, mode="auto"):
+        return kernels.dispatch.group_conv_variant(groups, group_size, filters_per_group,
+                                                   dtype, 3, mode)
+    flags = kernels.library.cpu_flags()
+    monkeypatch.setattr(kernels.library, "cpu_flags", lambda: flags - {"avx512f"})
+    if cpu_only and kernels.available():
+        assert choose(15, 16, 16, "float32") == "ours"
+        assert choose(48, 16, 16, "float32") == "ours"
+    assert choose(15, 16, 16, "float32", "tensorflow") in ("split", "grouped")
+    assert choose(15, 16, 16, "float16") != "ours"     # mixed precision
+    assert choose(15, 16, 2, "float32") != "ours"      # channel multiplier 2
+    assert choose(6, 8, 8, "float32") != "ours"
+    with kernels.tensorflow_only():
+        assert choose(15, 16, 16, "float32") == "reference"
     # Without a compiler 'auto' keeps TensorFlow's convolutions (with a warning).
     monkeypatch.setenv("CXX", "/nonexistent/c++")
     assert not kernels.available()
@@ -155,11 +164,13 @@ def test_auto_chooses_avx2_only_where_it_applies(monkeypatch):
 
 
 @needs_kernels
-def test_missing_compiler_is_a_clear_error_for_explicit_avx2(monkeypatch, tmp_path):
-    monkeypatch.setattr(kernels, "_library", None)
+def test_missing_compiler_is_a_clear_error_for_forced_ops(monkeypatch, tmp_path):
+    monkeypatch.setattr(kernels.library, "_library", None)
     monkeypatch.setenv("CXX", "/nonexistent/c++")
+    layer = L.GroupConv2D(32, 3, group_size=16)
+    layer.variant = "ours"
     with pytest.raises(RuntimeError, match="g\\+\\+"):
-        L.GroupConv2D(32, 3, group_size=16, implementation="avx2")(tf.zeros([1, 4, 4, 32]))
+        layer(tf.zeros([1, 4, 4, 32]))
 
 
 @needs_kernels
@@ -169,7 +180,7 @@ def test_export_traces_tensorflow_ops_and_serves_the_same_function(tmp_path):
     x = L.GroupConv2D(32, 3, group_size=16, implementation="avx2")(x)
     outputs = keras.layers.Dense(5)(keras.layers.GlobalAveragePooling2D()(x))
     model = keras.Model(inputs, outputs)
-    assert model.layers[2].resolved_implementation == "avx2"
+    assert model.layers[2].kernel_variant == "ours"
     path = export.export_saved_model(model, str(tmp_path), 1, 16, [])
     with open(os.path.join(path, "saved_model.pb"), "rb") as f:
         graph = f.read()
@@ -181,33 +192,53 @@ def test_export_traces_tensorflow_ops_and_serves_the_same_function(tmp_path):
     expected = tf.nn.softmax(model(pixels, training=False))
     np.testing.assert_allclose(served["probabilities"].numpy(), expected.numpy(), atol=1e-5)
     # The layer still runs on the kernels after the export.
-    assert not kernels.portable()
+    assert not kernels.settings.forced_tensorflow()
 
 
-def test_model_builder_selects_the_conv_implementation_same_function(monkeypatch):
-    flags = kernels.cpu_flags()
-    monkeypatch.setattr(kernels, "cpu_flags", lambda: flags - {"avx512f"})  # AVX2-only rule
+@pytest.mark.parametrize("deprecated", [dict(conv_implementation="tensorflow"),
+                                        dict(proxy_implementation="tensorflow"),
+                                        dict(fold_proxy_norm=False),
+                                        dict(conv_implementation="auto",
+                                             proxy_implementation="fused",
+                                             fold_proxy_norm="auto")])
+def test_kernels_option_and_deprecated_names_build_the_same_model(deprecated):
+    """``kernels`` "auto" and "tensorflow" and the deprecated speed options build models
+    with the same weights (same seed) and the same outputs; the deprecated names warn, and
+    bad values of either are errors naming the field."""
+    with pytest.raises(ValueError, match="kernels must be one of"):
+        models.EfficientNet("b0", kernels="fast")
     with pytest.raises(ValueError, match="conv_implementation must be one of"):
         models.EfficientNet("b0", group_size=16, conv_implementation="fast")
-    portable = models.EfficientNet("b0", group_size=16, norm="gn", num_classes=10,
-                                   conv_implementation="tensorflow")
-    auto = models.EfficientNet("b0", group_size=16, norm="gn", num_classes=10)
-    auto.set_weights(portable.get_weights())
+    kwargs = dict(size="b0", group_size=16, norm="ln_pn", num_classes=10, dropout_rate=0.0,
+                  drop_connect_rate=0.0)
+    keras.utils.set_random_seed(5)
+    auto = models.EfficientNet(**kwargs)
+    keras.utils.set_random_seed(5)
+    portable = models.EfficientNet(kernels="tensorflow", **kwargs)
+    keras.utils.set_random_seed(5)
+    with pytest.warns(DeprecationWarning, match="deprecated"):
+        old = models.EfficientNet(**kwargs, **deprecated)
+    assert len(auto.get_weights()) == len(portable.get_weights()) == len(old.get_weights())
+    for a, b, c in zip(auto.get_weights(), portable.get_weights(), old.get_weights()):
+        np.testing.assert_array_equal(a, b)
+        np.testing.assert_array_equal(a, c)
 
-    def implementations(model):
-        return {layer.resolved_implementation for layer in models.iter_layers(model)
+    def variants(model):
+        return {layer.kernel_variant for layer in models.iter_layers(model)
                 if isinstance(layer, L.GroupConv2D)}
-    assert implementations(portable) <= {"split", "grouped"}
+    assert variants(portable) <= {"split", "grouped"}
     cpu_only = all(d.device_type == "CPU" for d in tf.config.list_physical_devices())
     if cpu_only and kernels.available():
-        assert implementations(auto) == {"avx2"}  # every B0-G16 group conv has 16 per group
+        assert variants(auto) == {"ours"}  # every B0-G16 group conv has 16 per group
     x = tf.constant(np.random.default_rng(4).uniform(0, 255, (2, 64, 64, 3)), tf.float32)
-    np.testing.assert_allclose(auto(x, training=False).numpy(),
-                               portable(x, training=False).numpy(), rtol=1e-3, atol=1e-3)
+    expected = auto(x, training=True).numpy()
+    for model in (portable, old):
+        np.testing.assert_allclose(model(x, training=True).numpy(), expected, rtol=1e-3,
+                                   atol=1e-3)
 
 
 @needs_kernels
-@pytest.mark.skipif("avx512f" not in kernels.cpu_flags(),
+@pytest.mark.skipif("avx512f" not in kernels.library.cpu_flags(),
                     reason="this CPU has no AVX-512F: the AVX2 blocks are the ones the other "
                            "tests ran")
 @pytest.mark.parametrize("variable", ["EFFICIENTNET_IPU_AVX2_ONLY=1",

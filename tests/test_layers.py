@@ -10,6 +10,7 @@ import tensorflow as tf
 from tensorflow import keras
 
 from conftest import reference_group_conv
+from efficientnet_ipu import kernels
 from efficientnet_ipu import layers as L
 
 
@@ -352,7 +353,7 @@ def test_channel_moments_gradient_equals_autodiff(portable):
     with tf.GradientTape(persistent=True) as tape:
         tape.watch(x)
         if portable:
-            with L.kernels.portable_kernels():
+            with kernels.tensorflow_only():
                 mean, variance = L.norm.channel_moments(x)
         else:
             mean, variance = L.norm.channel_moments(x)
@@ -380,7 +381,7 @@ def test_channel_moments_through_gradient_equals_autodiff(portable):
     def gradients():
         with tf.GradientTape(persistent=True) as tape:
             tape.watch(x)
-            with L.kernels.portable_kernels() if portable else contextlib.nullcontext():
+            with kernels.tensorflow_only() if portable else contextlib.nullcontext():
                 mean, variance, through = L.norm.channel_moments_through(x)
             ours = (tf.reduce_sum(mean * dmean + variance * dvariance)
                     + tf.reduce_sum(tf.sin(through) * dx))
@@ -391,7 +392,7 @@ def test_channel_moments_through_gradient_equals_autodiff(portable):
     through, ours, ref = gradients()
     np.testing.assert_array_equal(through.numpy(), x.numpy())
     np.testing.assert_allclose(ours.numpy(), ref.numpy(), rtol=1e-5, atol=1e-5)
-    if not portable and L.norm.kernels_apply():
+    if not portable and kernels.dispatch.statistics_ops_apply("auto"):
         ops = gradients.get_concrete_function().graph.get_operations()
         grads = [op for op in ops if op.type == "EfficientnetIpuChannelMomentsGrad"]
         assert [op.get_attr("num_addend") for op in grads] == [1]
@@ -438,15 +439,16 @@ def test_group_conv_input_scale_equals_scaling_the_input(group_size, channels, f
 @pytest.mark.parametrize("expand_ratio,group_size,strides", [(4, 16, 1), (1, 16, 1), (6, 1, 2)])
 def test_mbconv_proxy_folding_equals_separate_layers(norm, expand_ratio, group_size, strides):
     """Under GN/LN/IN + PN the block folds the proxy means and scales into the convolutions
-    and norms around them (MBConvBlock.call_proxy_folded). Forward and gradients must equal
+    and norms around them (layers/proxy_norm_folded.py). Forward and gradients must equal
     the plain composition: norm, then ProxyNormActivation, as separate layers."""
     rng = np.random.default_rng(23)
     filters_in = 32 if expand_ratio == 1 else 24
     block = L.MBConvBlock(filters_in, 24 if strides == 1 else 40, 3, strides, expand_ratio,
-                          group_size, norm=norm, fold_proxy_norm=True, name="block2a")
+                          group_size, norm=norm, name="block2a")
+    block.fold = True  # the folded form whatever the group conv runs on
     x = tf.constant(rng.normal(size=(3, 10, 10, filters_in)).astype(np.float32))
     block(x)
-    assert block.fold_proxy_norm
+    assert block.folds_proxy_norm()
     for var in block.trainable_variables:  # move every weight away from its initial value
         var.assign(var + rng.normal(0.0, 0.3, var.shape).astype(np.float32))
 
@@ -482,7 +484,7 @@ def test_batch_norm_fused_kernel_equals_keras(center, scale, portable):
     keras.layers.BatchNormalization's either way."""
     import contextlib
     from tensorflow import keras
-    context = L.kernels.portable_kernels if portable else contextlib.nullcontext
+    context = kernels.tensorflow_only if portable else contextlib.nullcontext
     rng = np.random.default_rng(24)
     x = tf.constant(rng.normal(1.5, 2.0, size=(4, 6, 5, 8)).astype(np.float32))
     ours = L.norm.BatchNormalization(momentum=0.9, epsilon=1e-3, center=center, scale=scale)
@@ -494,7 +496,7 @@ def test_batch_norm_fused_kernel_equals_keras(center, scale, portable):
                for w in ref.get_weights()]
     ref.set_weights(weights)
     ours.set_weights(weights)
-    if not portable and ours.fusable(x) and L.norm.fused_applies(x, "linear"):
+    if not portable and ours.fusable(x) and kernels.norm_ops_apply(x, "linear"):
         with context():
             graph = tf.function(lambda t: ours(t, training=True)).get_concrete_function(
                 x).graph
@@ -526,24 +528,24 @@ def test_auto_implementation_choice_and_equality(channels, group_size, expected,
     """'auto' picks, on a CPU-only machine, the AVX2 kernels for 16-channel groups where
     they can be built; otherwise, without AVX-512, split for few, large groups and grouped
     for the rest, and with AVX-512 grouped (the faster ones on each, see
-    conv.choose_implementation); the function is the same. The CPU's flags are faked both
+    kernels.dispatch.group_conv_variant); the function is the same. The CPU's flags are faked both
     ways."""
-    flags = set(L.kernels.cpu_flags()) - {"avx512f"}
-    monkeypatch.setattr(L.kernels, "cpu_flags",
+    flags = set(kernels.library.cpu_flags()) - {"avx512f"}
+    monkeypatch.setattr(kernels.library, "cpu_flags",
                         lambda: frozenset(flags | ({"avx512f"} if avx512 else set())))
     if any(d.device_type != "CPU" for d in tf.config.list_physical_devices()):
         expected = "grouped"
-    elif group_size == 16 and L.kernels.available():
-        expected = "avx2"
+    elif group_size == 16 and kernels.available():
+        expected = "ours"
     elif avx512:
         expected = "grouped"
     x = tf.constant(np.random.default_rng(25).normal(size=(2, 8, 8, channels)).astype(np.float32))
     auto = L.GroupConv2D(channels, 3, group_size=group_size)
-    other = L.GroupConv2D(channels, 3, group_size=group_size,
-                          implementation="split" if expected == "grouped" else "grouped")
+    other = L.GroupConv2D(channels, 3, group_size=group_size)
+    other.variant = "split" if expected == "grouped" else "grouped"
     auto(x)
     other(x)
-    assert auto.resolved_implementation == expected
+    assert auto.kernel_variant == expected
     other.set_weights(auto.get_weights())
     np.testing.assert_allclose(auto(x).numpy(), other(x).numpy(), rtol=1e-4, atol=1e-4)
 
@@ -555,12 +557,12 @@ def test_auto_implementation_keeps_grouped_under_an_ipu_strategy(monkeypatch):
         pass
     monkeypatch.setattr(tf.distribute, "has_strategy", lambda: True)
     monkeypatch.setattr(tf.distribute, "get_strategy", lambda: IPUStrategyV1())
-    assert L.conv.choose_implementation(groups=2, group_size=16) == "grouped"
+    assert kernels.dispatch.group_conv_variant(2, 16, 16, "float32", 3, "auto") == "grouped"
     monkeypatch.undo()
     if all(d.device_type == "CPU" for d in tf.config.list_physical_devices()):
-        flags = L.kernels.cpu_flags() - {"avx512f"}  # the rule for CPUs without AVX-512
-        monkeypatch.setattr(L.kernels, "cpu_flags", lambda: flags)
-        assert L.conv.choose_implementation(groups=2, group_size=16) == "split"
+        flags = kernels.library.cpu_flags() - {"avx512f"}  # the rule for CPUs without AVX-512
+        monkeypatch.setattr(kernels.library, "cpu_flags", lambda: flags)
+        assert kernels.dispatch.tensorflow_conv_variant(groups=2, group_size=16) == "split"
 
 
 @pytest.mark.parametrize("height,use_bias", [(7, False), (20, True), (40, False)])
@@ -568,7 +570,7 @@ def test_pointwise_conv_equals_keras_conv2d_both_paths(height, use_bias):
     # 7x7 and 20x20 run as one matmul (<= MATMUL_MAX_PIXELS = 784), 40x40 as the conv.
     x = tf.constant(np.random.default_rng(height).normal(size=(3, height, height, 24)),
                     tf.float32)
-    ours = L.PointwiseConv2D(40, matmul_max_pixels=L.conv.MATMUL_MAX_PIXELS,
+    ours = L.PointwiseConv2D(40, matmul_max_pixels=kernels.dispatch.MATMUL_MAX_PIXELS,
                              use_bias=use_bias, bias_initializer="random_normal")
     ref = keras.layers.Conv2D(40, 1, use_bias=use_bias)
     ours(x), ref(x)
@@ -590,10 +592,10 @@ def test_pointwise_conv_equals_keras_conv2d_both_paths(height, use_bias):
         np.testing.assert_allclose(g, g_ref, rtol=1e-4, atol=1e-4)
     graph = run.get_concrete_function(ours, x).graph
     types = {op.type for op in graph.get_operations()}
-    assert ("MatMul" in types) == (height * height <= L.conv.MATMUL_MAX_PIXELS)
-    assert ("Conv2D" in types) == (height * height > L.conv.MATMUL_MAX_PIXELS)
+    assert ("MatMul" in types) == (height * height <= kernels.dispatch.MATMUL_MAX_PIXELS)
+    assert ("Conv2D" in types) == (height * height > kernels.dispatch.MATMUL_MAX_PIXELS)
     # The matmul reads the kernel through a reshape: a slice's gradient would be a
-    # StridedSliceGrad op per layer per step, at every resolution (issue #4, session 9).
+    # StridedSliceGrad op per layer per step, at every resolution.
     assert "StridedSlice" not in types
 
 
@@ -605,16 +607,16 @@ def test_pointwise_conv_auto_threshold_follows_the_cpu(monkeypatch):
         layer = L.PointwiseConv2D(4, use_bias=False)
         return {op.type for op in tf.function(layer).get_concrete_function(x).graph
                 .get_operations()}
-    monkeypatch.setattr(L.kernels, "cpu_only", lambda: True)
+    monkeypatch.setattr(kernels.library, "cpu_only", lambda: True)
     for flags, matmul in (({"avx2", "fma", "avx512f"}, True), ({"avx2", "fma"}, False)):
-        monkeypatch.setattr(L.kernels, "cpu_flags", lambda flags=flags: frozenset(flags))
-        assert L.conv.auto_matmul_max_pixels() == (
-            sys.maxsize if matmul else L.conv.MATMUL_MAX_PIXELS)
+        monkeypatch.setattr(kernels.library, "cpu_flags", lambda flags=flags: frozenset(flags))
+        assert kernels.matmul_max_pixels() == (
+            sys.maxsize if matmul else kernels.dispatch.MATMUL_MAX_PIXELS)
         types = op_types()
         assert ("MatMul" in types, "Conv2D" in types) == (matmul, not matmul)
-    monkeypatch.setattr(L.kernels, "cpu_flags", lambda: frozenset({"avx512f"}))
-    monkeypatch.setattr(L.kernels, "cpu_only", lambda: False)  # e.g. an IPU or a GPU
-    assert L.conv.auto_matmul_max_pixels() == L.conv.MATMUL_MAX_PIXELS
+    monkeypatch.setattr(kernels.library, "cpu_flags", lambda: frozenset({"avx512f"}))
+    monkeypatch.setattr(kernels.library, "cpu_only", lambda: False)  # e.g. an IPU or a GPU
+    assert kernels.matmul_max_pixels() == kernels.dispatch.MATMUL_MAX_PIXELS
 
 
 def test_pointwise_conv_config_round_trip_and_bad_arguments():
@@ -631,20 +633,24 @@ def test_pointwise_conv_config_round_trip_and_bad_arguments():
             L.PointwiseConv2D(8, **kwargs)
 
 
-@pytest.mark.parametrize("implementation", ["grouped", "split", "avx2"])
-def test_mbconv_folds_proxy_norm_by_default_only_on_our_group_conv_ops(implementation):
-    """fold_proxy_norm="auto" folds where the group conv takes the proxy mean and scale
-    itself (the "avx2" ops); on TensorFlow's convolutions the plain composition measured
-    faster (issue #4, session 11). True and False are obeyed either way."""
-    if implementation == "avx2" and not L.kernels.available():
+@pytest.mark.parametrize("variant", ["grouped", "split", "ours"])
+def test_mbconv_folds_proxy_norm_by_default_only_on_our_group_conv_ops(variant):
+    """By default the block folds where the group conv takes the proxy mean and scale
+    itself (this project's G16 ops); on TensorFlow's convolutions the plain composition is
+    faster. ``fold`` True and False (the deprecated fold_proxy_norm) are obeyed either way;
+    without proxy norm there is nothing to fold."""
+    if variant == "ours" and not kernels.available():
         pytest.skip("needs an x86-64 CPU with AVX2+FMA and a C++ compiler")
     x = tf.zeros([2, 8, 8, 16])
-    for fold, expected in (("auto", implementation == "avx2"), (True, True), (False, False)):
-        block = L.MBConvBlock(16, 16, expand_ratio=4, group_size=16, norm="ln_pn",
-                              fold_proxy_norm=fold, conv_implementation=implementation)
+    for fold, expected in ((None, variant == "ours"), (True, True), (False, False)):
+        block = L.MBConvBlock(16, 16, expand_ratio=4, group_size=16, norm="ln_pn")
+        block.group_conv.variant = variant
+        block.fold = fold
         block(x)
-        assert block.group_conv.resolved_implementation == implementation
-        assert block.fold_proxy_norm == expected, fold
-    assert not L.MBConvBlock(16, 16, norm="gn", fold_proxy_norm=True).fold_proxy_norm  # no PN
+        assert block.group_conv.kernel_variant == variant
+        assert block.folds_proxy_norm() == expected, fold
+    with pytest.warns(DeprecationWarning, match="fold_proxy_norm is deprecated"):
+        block = L.MBConvBlock(16, 16, norm="gn", fold_proxy_norm=True)
+    assert not block.folds_proxy_norm()  # no PN
     with pytest.raises(ValueError, match="fold_proxy_norm must be one of"):
         L.MBConvBlock(16, 16, norm="ln_pn", fold_proxy_norm="always")

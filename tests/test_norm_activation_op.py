@@ -8,8 +8,9 @@ import pytest
 import tensorflow as tf
 
 from efficientnet_ipu import models
+from efficientnet_ipu import kernels
 from efficientnet_ipu import layers as L
-from efficientnet_ipu.layers import kernels, norm
+from efficientnet_ipu.layers import norm
 from efficientnet_ipu.layers.proxy_norm import get_activation
 
 needs_kernels = pytest.mark.skipif(
@@ -23,7 +24,7 @@ def value_and_grads(x, scale, shift, weights, activation, portable, post=None):
     inputs = [x, scale, shift] + list(post or [])
     with tf.GradientTape() as tape:
         tape.watch(inputs)
-        with kernels.portable_kernels() if portable else contextlib.nullcontext():
+        with kernels.tensorflow_only() if portable else contextlib.nullcontext():
             y = norm.scale_shift_activation(x, scale, shift, activation, fn, post=post)
         loss = tf.reduce_sum(y * weights)
     return [y] + tape.gradient(loss, inputs)
@@ -59,11 +60,11 @@ def test_fused_op_equals_tensorflow_and_gradients(activation, shape, post):
 @pytest.mark.skipif(not CPU_ONLY, reason="the fused op is chosen on CPU-only machines")
 def test_fused_op_is_used_only_where_it_applies_and_rejects_bad_shapes():
     x = tf.zeros([2, 4, 4, 8])
-    assert norm.fused_applies(x, "swish")
-    assert not norm.fused_applies(tf.cast(x, tf.float16), "swish")
-    assert not norm.fused_applies(x, "tanh")
-    with kernels.portable_kernels():
-        assert not norm.fused_applies(x, "swish")
+    assert kernels.norm_ops_apply(x, "swish")
+    assert not kernels.norm_ops_apply(tf.cast(x, tf.float16), "swish")
+    assert not kernels.norm_ops_apply(x, "tanh")
+    with kernels.tensorflow_only():
+        assert not kernels.norm_ops_apply(x, "swish")
     with pytest.raises(tf.errors.InvalidArgumentError, match=r"scale must be \[N, C\]"):
         norm.scale_shift_activation(x, tf.zeros([2, 7]), tf.zeros([2, 8]), "swish")
     with pytest.raises(tf.errors.InvalidArgumentError, match=r"shift must be \[N, C\]"):
@@ -105,7 +106,7 @@ def test_model_uses_the_op_after_gn_and_ln_and_computes_the_same_function(norm_n
     assert ("EfficientnetIpuScaleShiftActivation" in op_types) == expected
     assert ("EfficientnetIpuScaleShiftActivationGrad" in op_types) == expected
     ours = loss_and_grads()
-    with kernels.portable_kernels():
+    with kernels.tensorflow_only():
         ref = loss_and_grads()
     # Gradients that cancel to about zero (a bias before a norm) differ by round-off
     # relative to the largest gradient, hence the second term.
@@ -122,7 +123,7 @@ def test_group_norm_layer_rank2_and_float16_use_tensorflow_ops():
     y = L.LayerNormalization()(x).numpy()
     np.testing.assert_allclose(y.mean(axis=1), 0.0, atol=1e-4)
     np.testing.assert_allclose(y.std(axis=1), 1.0, atol=2e-3)
-    assert not norm.fused_applies(tf.cast(x[:, None, None, :], tf.float16), "linear")
+    assert not kernels.norm_ops_apply(tf.cast(x[:, None, None, :], tf.float16), "linear")
 
 
 @needs_kernels
@@ -145,7 +146,7 @@ def test_fused_channel_moments_precision_on_a_large_offset_image():
     expected = (p64 - p64.mean(axis=0)) / np.sqrt(p64.var(axis=0) + 1e-3)
     np.testing.assert_allclose(y, expected, atol=1e-4)
     with pytest.raises(tf.errors.InvalidArgumentError, match=r"dmean must be \[N, C\]"):
-        kernels.load().efficientnet_ipu_channel_moments_grad(
+        kernels.library.load().efficientnet_ipu_channel_moments_grad(
             tf.constant(x), mean, tf.zeros([2, 23]), tf.zeros([2, 24]), [])
 
 
@@ -162,7 +163,7 @@ def test_channel_moments_equal_float64_across_runs_and_channel_blocks(shape):
     rng = np.random.default_rng(sum(shape))
     x = (rng.normal(size=shape) * rng.uniform(0.5, 3.0, size=shape[3]) + 50.0)
     x = x.astype(np.float32)
-    mean, variance = kernels.load().efficientnet_ipu_channel_moments(tf.constant(x))
+    mean, variance = kernels.library.load().efficientnet_ipu_channel_moments(tf.constant(x))
     x64 = x.astype(np.float64)
     np.testing.assert_allclose(mean.numpy(), x64.mean(axis=(1, 2)), rtol=1e-6)
     np.testing.assert_allclose(variance.numpy(), x64.var(axis=(1, 2)), rtol=2e-5, atol=1e-6)
@@ -184,7 +185,7 @@ def test_batch_norm_activation_fused_equals_keras_path():
         layer.build(x.shape)
         layer.norm_layer.gamma.assign(gamma.astype(np.float32))
         layer.norm_layer.beta.assign(beta.astype(np.float32))
-        with kernels.portable_kernels() if portable else contextlib.nullcontext():
+        with kernels.tensorflow_only() if portable else contextlib.nullcontext():
             with tf.GradientTape() as tape:
                 tape.watch(x)
                 y = layer(x, training=True)
@@ -206,7 +207,7 @@ def group_scale_shift_and_grads(inputs, groups, upstream, portable):
     offset = inputs[4] if len(inputs) > 4 else None
     with tf.GradientTape() as tape:
         tape.watch(inputs)
-        with kernels.portable_kernels() if portable else contextlib.nullcontext():
+        with kernels.tensorflow_only() if portable else contextlib.nullcontext():
             scale, shift = norm.group_scale_shift(mean, variance, gamma, beta, groups, 1e-3,
                                                   offset)
         loss = tf.reduce_sum(scale * upstream[0] + shift * upstream[1])
@@ -249,7 +250,7 @@ def batch_norm_statistics_and_grads(inputs, upstream, portable):
     u1) with respect to mean, variance, gamma and beta."""
     with tf.GradientTape() as tape:
         tape.watch(inputs)
-        with kernels.portable_kernels() if portable else contextlib.nullcontext():
+        with kernels.tensorflow_only() if portable else contextlib.nullcontext():
             outputs = norm.batch_norm_statistics(*inputs, momentum=0.9, epsilon=1e-3)
         loss = tf.reduce_sum(outputs[0] * upstream[0] + outputs[1] * upstream[1])
     return list(outputs) + tape.gradient(loss, inputs[:4])
@@ -331,7 +332,7 @@ def test_channel_gate_op_equals_tensorflow_and_gradients(shape):
     def value_and_grads(portable):
         with tf.GradientTape() as tape:
             tape.watch([x, gate])
-            with kernels.portable_kernels() if portable else contextlib.nullcontext():
+            with kernels.tensorflow_only() if portable else contextlib.nullcontext():
                 y = L.blocks.channel_gate(x, gate)
             loss = tf.reduce_sum(y * upstream)
         return [y] + tape.gradient(loss, [x, gate])
@@ -378,7 +379,7 @@ def test_squeeze_excite_gradient_equals_tensorflow(shape, folded):
     types = [op.type for op in graph.get_operations()]
     assert "EfficientnetIpuAddChannelBias" in types and "Tile" not in types
     ours = value_and_grads()
-    with L.norm.tensorflow_norm_ops():
+    with kernels.override(norm_ops=False):
         value_and_grads = tf.function(value_and_grads.python_function)
         ref = value_and_grads()
     assert "EfficientnetIpuAddChannelBias" not in {
@@ -387,13 +388,13 @@ def test_squeeze_excite_gradient_equals_tensorflow(shape, folded):
         np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-5,
                                    atol=1e-5 * float(tf.reduce_max(tf.abs(b))))
     with pytest.raises(tf.errors.InvalidArgumentError, match=r"bias must be \[N, C\]"):
-        kernels.load().efficientnet_ipu_add_channel_bias(x, tf.zeros([shape[0], 3]))
+        kernels.library.load().efficientnet_ipu_add_channel_bias(x, tf.zeros([shape[0], 3]))
 
 
 @needs_kernels
 @pytest.mark.skipif(not CPU_ONLY, reason="the fused op is chosen on CPU-only machines")
 def test_tensorflow_norm_ops_context_traces_the_benchmark_baseline():
-    """``benchmark --compare-norm-ops`` traces its baseline in ``tensorflow_norm_ops()``:
+    """``benchmark --compare-norm-ops`` traces its baseline in ``kernels.override(norm_ops=False)``:
     none of the normalization / gate ops there, all of them (and their gradients) in the
     default trace; the proxy statistics keep their own switch; the context restores."""
     from efficientnet_ipu import benchmark
@@ -411,8 +412,8 @@ def test_tensorflow_norm_ops_context_traces_the_benchmark_baseline():
 
     fused = op_types(benchmark.ModelBench(model, 2, 32))
     baseline = op_types(benchmark.ModelBench(model, 2, 32,
-                                             trace_context=norm.tensorflow_norm_ops))
+                                             trace_context=lambda: kernels.override(norm_ops=False)))
     assert names <= fused
     assert not names & baseline
     assert "EfficientnetIpuProxyMeanScale" in baseline
-    assert norm.kernels_apply()
+    assert kernels.dispatch.statistics_ops_apply("auto")

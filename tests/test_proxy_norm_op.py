@@ -10,8 +10,9 @@ from tensorflow import keras
 
 from efficientnet_ipu import config as config_lib
 from efficientnet_ipu import export, models
+from efficientnet_ipu import kernels
 from efficientnet_ipu import layers as L
-from efficientnet_ipu.layers import kernels, proxy_norm
+from efficientnet_ipu.layers import proxy_norm
 
 needs_kernels = pytest.mark.skipif(
     not kernels.available(),
@@ -30,6 +31,15 @@ def perturbed_layer(activation, num_samples, channels, seed, **kwargs):
     return layer
 
 
+def fused_proxy_mean_scale(gamma, beta, proxy_gamma, proxy_beta, quantiles, activation,
+                           epsilon):
+    """The fused op itself (``kernels.proxy_mean_scale`` without its dispatch)."""
+    mean, scale, _ = kernels.library.load().efficientnet_ipu_proxy_mean_scale(
+        gamma, beta, proxy_gamma, proxy_beta, quantiles,
+        activation=kernels.dispatch.FUSED_ACTIVATIONS[activation], epsilon=float(epsilon))
+    return mean, scale
+
+
 @needs_kernels
 @pytest.mark.parametrize("activation", ["swish", "relu", "gelu", "linear"])
 @pytest.mark.parametrize("num_samples", [200, 13])   # 13: not a multiple of 8 (masked tail)
@@ -38,7 +48,7 @@ def perturbed_layer(activation, num_samples, channels, seed, **kwargs):
 @pytest.mark.parametrize("channels", [37, 300])
 def test_fused_statistics_equal_tensorflow_and_gradients(activation, num_samples, channels):
     layer = perturbed_layer(activation, num_samples, channels, seed=num_samples,
-                            implementation="tensorflow")
+                            kernels="tensorflow")
     rng = np.random.default_rng(1)
     weigh_mean, weigh_scale = (tf.constant(rng.normal(size=channels).astype(np.float32))
                                for _ in range(2))
@@ -46,7 +56,7 @@ def test_fused_statistics_equal_tensorflow_and_gradients(activation, num_samples
     def run(fused):
         with tf.GradientTape() as tape:
             if fused:
-                mean, scale = proxy_norm.fused_proxy_mean_scale(
+                mean, scale = fused_proxy_mean_scale(
                     layer.gamma, layer.beta, layer.proxy_gamma, layer.proxy_beta,
                     tf.constant(layer.quantiles), activation, layer.proxy_epsilon)
             else:
@@ -67,12 +77,12 @@ def test_fused_statistics_equal_tensorflow_and_gradients(activation, num_samples
                                                ("center", True)])
 def test_layer_in_graph_mode_same_function_either_implementation(mode, proxy_params):
     fused = perturbed_layer("swish", 200, 24, seed=5, mode=mode, proxy_params=proxy_params,
-                            implementation="fused")
+                            kernels="auto")
     plain = L.ProxyNormActivation("swish", mode=mode, proxy_params=proxy_params,
-                                  implementation="tensorflow")
+                                  kernels="tensorflow")
     plain.build((None, 4, 4, 24))
     plain.set_weights(fused.get_weights())
-    assert fused.resolved_implementation == "fused"
+    assert (fused.kernels, plain.kernels) == ("auto", "tensorflow")
     x = tf.constant(np.random.default_rng(6).normal(size=(3, 4, 4, 24)).astype(np.float32))
 
     @tf.function
@@ -95,37 +105,36 @@ def test_layer_in_graph_mode_same_function_either_implementation(mode, proxy_par
 def test_fused_op_rejects_bad_shapes_and_activations():
     c = tf.ones([8])
     with pytest.raises(tf.errors.InvalidArgumentError, match="vector of 8 channels"):
-        proxy_norm.fused_proxy_mean_scale(c, c, c, tf.ones([7]), tf.ones([20]), "swish", 0.03)
+        fused_proxy_mean_scale(c, c, c, tf.ones([7]), tf.ones([20]), "swish", 0.03)
     with pytest.raises(tf.errors.InvalidArgumentError, match="at least 2"):
-        proxy_norm.fused_proxy_mean_scale(c, c, c, c, tf.ones([1]), "swish", 0.03)
-    with pytest.raises(ValueError, match="fused proxy statistics compute"):
-        proxy_norm.fused_proxy_mean_scale(c, c, c, c, tf.ones([20]), "tanh", 0.03)
+        fused_proxy_mean_scale(c, c, c, c, tf.ones([1]), "swish", 0.03)
+    assert not kernels.dispatch.proxy_op_applies("tanh", "auto")  # not an op activation
 
 
 def test_auto_choice_bad_values_and_missing_compiler(monkeypatch):
     with pytest.raises(ValueError, match="implementation must be one of"):
         L.ProxyNormActivation(implementation="fast")
+    with pytest.raises(ValueError, match="kernels must be one of"):
+        L.ProxyNormActivation(kernels="fused")
     with pytest.raises(ValueError, match="proxy_implementation must be one of"):
         L.NormActivation("gn", proxy_implementation="fast")
     with pytest.raises(ValueError, match="proxy_implementation must be one of"):
         models.EfficientNet("b0", norm="ln_pn", proxy_implementation="fast")
     config = config_lib.base_config()
-    config.model.proxy_implementation = "fast"
-    with pytest.raises(ValueError, match="config.model.proxy_implementation must be one of"):
+    config.model.kernels = "fast"
+    with pytest.raises(ValueError, match="config.model.kernels must be one of"):
         config_lib.validate(config)
-    expected = "fused" if CPU_ONLY and kernels.available() else "tensorflow"
-    assert proxy_norm.choose_implementation() == expected
-    # Without a compiler "auto" keeps TensorFlow ops (with a warning), and an explicit
-    # "fused" is a clear error when the layer is built, before any training.
-    monkeypatch.setattr(kernels, "_library", None)
+    assert kernels.dispatch.proxy_op_applies("swish", "auto") == (
+        CPU_ONLY and kernels.available())
+    assert not kernels.dispatch.proxy_op_applies("swish", "tensorflow")
+    # Without a compiler "auto" keeps TensorFlow ops (with a warning).
+    monkeypatch.setattr(kernels.library, "_library", None)
     monkeypatch.setenv("CXX", "/nonexistent/c++")
-    assert proxy_norm.choose_implementation() == "tensorflow"
+    assert not kernels.dispatch.proxy_op_applies("swish", "auto")
     layer = L.ProxyNormActivation()
     layer.build((None, 2, 2, 8))
-    assert layer.resolved_implementation == "tensorflow"
-    if kernels.cpu_supported():
-        with pytest.raises(RuntimeError, match="ProxyNormActivation implementation='fused'"):
-            L.ProxyNormActivation(implementation="fused").build((None, 2, 2, 8))
+    graph = tf.function(layer.proxy_mean_scale).get_concrete_function().graph
+    assert "EfficientnetIpuProxyMeanScale" not in {op.type for op in graph.get_operations()}
 
 
 @needs_kernels
@@ -136,15 +145,16 @@ def test_model_same_function_export_portable(tmp_path):
     kwargs = dict(group_size=4, norm="ln_pn", num_classes=10, dropout_rate=0.0,
                   drop_connect_rate=0.0)   # deterministic training step
     fused = models.EfficientNet("b0", **kwargs)
-    plain = models.EfficientNet("b0", proxy_implementation="tensorflow", **kwargs)
+    plain = models.EfficientNet("b0", kernels="tensorflow", **kwargs)
     plain.set_weights(fused.get_weights())
 
-    def implementations(model):
-        return {layer.resolved_implementation for layer in models.iter_layers(model)
-                if isinstance(layer, L.ProxyNormActivation)}
-    assert implementations(plain) == {"tensorflow"}
+    def op_types(model):
+        graph = tf.function(lambda t: model(t, training=True)).get_concrete_function(
+            tf.TensorSpec([2, 48, 48, 3])).graph
+        return {op.type for op in graph.get_operations()}
+    assert "EfficientnetIpuProxyMeanScale" not in op_types(plain)
     if CPU_ONLY:
-        assert implementations(fused) == {"fused"}
+        assert "EfficientnetIpuProxyMeanScale" in op_types(fused)
     x = tf.constant(np.random.default_rng(8).uniform(0, 255, (2, 48, 48, 3)), tf.float32)
     labels = tf.constant([3, 7])
 

@@ -5,6 +5,7 @@ from efficientnet_ipu.layers.conv import GroupConv2D, PointwiseConv2D, resolve_g
 from efficientnet_ipu.layers.norm import (GroupNormalization, InstanceNormalization,
                                           LayerNormalization)
 from efficientnet_ipu.layers.proxy_norm import ProxyNormActivation, proxy_quantiles
+from efficientnet_ipu.layers import blocks, conv, norm, proxy_norm, proxy_norm_folded  # noqa: F401
 
 __all__ = [
     "NORMS", "MBConvBlock", "NormActivation", "SqueezeExcite", "Standardize", "drop_path",

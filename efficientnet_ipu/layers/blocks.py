@@ -8,10 +8,13 @@ without proxy-normalized activations (paper 002 sec. 5 and Appendix A.1).
 from tensorflow import keras
 import tensorflow as tf
 
+import warnings
+
+from efficientnet_ipu import kernels as kernels_lib  # ``kernels`` is also an argument
+from efficientnet_ipu.layers import proxy_norm_folded
 from efficientnet_ipu.layers.conv import GroupConv2D, PointwiseConv2D
 from efficientnet_ipu.layers.norm import (INSTANCE, BatchNormalization, GroupNormalization,
-                                          fused_applies, scale_shift_activation)
-from efficientnet_ipu.layers import kernels, proxy_norm
+                                          scale_shift_activation)
 from efficientnet_ipu.layers.proxy_norm import Activation, ProxyNormActivation, get_activation
 
 NORM_BASES = ("bn", "gn", "ln", "in")
@@ -35,20 +38,20 @@ def parse_norm(norm):
     return norm[:2], norm.endswith("_pn")
 
 
-def make_norm(norm, name, norm_groups=4, center=True, scale=True):
+def make_norm(norm, name, norm_groups=4, center=True, scale=True, kernels="auto"):
     """A normalization layer for ``norm`` in ``NORMS`` (the "_pn" suffix is ignored here).
 
-    BN is Keras' BatchNormalization (momentum 0.99, epsilon 1e-3, as keras.applications)
-    on this project's CPU ops or TensorFlow's fused kernel (``norm.BatchNormalization``);
-    GN uses ``norm_groups`` groups (4 in paper 001), LN 1 group, IN one per channel.
+    BN is Keras' BatchNormalization (momentum 0.99, epsilon 1e-3, as keras.applications;
+    ``norm.BatchNormalization``); GN uses ``norm_groups`` groups (4 in paper 001), LN 1
+    group, IN one per channel. ``kernels``: "auto" or "tensorflow" (same function).
     """
     base, _ = parse_norm(norm)
     if base == "bn":
         return BatchNormalization(momentum=0.99, epsilon=EPSILON, center=center, scale=scale,
-                                  name=name)
+                                  name=name, kernels=kernels)
     groups = {"gn": norm_groups, "ln": 1, "in": INSTANCE}[base]
     return GroupNormalization(groups=groups, epsilon=EPSILON, center=center, scale=scale,
-                              name=name)
+                              name=name, kernels=kernels)
 
 
 class NormActivation(keras.layers.Layer):
@@ -56,43 +59,47 @@ class NormActivation(keras.layers.Layer):
 
     Without proxy norm: norm (with its own affine) -> activation.
     With proxy norm: norm (no affine) -> ProxyNormActivation (owns the affine), in the
-    given PN ``mode`` (see ProxyNormActivation), its statistics computed by
-    ``proxy_implementation`` (``proxy_norm.IMPLEMENTATIONS``). Sublayers are named
-    ``<prefix>bn`` and ``<prefix>activation`` as keras.applications names them. After
-    GN, LN or IN the norm's scale-and-shift and the activation are one
-    ``norm.scale_shift_activation`` (a fused op on CPU; the sublayers' weights are used
-    without calling them); after BN too, where that op applies (``norm.fused_applies``,
-    Keras 3), with the batch statistics from ``BatchNormalization.scale_shift``.
+    given PN ``mode`` (see ProxyNormActivation). Sublayers are named ``<prefix>bn`` and
+    ``<prefix>activation`` as keras.applications names them. After GN, LN or IN the
+    norm's scale-and-shift and the activation are one ``norm.scale_shift_activation`` (the
+    sublayers' weights are used without calling them); after BN too where this project's
+    ops compute it (Keras 3), with the batch statistics from
+    ``BatchNormalization.scale_shift``.
+
+    ``kernels``: "auto" or "tensorflow" (``efficientnet_ipu.kernels``; same function).
+    ``proxy_implementation`` is the former name of the proxy statistics' option
+    (deprecated; "tensorflow" sets it for the ProxyNormActivation only).
 
     Input [N, H, W, C]; output the same shape (a tuple with a [C] scale in mode "split";
     without proxy norm the "split" scale is None).
 
-    Raises: ValueError for an unknown norm, activation, mode or proxy_implementation.
+    Raises: ValueError for an unknown norm, activation, mode or kernels.
     """
 
     def __init__(self, norm="bn", norm_groups=4, activation="swish", mode="normalize",
-                 proxy_params=True, prefix="", bn_name="bn", proxy_implementation="auto",
-                 **kwargs):
+                 proxy_params=True, prefix="", bn_name="bn", kernels="auto",
+                 proxy_implementation=None, proxy_kernels=None, **kwargs):
         super().__init__(**kwargs)
         self.norm, self.norm_groups, self.activation = norm, norm_groups, activation
         self.mode, self.proxy_params, self.prefix, self.bn_name = (
             mode, proxy_params, prefix, bn_name)
-        if proxy_implementation not in proxy_norm.IMPLEMENTATIONS:
-            raise ValueError("proxy_implementation must be one of %s, got %r"
-                             % (proxy_norm.IMPLEMENTATIONS, proxy_implementation))
-        self.proxy_implementation = proxy_implementation
+        self.kernels = kernels_lib.check_mode(kernels, "NormActivation kernels")
+        if proxy_implementation is not None:
+            proxy_kernels = deprecated_proxy_implementation(proxy_implementation)
+        self.proxy_kernels = kernels_lib.check_mode(
+            kernels if proxy_kernels is None else proxy_kernels, "NormActivation proxy_kernels")
         _, self.use_pn = parse_norm(norm)
         get_activation(activation)
         affine = not self.use_pn
         self.norm_layer = make_norm(norm, prefix + bn_name, norm_groups, center=affine,
-                                    scale=affine)
+                                    scale=affine, kernels=kernels)
         if self.use_pn:
             self.act_layer = ProxyNormActivation(activation, proxy_params=proxy_params,
                                                  mode=mode, name=prefix + "activation",
-                                                 implementation=proxy_implementation)
+                                                 kernels=self.proxy_kernels)
         else:
             self.act_layer = Activation(activation, name=prefix + "activation")
-        # GN/LN/IN then the activation: one scale_shift_activation (fused op on CPU).
+        # GN/LN/IN then the activation: one scale_shift_activation.
         self.fused_norm = isinstance(self.norm_layer, GroupNormalization)
         self.fused = self.use_pn and self.fused_norm
         self.fused_bn = isinstance(self.norm_layer, BatchNormalization) and not self.use_pn
@@ -129,7 +136,8 @@ class NormActivation(keras.layers.Layer):
         elif post:
             post_affine = (tf.ones_like(mean), -mean)
         activated = scale_shift_activation(inputs, scale, shift, self.activation,
-                                           self.act_layer.activation_fn, post=post_affine)
+                                           self.act_layer.activation_fn, post=post_affine,
+                                           mode=self.kernels)
         return activated, mean, proxy_scale
 
     def call(self, inputs, training=None):
@@ -140,10 +148,10 @@ class NormActivation(keras.layers.Layer):
         if self.fused_norm:
             scale, shift, inputs = self.norm_layer.scale_shift_through(inputs)
             x = scale_shift_activation(inputs, scale, shift, self.activation,
-                                       self.act_layer.activation_fn)
+                                       self.act_layer.activation_fn, mode=self.kernels)
             return (x, None) if self.mode == "split" else x
         if (self.fused_bn and self.norm_layer.fusable(inputs)
-                and fused_applies(inputs, self.activation)):
+                and kernels_lib.norm_ops_apply(inputs, self.activation, self.kernels)):
             x = self.norm_layer.normalize_activate(inputs, training, self.activation,
                                                    self.act_layer.activation_fn)
             return (x, None) if self.mode == "split" else x
@@ -158,79 +166,49 @@ class NormActivation(keras.layers.Layer):
         config.update(dict(norm=self.norm, norm_groups=self.norm_groups,
                            activation=self.activation, mode=self.mode,
                            proxy_params=self.proxy_params, prefix=self.prefix,
-                           bn_name=self.bn_name,
-                           proxy_implementation=self.proxy_implementation))
+                           bn_name=self.bn_name, kernels=self.kernels,
+                           proxy_kernels=self.proxy_kernels))
         return config
 
 
-def channel_gate(x, gate):
-    """x * gate[:, None, None, :]: the squeeze-excite gate applied to its input.
+def channel_gate(x, gate, mode="auto"):
+    """x * gate[:, None, None, :]: the squeeze-excite gate applied to its input (x
+    [N, H, W, C], gate [N, C], x's dtype; through ``kernels.channel_gate``)."""
+    return kernels_lib.channel_gate(x, gate, mode, reference=_channel_gate_reference)
 
-    Where ``norm.fused_applies(x, "linear")`` (float32 NHWC on a CPU-only machine where
-    this project's op library builds, outside ``kernels.portable_kernels()``), one op with
-    a one-pass gradient (``csrc/channel_gate.cc``: dx = dy gate and dgate = sum_hw dy x
-    together, five passes over the tensor in TensorFlow). Else the TensorFlow multiply.
 
-    Args: x [N, H, W, C]; gate [N, C], x's dtype. Returns [N, H, W, C].
-    Raises: tf.errors.InvalidArgumentError on mismatched shapes (fused op).
-    """
-    if fused_applies(x, "linear"):
-        return kernels.load("the squeeze-excite gate", "kernels.portable_kernels()"
-                            ).efficientnet_ipu_channel_gate(x, gate)
+def _channel_gate_reference(x, gate):
     return x * gate[:, None, None, :]
 
 
-@tf.RegisterGradient("EfficientnetIpuChannelGate")
-def _channel_gate_gradient(op, dy):
-    """dx and dgate of EfficientnetIpuChannelGate in one op."""
-    return kernels.load().efficientnet_ipu_channel_gate_grad(*op.inputs, dy)
-
-
-def squeeze_excite(x, gate_fn, params):
+def squeeze_excite(x, gate_fn, params, mode="auto"):
     """(x * g[:, None, None, :], g) with the squeeze-excite gate g = gate_fn(m, *params),
-    m = mean over H and W of x.
-
-    Where ``norm.fused_applies(x, "linear")``, the gradient is this project's: the gate's
-    two gradients from one op (``channel_gate``), the [N, C] graph of ``gate_fn`` by
-    TensorFlow (recomputed, it is tiny), and dm / (H W) added to dx in place by one op
-    (``csrc/channel_gate.cc``). TensorFlow's gradient of the mean is a Tile and a Mul of
-    the full tensor and an AddN with the gate's dx: three passes more (issue #4,
-    session 16). Elsewhere the TensorFlow ops and their gradients.
+    m = mean over H and W of x (through ``kernels.squeeze_excite``).
 
     Args:
       x: [N, H, W, C]; gate_fn: maps m [N, C] (x's dtype) and ``params`` to g [N, C];
-      params: list of tensors (e.g. the layer's weights, cast), differentiated too.
+      params: list of tensors (e.g. the layer's weights, cast), differentiated too;
+      mode: "auto" or "tensorflow".
 
     Returns:
       (y [N, H, W, C], g [N, C]); g may feed other ops (the folded proxy norm's offset),
       and its gradient from them joins the gate's.
     """
-    params = list(params)
-    if not fused_applies(x, "linear"):
+    def reference(x, gate_fn, params):
         gate = gate_fn(tf.reduce_mean(x, axis=[1, 2]), *params)
-        return channel_gate(x, gate), gate
-    library = kernels.load("the squeeze-excite gate", "kernels.portable_kernels()")
+        return channel_gate(x, gate, mode), gate
+    return kernels_lib.squeeze_excite(x, gate_fn, params, mode, reference=reference)
 
-    @tf.custom_gradient
-    def fused(x, *params):
-        params = list(params)
-        squeezed = tf.reduce_mean(x, axis=[1, 2])
-        gate = gate_fn(squeezed, *params)
 
-        def gradient(dy, dgate_out):
-            dx, dgate = library.efficientnet_ipu_channel_gate_grad(x, gate, dy)
-            if dgate_out is not None:
-                dgate = dgate + dgate_out
-            with tf.GradientTape() as tape:
-                tape.watch([squeezed] + params)
-                recomputed = gate_fn(squeezed, *params)
-            grads = tape.gradient(recomputed, [squeezed] + params, output_gradients=dgate)
-            pixels = tf.cast(tf.shape(x)[1] * tf.shape(x)[2], x.dtype)
-            dx = library.efficientnet_ipu_add_channel_bias(dx, grads[0] / pixels)
-            return [dx] + grads[1:]
-        return (library.efficientnet_ipu_channel_gate(x, gate), gate), gradient
-
-    return fused(x, *params)
+def deprecated_proxy_implementation(implementation):
+    """The ``kernels`` value for a former ``proxy_implementation`` ("auto", "fused" or
+    "tensorflow"), with a deprecation warning. Raises ValueError for other values."""
+    if implementation not in ("auto", "fused", "tensorflow"):
+        raise ValueError("proxy_implementation must be one of ('auto', 'fused', "
+                         "'tensorflow'), got %r" % (implementation,))
+    warnings.warn("proxy_implementation is deprecated; use kernels='auto' or 'tensorflow'",
+                  DeprecationWarning, stacklevel=3)
+    return "tensorflow" if implementation == "tensorflow" else "auto"
 
 
 class SqueezeExcite(keras.layers.Layer):
@@ -243,10 +221,12 @@ class SqueezeExcite(keras.layers.Layer):
 
     Input [N, H, W, C]; output the same shape and dtype. Weights: reduce_kernel [C, S],
     reduce_bias [S], expand_kernel [S, C], expand_bias [C], S = ``filters_se``.
+    ``kernels``: "auto" or "tensorflow" (same function).
     """
 
-    def __init__(self, filters_se, activation="swish", **kwargs):
+    def __init__(self, filters_se, activation="swish", kernels="auto", **kwargs):
         super().__init__(**kwargs)
+        self.kernels = kernels_lib.check_mode(kernels, "SqueezeExcite kernels")
         if not isinstance(filters_se, int) or filters_se < 1:
             raise ValueError("SqueezeExcite filters_se must be a positive integer, got %r"
                              % (filters_se,))
@@ -287,18 +267,19 @@ class SqueezeExcite(keras.layers.Layer):
             hidden = self.activation_fn(tf.matmul(squeezed - center, reduce_kernel)
                                         + reduce_bias)
             return tf.sigmoid(tf.matmul(hidden, expand_kernel) + expand_bias) * scale
-        return squeeze_excite(inputs, gate_fn, params)
+        return squeeze_excite(inputs, gate_fn, params, self.kernels)
 
     def call(self, inputs, scale=None):
         return self.gated(inputs, scale)[0]
 
     def get_config(self):
         config = super().get_config()
-        config.update(dict(filters_se=self.filters_se, activation=self.activation))
+        config.update(dict(filters_se=self.filters_se, activation=self.activation,
+                           kernels=self.kernels))
         return config
 
 
-FOLD_PROXY_NORM = ("auto", True, False)  # MBConvBlock's fold_proxy_norm values
+FOLD_PROXY_NORM = ("auto", True, False)  # MBConvBlock's deprecated fold_proxy_norm values
 
 
 def drop_path(x, rate, training):
@@ -328,19 +309,17 @@ class MBConvBlock(keras.layers.Layer):
 
     With proxy norm, the expand activation is fully proxy-normalized, the group-conv
     activation is mean-subtracted and its 1/std scale is folded into the SE gate
-    (Graphcore's EfficientNet). With GN/LN/IN + PN and ``fold_proxy_norm`` the remaining
-    proxy means and scales are folded into the neighbouring linear layers
-    (``call_proxy_folded``): the same function, fewer passes over the activations.
-    ``fold_proxy_norm``: True, False, or "auto" (the default): fold when the group conv
-    runs on this project's "avx2" ops, which take the proxy mean and scale into the
-    convolution. On TensorFlow's convolutions the folded block adds the mean in a pass of
-    its own, and there the plain composition was faster: B0-G16-LN+PN with "grouped"
-    convolutions on a 2-core AVX-512 Xeon trained 1.05x / 1.04x faster unfolded at 224 /
-    160 px, at 0.2 % / 1.4 % over GN instead of 5.3 % / 5.4 % (issue #4, session 11).
+    (Graphcore's EfficientNet). With GN/LN/IN + PN the remaining proxy means and scales
+    may be folded into the neighbouring linear layers (``proxy_norm_folded``): the same
+    function, fewer passes over the activations, where the group conv runs on this
+    project's G16 ops (``kernels.folds_proxy_norm``).
 
-    ``conv_implementation`` selects the GroupConv2D implementation
-    (``conv.IMPLEMENTATIONS``), ``proxy_implementation`` how the proxy statistics are
-    computed (``proxy_norm.IMPLEMENTATIONS``); neither changes the function.
+    ``kernels``: "auto" or "tensorflow" (``efficientnet_ipu.kernels``; same function).
+    ``fold_proxy_norm`` ("auto", True, False), ``conv_implementation`` and
+    ``proxy_implementation`` are former speed options, deprecated: "auto" is the rule
+    above; True / False force the fold; "tensorflow" turns this project's ops off for the
+    group conv or the proxy statistics only; "grouped", "split" and "avx2" force that
+    group-conv variant.
 
     Input [N, H, W, filters_in]; output [N, ceil(H/s), ceil(W/s), filters_out].
     Sublayers carry keras.applications' names with the block's name as prefix, e.g.
@@ -348,13 +327,13 @@ class MBConvBlock(keras.layers.Layer):
     ``block2a_bn``, ``block2a_se``, ``block2a_project_conv``.
 
     Raises:
-      ValueError: bad sizes, norm or activation (each message names the field).
+      ValueError: bad sizes, norm, activation or kernels (each message names the field).
     """
 
     def __init__(self, filters_in, filters_out, kernel_size=3, strides=1, expand_ratio=6,
                  group_size=1, se_ratio=0.25, norm="bn", norm_groups=4, activation="swish",
-                 drop_rate=0.0, proxy_params=True, fold_proxy_norm="auto",
-                 conv_implementation="auto", proxy_implementation="auto", **kwargs):
+                 drop_rate=0.0, proxy_params=True, kernels="auto", fold_proxy_norm=None,
+                 conv_implementation=None, proxy_implementation=None, **kwargs):
         super().__init__(**kwargs)
         for field, value in (("filters_in", filters_in), ("filters_out", filters_out),
                              ("kernel_size", kernel_size), ("strides", strides),
@@ -366,18 +345,24 @@ class MBConvBlock(keras.layers.Layer):
             raise ValueError("MBConvBlock drop_rate must be in [0, 1), got %r" % (drop_rate,))
         if not 0 < se_ratio <= 1:
             raise ValueError("MBConvBlock se_ratio must be in (0, 1], got %r" % (se_ratio,))
-        if fold_proxy_norm not in FOLD_PROXY_NORM:
-            raise ValueError("MBConvBlock fold_proxy_norm must be one of %s, got %r"
-                             % (FOLD_PROXY_NORM, fold_proxy_norm))
-        if fold_proxy_norm != "auto":
-            fold_proxy_norm = bool(fold_proxy_norm)
+        kernels_lib.check_mode(kernels, "MBConvBlock kernels")
+        self.fold = None  # None: kernels.folds_proxy_norm decides when traced
+        if fold_proxy_norm is not None:
+            if fold_proxy_norm not in FOLD_PROXY_NORM:
+                raise ValueError("MBConvBlock fold_proxy_norm must be one of %s, got %r"
+                                 % (FOLD_PROXY_NORM, fold_proxy_norm))
+            warnings.warn("fold_proxy_norm is deprecated: the fold follows kernels (use "
+                          "kernels.override(fold=...) to force it)", DeprecationWarning,
+                          stacklevel=2)
+            self.fold = None if fold_proxy_norm == "auto" else bool(fold_proxy_norm)
+        proxy_kernels = None
+        if proxy_implementation is not None:
+            proxy_kernels = deprecated_proxy_implementation(proxy_implementation)
         self.config_args = dict(
             filters_in=filters_in, filters_out=filters_out, kernel_size=kernel_size,
             strides=strides, expand_ratio=expand_ratio, group_size=group_size,
             se_ratio=se_ratio, norm=norm, norm_groups=norm_groups, activation=activation,
-            drop_rate=drop_rate, proxy_params=proxy_params, fold_proxy_norm=fold_proxy_norm,
-            conv_implementation=conv_implementation,
-            proxy_implementation=proxy_implementation)
+            drop_rate=drop_rate, proxy_params=proxy_params, kernels=kernels)
         _, use_pn = parse_norm(norm)
         prefix = self.name + "_"
         filters = filters_in * expand_ratio
@@ -388,81 +373,59 @@ class MBConvBlock(keras.layers.Layer):
                 kernel_initializer=CONV_INITIALIZER, name=prefix + "expand_conv")
             self.expand_norm_act = NormActivation(
                 norm, norm_groups, activation, "normalize", proxy_params,
-                prefix=prefix + "expand_", name=prefix + "expand_norm_act",
-                proxy_implementation=proxy_implementation)
+                prefix=prefix + "expand_", name=prefix + "expand_norm_act", kernels=kernels,
+                proxy_kernels=proxy_kernels)
         self.group_conv = GroupConv2D(
-            filters, kernel_size, strides=strides, group_size=group_size,
-            implementation=conv_implementation,
+            filters, kernel_size, strides=strides, group_size=group_size, kernels=kernels,
             name=prefix + ("dwconv" if group_size == 1 else "gconv"))
+        if conv_implementation is not None:
+            _deprecated_conv_implementation(self.group_conv, conv_implementation)
         self.norm_act = NormActivation(norm, norm_groups, activation, "split", proxy_params,
                                        prefix=prefix, name=prefix + "norm_act",
-                                       proxy_implementation=proxy_implementation)
+                                       kernels=kernels, proxy_kernels=proxy_kernels)
         self.se = SqueezeExcite(max(1, int(filters_in * se_ratio)), activation,
-                                name=prefix + "se")
+                                kernels=kernels, name=prefix + "se")
         self.project_conv = PointwiseConv2D(
             filters_out, use_bias=False,
             kernel_initializer=CONV_INITIALIZER, name=prefix + "project_conv")
         # Under PN with proxy parameters the final affine is a channel-wise scale only.
         self.project_norm = make_norm(norm, prefix + "project_bn", norm_groups,
-                                      center=not (use_pn and proxy_params), scale=True)
+                                      center=not (use_pn and proxy_params), scale=True,
+                                      kernels=kernels)
         self.residual = strides == 1 and filters_in == filters_out
         self.drop_rate = drop_rate
-        # "auto" is settled in build(), once the group conv's implementation is known.
-        self.fold_proxy_norm = fold_proxy_norm is True and self.norm_act.fused
 
     def build(self, input_shape):
-        if self.config_args["fold_proxy_norm"] == "auto" and self.norm_act.fused:
-            self.group_conv.build((None, None, None, self.config_args["filters_in"]
-                                   * self.config_args["expand_ratio"]))
-            self.fold_proxy_norm = (self.group_conv.resolved_implementation == "avx2"
-                                    and not self.group_conv.depthwise)
-        if self.fold_proxy_norm:
-            # call_proxy_folded uses these sublayers' weights without calling them.
+        if self.norm_act.fused:
+            # The folded form uses these sublayers' weights without calling them.
             shape = (None, None, None, self.config_args["filters_in"]
                      * self.config_args["expand_ratio"])
-            for layer in (self.expand_norm_act, self.norm_act, self.se):
+            for layer in (self.expand_norm_act, self.group_conv, self.norm_act, self.se):
                 if layer is not None:
                     layer.build(shape)
         super().build(input_shape)
 
+    def folds_proxy_norm(self):
+        """True if this block runs the folded form when traced now: GN/LN/IN + PN, and
+        ``kernels.folds_proxy_norm`` (or the deprecated ``fold_proxy_norm``) says so."""
+        if not self.norm_act.fused:
+            return False
+        if self.fold is not None:
+            with kernels_lib.override(fold=self.fold):
+                return kernels_lib.folds_proxy_norm(None, False)
+        return kernels_lib.folds_proxy_norm(self.group_conv.current_variant(),
+                                            self.group_conv.depthwise)
+
     def call(self, inputs, training=None):
-        if self.fold_proxy_norm:
-            return self.call_proxy_folded(inputs, training)
-        x = inputs
-        if self.expand_conv is not None:
-            x = self.expand_norm_act(self.expand_conv(x), training=training)
-        x, scale = self.norm_act(self.group_conv(x), training=training)
-        x = self.se(x, scale=scale)
-        x = self.project_norm(self.project_conv(x), training=training)
-        if self.residual:
-            x = drop_path(x, self.drop_rate, training) + inputs
-        return x
-
-    def call_proxy_folded(self, inputs, training=None):
-        """The block under GN/LN/IN + proxy norm with the proxy means and scales folded into
-        the linear layers around them; equal to the plain composition up to round-off:
-
-        - expand: (a - m1) s1 -> group conv  ==  (a - m1) -> group conv with its kernel's
-          input channels scaled by s1;
-        - group conv: (a - m2) gated by SE with scale s2 -> 1x1 project conv -> norm
-          ==  a * g -> project conv -> norm of (that - (m2 g) W), where g is the SE gate of
-          a - m2 times s2 and W the project kernel; the [N, C_out] offset (m2 g) W is folded
-          into the norm's statistics and shift.
-
-        This saves four full-size passes over the expanded activations per block, five when
-        the group conv runs on the AVX2 kernels (they add the expand mean -m1 as they copy
-        their input)."""
-        x, input_scale, input_offset = inputs, None, None
-        if self.expand_conv is not None:
-            x, mean, input_scale = self.expand_norm_act.proxy_parts(self.expand_conv(x))
-            input_offset = -mean
-        activated, mean, scale = self.norm_act.proxy_parts(
-            self.group_conv(x, input_scale=input_scale, input_offset=input_offset))
-        gated, gate = self.se.gated(activated, scale=scale, center=mean)  # gate [N, C]
-        x = self.project_conv(gated)
-        project_kernel = self.project_conv.kernel_matrix(tf.float32)     # [C, C_out]
-        offset = tf.matmul(tf.cast(gate, tf.float32) * mean, project_kernel)   # [N, C_out]
-        x = self.project_norm(x, offset=offset)
+        if self.folds_proxy_norm():
+            x = proxy_norm_folded.mbconv_branch(self, inputs)
+        else:
+            x = inputs
+            if self.expand_conv is not None:
+                x = self.expand_norm_act(self.expand_conv(x), training=training)
+            x, scale = self.norm_act(self.group_conv(x), training=training)
+            x = self.se(x, scale=scale)
+            x = self.project_norm(self.project_conv(x), training=training)
         if self.residual:
             x = drop_path(x, self.drop_rate, training) + inputs
         return x
@@ -471,6 +434,21 @@ class MBConvBlock(keras.layers.Layer):
         config = super().get_config()
         config.update(self.config_args)
         return config
+
+
+def _deprecated_conv_implementation(group_conv, implementation):
+    """Apply a former ``conv_implementation`` to ``group_conv`` (a GroupConv2D not yet
+    built), with a deprecation warning. Raises ValueError for unknown values."""
+    from efficientnet_ipu.layers.conv import DEPRECATED_IMPLEMENTATIONS
+    if implementation not in DEPRECATED_IMPLEMENTATIONS:
+        raise ValueError("conv_implementation must be one of %s, got %r"
+                         % (DEPRECATED_IMPLEMENTATIONS, implementation))
+    warnings.warn("conv_implementation is deprecated; use kernels='auto' or 'tensorflow'",
+                  DeprecationWarning, stacklevel=3)
+    if implementation == "tensorflow":
+        group_conv.kernels = "tensorflow"
+    elif implementation != "auto":
+        group_conv.variant = "ours" if implementation == "avx2" else implementation
 
 
 class Standardize(keras.layers.Layer):

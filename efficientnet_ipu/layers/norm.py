@@ -1,4 +1,4 @@
-"""Batch-independent normalization: Group, Layer and Instance Normalization.
+"""Normalization: Group, Layer, Instance and Batch Normalization.
 
 Paper 001 sec. 3.2 / eq. (3) and paper 002 sec. 4: LN normalizes each example over
 (H, W, C), IN over (H, W) per channel, and GN over (H, W, C / groups) per group of
@@ -6,62 +6,33 @@ channels. LN is GN with 1 group; IN is GN with C groups. Statistics are computed
 float32 whatever the compute dtype (paper 002, Appendix A.1: float16 activations
 "except in normalization steps"). Epsilon defaults to 1e-3 (paper 001 sec. 3.4).
 
+Each norm is computed as per-channel spatial moments (``channel_moments``), combined into
+a per-example, per-channel scale and shift (``group_scale_shift``, gamma and beta
+included), applied with the activation that follows in one step
+(``scale_shift_activation``). Where this project's CPU ops compute a step faster, the step
+goes through ``efficientnet_ipu.kernels`` with the function below as its reference.
+
 Written with TensorFlow ops so it runs on Keras 3, tf-keras and the Keras 2.6 fork of
 Graphcore's SDK (which has no GroupNormalization of its own).
 """
 from tensorflow import keras
 import tensorflow as tf
 
-from efficientnet_ipu.layers import kernels
+from efficientnet_ipu import kernels as kernels_lib  # ``kernels`` is also an argument
 
 INSTANCE = -1  # ``groups`` value meaning one group per channel (Instance Normalization).
-# Activations the fused op computes (``csrc/vector_math.h``), by the names the layers use.
-FUSED_ACTIVATIONS = {"swish": "swish", "silu": "swish", "relu": "relu", "gelu": "gelu",
-                     "linear": "linear"}
-
-
-_tensorflow_only = kernels.ThreadSwitch()
-
-
-def tensorflow_norm_ops():
-    """A context (per thread) within which the normalization, statistics and
-    squeeze-excite-gate ops of this project's CPU library trace as TensorFlow ops: the
-    same function, the baseline of ``python -m efficientnet_ipu.benchmark
-    --compare-norm-ops``. The G16 convolution kernels and the proxy statistics keep their
-    own switches (``conv_implementation``, ``proxy_implementation``)."""
-    return _tensorflow_only.enabled()
-
-
-def kernels_apply():
-    """True where this module uses this project's CPU ops: a machine with only CPUs where
-    the op library builds, outside ``kernels.portable_kernels()`` and
-    ``tensorflow_norm_ops()``."""
-    return (not _tensorflow_only.on() and not kernels.portable()
-            and kernels.cpu_only() and kernels.available())
-
-
-def fused_applies(x, activation):
-    """True if ``scale_shift_activation`` runs this project's fused CPU op for ``x`` and
-    ``activation``: float32 [N, H, W, C], an activation in ``FUSED_ACTIVATIONS``, and
-    ``kernels_apply()``."""
-    return (x.dtype == tf.float32 and len(x.shape) == 4 and activation in FUSED_ACTIVATIONS
-            and kernels_apply())
 
 
 def scale_shift_activation(x, scale, shift, activation="linear", activation_fn=None,
-                           post=None):
+                           post=None, mode="auto"):
     """act(x * scale[:, None, None, :] + shift[:, None, None, :]): the end of GN, LN or IN
     (per-example statistics and the affine folded into ``scale`` and ``shift``) and the
     activation that follows it; with ``post`` = (post_scale, post_shift), that result
     times post_scale plus post_shift, per channel (proxy norm's (a - proxy mean) *
     proxy scale, paper 002 eq. 7, where no convolution follows to fold it into).
 
-    Where ``fused_applies``, one op of this project's CPU library (``csrc/
-    norm_activation.cc``), one pass over x forward and one backward instead of three and
-    about eight (five and about twelve with ``post``). Else TensorFlow ops:
-    ``activation_fn`` (the function for ``activation``; identity for "linear" when None)
-    after a multiply and an add in float32 (paper 002, Appendix A.1: float16 activations
-    except in normalization steps), then the post affine in x's dtype. The same function.
+    The multiply and add run in float32 (paper 002, Appendix A.1: float16 activations
+    except in normalization steps), then the activation and the post affine in x's dtype.
 
     Args:
       x: [N, H, W, C], any float dtype.
@@ -69,91 +40,31 @@ def scale_shift_activation(x, scale, shift, activation="linear", activation_fn=N
       activation: a name in ``proxy_norm.ACTIVATIONS``.
       activation_fn: the TensorFlow function for ``activation`` (None: "linear").
       post: None, or (post_scale, post_shift), float32 [C] each.
+      mode: the layer's ``kernels`` option ("auto" or "tensorflow").
 
     Returns: [N, H, W, C] in x's dtype.
-    Raises: tf.errors.InvalidArgumentError on mismatched shapes (fused op).
     """
-    post = [] if post is None else list(post)
-    if fused_applies(x, activation):
-        library = kernels.load("GroupNormalization's fused scale-shift-activation",
-                               "kernels.portable_kernels()")
-        return library.efficientnet_ipu_scale_shift_activation(
-            x, scale, shift, post, activation=FUSED_ACTIVATIONS[activation])
-    # In float32 whatever x's dtype (a float16 shift of about -mean rounds by up to
-    # |mean| / 2048), then back to x's dtype for the activation.
-    y = tf.cast(tf.cast(x, tf.float32) * scale[:, None, None, :] + shift[:, None, None, :],
-                x.dtype)
-    y = y if activation_fn is None else activation_fn(y)
-    if post:
-        y = y * tf.cast(post[0], y.dtype) + tf.cast(post[1], y.dtype)
-    return y
-
-
-@tf.RegisterGradient("EfficientnetIpuScaleShiftActivation")
-def _scale_shift_activation_gradient(op, dy):
-    """dx, dscale, dshift (and dpost_scale, dpost_shift) of
-    EfficientnetIpuScaleShiftActivation in one op."""
-    x, scale, shift = op.inputs[:3]
-    dx, dscale, dshift, dpost = kernels.load().efficientnet_ipu_scale_shift_activation_grad(
-        x, scale, shift, list(op.inputs[3:]), dy, activation=op.get_attr("activation"))
-    return [dx, dscale, dshift] + list(dpost)
-
-
-def channel_moments(x):
-    """Per-example, per-channel spatial mean and variance of x.
-
-    Input: float32 [N, H, W, C]. Returns: (E_hw[x], E_hw[(x - E_hw[x])^2]), float32
-    [N, C] each (the biased variance).
-
-    Where ``fused_applies`` (CPU), one op of this project's library (``csrc/
-    norm_activation.cc``): one pass over x forward and one backward. Else TensorFlow ops
-    with a one-pass custom gradient (``_channel_moments_tensorflow``). The same function.
-    Both keep the variance accurate when |mean| >> std (no E[x^2] - E[x]^2 on x itself).
-    """
-    if fused_applies(x, "linear"):
-        return kernels.load("GroupNormalization's fused statistics",
-                            "kernels.portable_kernels()").efficientnet_ipu_channel_moments(x)
-    return _channel_moments_tensorflow(x)
-
-
-def channel_moments_through(x):
-    """``channel_moments(x)`` and x itself: (mean, variance, x_through).
-
-    Give ``x_through`` (the same tensor, no copy) to the op that normalizes x with these
-    moments, so that x has one consumer: where ``fused_applies``, the gradient reaching
-    x_through then joins the moments' own in one op (``EfficientnetIpuChannelMomentsGrad``
-    with an addend, written in place) instead of a second full-size gradient and an AddN:
-    two passes fewer per normalization (issue #4, session 16). Elsewhere x_through is x.
-    """
-    if fused_applies(x, "linear"):
-        return kernels.load("GroupNormalization's fused statistics",
-                            "kernels.portable_kernels()"
-                            ).efficientnet_ipu_channel_moments_through(x)
-    mean, variance = _channel_moments_tensorflow(x)
-    return mean, variance, x
-
-
-@tf.RegisterGradient("EfficientnetIpuChannelMoments")
-def _channel_moments_gradient(op, dmean, dvariance, dthrough=None):
-    """dx = (dmean + 2 (x - mean) dvariance) / (H W), plus the gradient reaching
-    ``x_through`` (EfficientnetIpuChannelMomentsThrough), in one op (a missing upstream
-    gradient is 0)."""
-    x, mean = op.inputs[0], op.outputs[0]
-    dmean = tf.zeros_like(mean) if dmean is None else dmean
-    dvariance = tf.zeros_like(op.outputs[1]) if dvariance is None else dvariance
-    return kernels.load().efficientnet_ipu_channel_moments_grad(
-        x, mean, dmean, dvariance, [] if dthrough is None else [dthrough])
-
-
-tf.RegisterGradient("EfficientnetIpuChannelMomentsThrough")(_channel_moments_gradient)
+    def reference(x, scale, shift, post):
+        # In float32 whatever x's dtype (a float16 shift of about -mean rounds by up to
+        # |mean| / 2048), then back to x's dtype for the activation.
+        y = tf.cast(tf.cast(x, tf.float32) * scale[:, None, None, :]
+                    + shift[:, None, None, :], x.dtype)
+        y = y if activation_fn is None else activation_fn(y)
+        if post:
+            y = y * tf.cast(post[0], y.dtype) + tf.cast(post[1], y.dtype)
+        return y
+    return kernels_lib.scale_shift_activation(x, scale, shift, activation, post, mode,
+                                          reference=reference)
 
 
 @tf.custom_gradient
-def _channel_moments_tensorflow(x):
-    """``channel_moments`` with TensorFlow ops (two reductions over the centred x). The
-    gradient, dx = (dmean + 2 (x - mean) dvariance) / (H W), is one broadcasting
-    multiply-add; automatic differentiation would materialize both upstream gradients at
-    full size (``Tile``) first."""
+def channel_moments_reference(x):
+    """Per-example, per-channel spatial mean and biased variance of float32 x
+    [N, H, W, C]: (E_hw[x], E_hw[(x - E_hw[x])^2]), float32 [N, C] each. Two reductions
+    over the centred x (accurate when |mean| >> std). The gradient,
+    dx = (dmean + 2 (x - mean) dvariance) / (H W), is one broadcasting multiply-add;
+    automatic differentiation would materialize both upstream gradients at full size
+    first."""
     mean = tf.reduce_mean(x, axis=[1, 2])
     variance = tf.reduce_mean(tf.square(x - mean[:, None, None, :]), axis=[1, 2])
 
@@ -165,6 +76,18 @@ def _channel_moments_tensorflow(x):
     return (mean, variance), grad
 
 
+def channel_moments(x, mode="auto"):
+    """``channel_moments_reference(x)`` (through ``kernels_lib.channel_moments``)."""
+    return kernels_lib.channel_moments(x, mode, reference=channel_moments_reference)
+
+
+def channel_moments_through(x, mode="auto"):
+    """(mean, variance, x_through): ``channel_moments(x)`` and x itself. Apply the
+    normalization to ``x_through`` (the same values), so that x has one consumer and the
+    fused ops' gradients can join (``kernels.channel_moments_through``)."""
+    return kernels_lib.channel_moments_through(x, mode, reference=channel_moments_reference)
+
+
 def combine_moments(mean, variance, axis):
     """Mean and variance of the union of equally sized sets given each set's mean and
     (biased) variance, along ``axis`` (kept): E[var_i] + Var[mean_i], the parallel
@@ -174,18 +97,12 @@ def combine_moments(mean, variance, axis):
     return total_mean, tf.reduce_mean(variance + spread, axis=axis, keepdims=True)
 
 
-def group_scale_shift(mean, variance, gamma, beta, groups, epsilon, offset=None):
+def group_scale_shift_reference(mean, variance, gamma, beta, groups, epsilon, offset=None):
     """Group Normalization's per-example scale and shift from per-channel moments
     (paper 001 sec. 3.2, eq. 3): GN(x - offset) = x * scale + shift, gamma and beta
     included. For each example and group of C / groups channels, the group's mean M and
     biased variance V come from the channels' by ``combine_moments``; then
     scale = gamma / sqrt(V + epsilon) and shift = beta - (M + offset) * scale.
-
-    Where ``kernels_apply()``, one op of this project's CPU library and one for its
-    gradient (``csrc/group_statistics.cc``) instead of about 20 small TensorFlow ops
-    forward and 30 backward per norm: B0-G16's training graph has half the ops, and
-    trains 1.02x faster with LN+PN and as fast with GN (issue #4, 160 px). Else those
-    TensorFlow ops. The same function.
 
     Args:
       mean, variance: float32 [N, C], per-channel spatial moments of x (``channel_moments``).
@@ -195,13 +112,7 @@ def group_scale_shift(mean, variance, gamma, beta, groups, epsilon, offset=None)
       offset: None or float32 [N, C] (folds a proxy-norm mean through a 1x1 convolution).
 
     Returns: (scale, shift), float32 [N, C] each.
-    Raises: tf.errors.InvalidArgumentError on mismatched shapes (fused op).
     """
-    if kernels_apply():
-        return kernels.load("GroupNormalization's fused statistics",
-                            "kernels.portable_kernels()").efficientnet_ipu_group_scale_shift(
-            mean, variance, gamma, beta, [] if offset is None else [offset],
-            groups=int(groups), epsilon=float(epsilon))
     channels = mean.shape[-1]
     if offset is not None:
         mean = mean - offset              # a shift leaves each channel's variance
@@ -216,33 +127,22 @@ def group_scale_shift(mean, variance, gamma, beta, groups, epsilon, offset=None)
     return scale, beta - mean * scale
 
 
-@tf.RegisterGradient("EfficientnetIpuGroupScaleShift")
-def _group_scale_shift_gradient(op, dscale, dshift):
-    """dmean, dvariance, dgamma, dbeta (and doffset) in one op (a missing upstream
-    gradient is 0)."""
-    dscale = tf.zeros_like(op.outputs[0]) if dscale is None else dscale
-    dshift = tf.zeros_like(op.outputs[1]) if dshift is None else dshift
-    grads = kernels.load().efficientnet_ipu_group_scale_shift_grad(
-        *op.inputs[:4], list(op.inputs[4:]), dscale, dshift, groups=op.get_attr("groups"),
-        epsilon=op.get_attr("epsilon"))
-    return list(grads[:4]) + list(grads[4])
+def group_scale_shift(mean, variance, gamma, beta, groups, epsilon, offset=None,
+                      mode="auto"):
+    """``group_scale_shift_reference`` (through ``kernels_lib.group_scale_shift``)."""
+    return kernels_lib.group_scale_shift(mean, variance, gamma, beta, groups, epsilon, offset,
+                                     mode, reference=group_scale_shift_reference)
 
 
-def batch_norm_statistics(mean, variance, gamma, beta, moving_mean, moving_variance,
-                          momentum, epsilon):
+def batch_norm_statistics_reference(mean, variance, gamma, beta, moving_mean,
+                                    moving_variance, momentum, epsilon):
     """Batch Normalization's per-channel scale and shift in training, and its updated
     moving averages, from per-example moments (Ioffe & Szegedy, 2015, Algorithm 1; the
     batch's moments by ``combine_moments`` over the examples): with the batch's mean M and
     biased variance V, scale = gamma / sqrt(V + epsilon), shift = beta - M scale, so that
     BN(x) = x scale + shift; new moving = momentum moving + (1 - momentum) batch, Keras'
-    rule with the biased V (as Keras 3 keeps it).
-
-    Where ``kernels_apply()``, one op of this project's CPU library and one for its
-    gradient (``csrc/group_statistics.cc``) instead of about 25 small TensorFlow ops
-    forward and 25 backward per batch norm (issue #4: with the projection norms on the
-    same path, B0-G1-BN's training step runs 2853 ops instead of 3999). Else TensorFlow
-    ops. The same function. The moving averages are not differentiated (as under
-    ``tf.stop_gradient``).
+    rule with the biased V (as Keras 3 keeps it). The moving averages are not
+    differentiated.
 
     Args:
       mean, variance: float32 [N, C], per-channel spatial moments of x (``channel_moments``).
@@ -250,14 +150,7 @@ def batch_norm_statistics(mean, variance, gamma, beta, moving_mean, moving_varia
       momentum: float in [0, 1]; epsilon: float > 0.
 
     Returns: (scale, shift, new_moving_mean, new_moving_variance), float32 [C] each.
-    Raises: tf.errors.InvalidArgumentError on mismatched shapes (fused op).
     """
-    if kernels_apply():
-        return kernels.load("BatchNormalization's fused statistics",
-                            "kernels.portable_kernels()"
-                            ).efficientnet_ipu_batch_norm_statistics(
-            mean, variance, gamma, beta, moving_mean, moving_variance,
-            epsilon=float(epsilon), momentum=float(momentum))
     batch_mean, batch_variance = combine_moments(mean, variance, axis=0)
     batch_mean, batch_variance = batch_mean[0], batch_variance[0]
     scale = gamma * tf.math.rsqrt(batch_variance + epsilon)
@@ -266,22 +159,18 @@ def batch_norm_statistics(mean, variance, gamma, beta, moving_mean, moving_varia
             moving_average(moving_variance, tf.stop_gradient(batch_variance), momentum))
 
 
+def batch_norm_statistics(mean, variance, gamma, beta, moving_mean, moving_variance,
+                          momentum, epsilon, mode="auto"):
+    """``batch_norm_statistics_reference`` (through ``kernels_lib.batch_norm_statistics``)."""
+    return kernels_lib.batch_norm_statistics(mean, variance, gamma, beta, moving_mean,
+                                         moving_variance, momentum, epsilon, mode,
+                                         reference=batch_norm_statistics_reference)
+
+
 def moving_average(moving, batch, momentum):
     """Keras' moving-average rule: momentum * moving + (1 - momentum) * batch (float32
     tensors of one shape, momentum a float)."""
     return moving * momentum + batch * (1.0 - momentum)
-
-
-@tf.RegisterGradient("EfficientnetIpuBatchNormStatistics")
-def _batch_norm_statistics_gradient(op, dscale, dshift, *_):
-    """dmean, dvariance, dgamma, dbeta in one op (a missing upstream gradient is 0); none
-    for the moving averages."""
-    dscale = tf.zeros_like(op.outputs[0]) if dscale is None else dscale
-    dshift = tf.zeros_like(op.outputs[1]) if dshift is None else dshift
-    dmean, dvariance, dgamma, dbeta = kernels.load(
-        ).efficientnet_ipu_batch_norm_statistics_grad(
-        *op.inputs[:3], dscale, dshift, epsilon=op.get_attr("epsilon"))
-    return [dmean, dvariance, dgamma, dbeta, None, None]
 
 
 def gamma_beta(layer, channels):
@@ -300,17 +189,22 @@ class GroupNormalization(keras.layers.Layer):
         ``INSTANCE`` (-1) gives Instance Normalization. Must divide the channels.
       epsilon: float > 0 added to the variance.
       center, scale: whether to learn the per-channel shift beta / scale gamma.
+      kernels: "auto" (this project's CPU ops where they apply) or "tensorflow"; the same
+        function either way (``efficientnet_ipu.kernels``).
 
     Input: [N, H, W, C] (or [N, C], treated as H = W = 1), any float dtype.
     Output: same shape and dtype.
 
     Raises:
       ValueError: ``groups`` is not a positive integer or -1, ``epsilon`` is not
-        positive, or (at build time) ``groups`` does not divide the channels.
+        positive, ``kernels`` unknown, or (at build time) ``groups`` does not divide the
+        channels.
     """
 
-    def __init__(self, groups=4, epsilon=1e-3, center=True, scale=True, **kwargs):
+    def __init__(self, groups=4, epsilon=1e-3, center=True, scale=True, kernels="auto",
+                 **kwargs):
         super().__init__(**kwargs)
+        self.kernels = kernels_lib.check_mode(kernels, "GroupNormalization kernels")
         if not isinstance(groups, int) or (groups < 1 and groups != INSTANCE):
             raise ValueError("GroupNormalization groups must be a positive integer or -1 "
                              "(instance norm), got %r" % (groups,))
@@ -345,20 +239,21 @@ class GroupNormalization(keras.layers.Layer):
         (no pass over x; used to fold a proxy-norm mean through a 1x1 convolution).
         ``affine`` (optional, float32 (gamma, beta), [C] each): use these instead of the
         layer's own (proxy norm's affine, which follows a norm without one)."""
-        mean, variance = channel_moments(tf.cast(x, tf.float32))            # [N, C] each
+        mean, variance = channel_moments(tf.cast(x, tf.float32), self.kernels)  # [N, C] each
         return self._from_moments(mean, variance, x.shape[-1], offset, affine)
 
     def scale_shift_through(self, x, offset=None, affine=None):
         """``scale_shift``'s (scale, shift) and x itself, x_through
         (``channel_moments_through``): apply scale and shift to x_through."""
-        mean, variance, x_through = channel_moments_through(tf.cast(x, tf.float32))
+        mean, variance, x_through = channel_moments_through(tf.cast(x, tf.float32),
+                                                             self.kernels)
         return self._from_moments(mean, variance, x.shape[-1], offset, affine) + (
             tf.cast(x_through, x.dtype),)
 
     def _from_moments(self, mean, variance, channels, offset, affine):
         gamma, beta = affine if affine is not None else gamma_beta(self, channels)
         return group_scale_shift(mean, variance, gamma, beta, self.num_groups,
-                                 self.epsilon, offset)
+                                 self.epsilon, offset, self.kernels)
 
     def call(self, inputs, offset=None):
         """Normalize ``inputs`` ([N, H, W, C] or [N, C]); with ``offset`` (float32 [N, C])
@@ -366,7 +261,7 @@ class GroupNormalization(keras.layers.Layer):
         rank = len(inputs.shape)
         x = inputs if rank == 4 else inputs[:, None, None, :]
         scale, shift, x = self.scale_shift_through(x, offset)
-        y = scale_shift_activation(x, scale, shift)
+        y = scale_shift_activation(x, scale, shift, mode=self.kernels)
         return y if rank == 4 else y[:, 0, 0, :]
 
     def compute_output_shape(self, input_shape):
@@ -375,7 +270,7 @@ class GroupNormalization(keras.layers.Layer):
     def get_config(self):
         config = super().get_config()
         config.update(dict(groups=self.groups, epsilon=self.epsilon, center=self.center,
-                           scale=self.scale))
+                           scale=self.scale, kernels=self.kernels))
         return config
 
 
@@ -384,13 +279,13 @@ _KERAS3 = str(getattr(keras, "__version__", "2")).startswith("3")
 
 class BatchNormalization(keras.layers.BatchNormalization):
     """keras.layers.BatchNormalization (Ioffe & Szegedy, 2015) computed, for 4-D NHWC
-    inputs in training, with this project's CPU ops where ``fused_applies``
-    (``normalize_activate``: per-example moments, ``batch_norm_statistics``, one
-    scale-and-shift pass), else with TensorFlow's fused kernel (``FusedBatchNormV3``,
-    oneDNN on CPU).
+    inputs in training, as per-example moments, ``batch_norm_statistics`` and one
+    scale-and-shift pass (``normalize_activate``) where this project's CPU ops compute them
+    (``kernels.norm_ops_apply``), else with TensorFlow's fused kernel
+    (``FusedBatchNormV3``).
 
     Keras 3 computes training-mode batch norm as separate moments, scale and shift ops
-    (1.5x slower forward + backward on [32, 112, 112, 32] here); Keras 2 (tf-keras and
+    (slower than either); Keras 2 (tf-keras and
     Graphcore's fork) already uses the fused kernel, so there this class is Keras' own.
     Inference is a scale-and-shift, as in Keras.
     Same weights (gamma, beta, moving_mean, moving_variance), same arguments, same result
@@ -401,7 +296,17 @@ class BatchNormalization(keras.layers.BatchNormalization):
 
     ``scale_shift`` gives the same normalization as per-channel (scale, shift), for
     NormActivation to apply together with the activation (``scale_shift_activation``).
+    ``kernels``: "auto" or "tensorflow" (``efficientnet_ipu.kernels``); the same function.
     """
+
+    def __init__(self, kernels="auto", **kwargs):
+        super().__init__(**kwargs)
+        self.kernels = kernels_lib.check_mode(kernels, "BatchNormalization kernels")
+
+    def get_config(self):
+        config = super().get_config()
+        config["kernels"] = self.kernels
+        return config
 
     def fusable(self, inputs):
         """True if ``scale_shift`` applies: Keras 3, 4-D NHWC inputs, no renorm."""
@@ -414,7 +319,7 @@ class BatchNormalization(keras.layers.BatchNormalization):
         ([N, H, W, C]) is inputs * scale + shift, gamma and beta included.
 
         Training (``training`` and the layer trainable): the batch's statistics over
-        (N, H, W), from the per-example ``channel_moments`` (one fused pass on CPU), and
+        (N, H, W), from the per-example ``channel_moments``, and
         the moving averages updated with the biased variance as in ``call``. Otherwise the
         moving statistics. Raises ValueError where ``fusable`` is False."""
         return self._scale_shift(inputs, training, through=False)[:2]
@@ -427,18 +332,16 @@ class BatchNormalization(keras.layers.BatchNormalization):
 
     def normalize_activate(self, inputs, training=None, activation="linear",
                            activation_fn=None):
-        """act(BN(inputs)) as ``scale_shift_through`` and one ``scale_shift_activation``
-        (where ``fused_applies``: this project's fused CPU ops, with the batch statistics
-        in ``batch_norm_statistics``; issue #4: 1.09x faster B0-G1-BN training at 32 px
-        than TensorFlow's ``FusedBatchNormV3`` for the 16 projection norms, the same at
-        160 and 224 px). Input [N, H, W, C]; output float32 [N, H, W, C]. ``activation``:
-        a ``FUSED_ACTIVATIONS`` name, ``activation_fn`` its function."""
+        """act(BN(inputs)) as ``scale_shift_through`` and one ``scale_shift_activation``,
+        with the batch statistics from ``batch_norm_statistics``. Input [N, H, W, C];
+        output float32 [N, H, W, C]. ``activation``: a name in ``proxy_norm.ACTIVATIONS``,
+        ``activation_fn`` its function."""
         scale, shift, inputs = self.scale_shift_through(inputs, training)
         batch = tf.shape(inputs)[:1]
         return scale_shift_activation(
             inputs, tf.broadcast_to(scale, tf.concat([batch, tf.shape(scale)], 0)),
             tf.broadcast_to(shift, tf.concat([batch, tf.shape(shift)], 0)),
-            activation, activation_fn)
+            activation, activation_fn, mode=self.kernels)
 
     def _scale_shift(self, inputs, training, through):
         if not self.fusable(inputs):
@@ -449,13 +352,14 @@ class BatchNormalization(keras.layers.BatchNormalization):
         if training and self.trainable:
             x = tf.cast(inputs, tf.float32)
             if through:
-                mean_c, variance_c, x_through = channel_moments_through(x)     # [N, C]
+                mean_c, variance_c, x_through = channel_moments_through(x, self.kernels)
                 x_through = tf.cast(x_through, inputs.dtype)
             else:
-                mean_c, variance_c = channel_moments(x)
+                mean_c, variance_c = channel_moments(x, self.kernels)
             scale, shift, moving_mean, moving_variance = batch_norm_statistics(
                 mean_c, variance_c, gamma, beta, tf.cast(self.moving_mean, tf.float32),
-                tf.cast(self.moving_variance, tf.float32), self.momentum, self.epsilon)
+                tf.cast(self.moving_variance, tf.float32), self.momentum, self.epsilon,
+                self.kernels)
             self.moving_mean.assign(tf.cast(moving_mean, self.moving_mean.dtype))
             self.moving_variance.assign(tf.cast(moving_variance, self.moving_variance.dtype))
             return scale, shift, x_through
@@ -478,7 +382,8 @@ class BatchNormalization(keras.layers.BatchNormalization):
             return super().call(inputs, training=training, mask=mask)
         x = inputs if inputs.dtype in (tf.float16, tf.bfloat16, tf.float32) else tf.cast(
             inputs, tf.float32)
-        if training and self.trainable and fused_applies(x, "linear"):
+        if training and self.trainable and kernels_lib.norm_ops_apply(x, "linear",
+                                                                        self.kernels):
             return tf.cast(self.normalize_activate(x, training), self.compute_dtype)
         if training and self.trainable:
             gamma, beta = gamma_beta(self, inputs.shape[-1])
@@ -493,7 +398,7 @@ class BatchNormalization(keras.layers.BatchNormalization):
         else:
             # Inference stays a plain scale-and-shift, as in Keras: TensorFlow's graph
             # optimizer would fuse a fused_batch_norm into the preceding convolution, and
-            # that oneDNN kernel made B0's batch-1 latency 15x longer here (740 vs 50 ms).
+            # that oneDNN kernel makes batch-1 latency many times longer on CPU.
             scale, shift = self.scale_shift(x, training=False)
             y = tf.cast(x, tf.float32) * scale + shift   # float32, as Keras computes it
         return tf.cast(y, self.compute_dtype)

@@ -19,12 +19,13 @@ parameters in [-0.2, 0.2] the worst errors are 1.3e-3 (mean) and 3.5e-3 (varianc
 200 quantiles, and 3e-4 / 7e-4 with 1000 (``num_proxy_samples``).
 """
 from statistics import NormalDist
+import warnings
 
 from tensorflow import keras
 import numpy as np
 import tensorflow as tf
 
-from efficientnet_ipu.layers import kernels
+from efficientnet_ipu import kernels as kernels_lib  # ``kernels`` is also an argument
 
 
 @tf.custom_gradient
@@ -53,10 +54,9 @@ ACTIVATIONS = {
 }
 
 MODES = ("normalize", "center", "split")
-IMPLEMENTATIONS = ("auto", "fused", "tensorflow")
-# The fused op's name for each activation it computes.
-FUSED_ACTIVATIONS = {"swish": "swish", "silu": "swish", "relu": "relu", "gelu": "gelu",
-                     "linear": "linear"}
+# ProxyNormActivation's former ``implementation`` values, accepted with a deprecation
+# warning ("fused" and "auto" mean kernels="auto").
+DEPRECATED_IMPLEMENTATIONS = ("auto", "fused", "tensorflow")
 
 
 def get_activation(name):
@@ -109,78 +109,6 @@ def proxy_quantiles(num_samples):
     return (q / np.sqrt(np.mean(q ** 2))).astype(np.float32)
 
 
-def choose_implementation():
-    """What ``implementation="auto"`` of ProxyNormActivation picks: "fused" (this project's
-    CPU op, ``kernels``) on a machine with only CPUs where the op library builds (AVX2+FMA
-    CPU and a C++ compiler; without them a warning says so), else "tensorflow".
-
-    Why: the proxy statistics are [n, C] tensors (n = 200), so on CPU their cost is
-    TensorFlow's per-op overhead, not arithmetic: about 35 ops per layer, forward and
-    backward (the fused op cuts B0-G16-LN+PN's training graph from 16.7k to 13.9k ops).
-    Measured on this project's 2-core CPU, batch 32, B0-G16-LN+PN training (``python -m
-    efficientnet_ipu.benchmark --compare-proxy``, issue #4): 1.03-1.05x at 224 px,
-    0.99-1.04x at 160 px, 1.04x at 32 px; for G1 1.00x (within the machine's noise).
-    GPUs, TPUs and IPUs keep "tensorflow" (their compilers fuse such small graphs)."""
-    if not kernels.cpu_only():
-        return "tensorflow"
-    if kernels.available():
-        return "fused"
-    kernels.warn_once(
-        "ProxyNormActivation: this CPU or machine cannot build the fused proxy-statistics "
-        "op (AVX2+FMA: %s, C++ compiler: %s), so implementation='auto' uses TensorFlow ops, "
-        "which are slower here" % (kernels.cpu_supported(), kernels.compiler()))
-    return "tensorflow"
-
-
-def fused_proxy_mean_scale(gamma, beta, proxy_gamma, proxy_beta, quantiles, activation,
-                           epsilon):
-    """Proxy mean and rsqrt(proxy variance + eps~) of act(gamma * Y~ + beta), with
-    Y~ = q * (1 + proxy_gamma) + proxy_beta over the quantiles q (paper 002 eq. 7), as one
-    op of this project's CPU library (``csrc/proxy_norm.cc``), with a one-op gradient.
-
-    Args:
-      gamma, beta, proxy_gamma, proxy_beta: float32 [C].
-      quantiles: float32 [n], n >= 2.
-      activation: a name in ``FUSED_ACTIVATIONS``.
-      epsilon: eps~ > 0.
-
-    Returns:
-      (mean, scale), float32 [C] each; equal to ``ProxyNormActivation.proxy_moments`` (then
-      rsqrt(var + eps~)) up to float32 round-off.
-
-    Raises:
-      RuntimeError: the library cannot be built (see ``kernels.load``).
-      ValueError: an activation the op does not compute.
-      tf.errors.InvalidArgumentError: shapes as above violated.
-    """
-    if activation not in FUSED_ACTIVATIONS:
-        raise ValueError("the fused proxy statistics compute activations %s, got %r"
-                         % (sorted(FUSED_ACTIVATIONS), activation))
-    library = kernels.load("ProxyNormActivation implementation='fused'",
-                           "implementation='tensorflow'")
-    mean, scale, _ = library.efficientnet_ipu_proxy_mean_scale(
-        gamma, beta, proxy_gamma, proxy_beta, quantiles,
-        activation=FUSED_ACTIVATIONS[activation], epsilon=float(epsilon))
-    return mean, scale
-
-
-@tf.RegisterGradient("EfficientnetIpuProxyMeanScale")
-def _fused_gradient(op, grad_mean, grad_scale, unused_grad_sums):
-    """Gradients of the fused proxy statistics with respect to gamma, beta, proxy_gamma,
-    proxy_beta (none for the quantiles), in one op of a few multiply-adds per channel: the
-    forward op's third output holds the four means over the quantiles that the gradient is
-    linear in (``csrc/proxy_norm.cc``). That output only feeds this gradient."""
-    mean, scale, sums = op.outputs
-    if grad_mean is None:
-        grad_mean = tf.zeros_like(mean)
-    if grad_scale is None:
-        grad_scale = tf.zeros_like(scale)
-    gamma, _, proxy_gamma, proxy_beta, _ = op.inputs
-    grads = kernels.load().efficientnet_ipu_proxy_mean_scale_grad(
-        gamma, proxy_gamma, proxy_beta, scale, sums, grad_mean, grad_scale)
-    return list(grads) + [None]
-
-
 class ProxyNormActivation(keras.layers.Layer):
     """Channel-wise affine + activation + proxy normalization on NHWC tensors.
 
@@ -201,32 +129,35 @@ class ProxyNormActivation(keras.layers.Layer):
           final mean pooling");
         "split": a tuple (activation minus proxy mean, rsqrt(proxy var + eps~) of shape
           [C]) so that the squeeze-excite gate can apply the scale.
-      implementation: how the proxy statistics are computed, one of ``IMPLEMENTATIONS``:
-        "tensorflow" (TensorFlow ops: runs anywhere), "fused" (one op of this project's
-        CPU library and one for the gradient: ``fused_proxy_mean_scale``) or "auto"
-        (default: ``choose_implementation``). The same function either way; under
-        ``kernels.portable_kernels()`` (SavedModel export) "fused" traces as "tensorflow".
+      kernels: "auto" (default: the proxy statistics as one op of this project's CPU
+        library where it applies, ``kernels.proxy_mean_scale``) or "tensorflow"
+        (TensorFlow ops). The same function either way. ``implementation`` is this
+        option's former name (deprecated).
 
     Input: [N, H, W, C] float (any compute dtype). Output: same shape and dtype
     (plus the [C] scale in the compute dtype for mode "split").
 
     Raises:
-      ValueError: unknown ``activation``, ``mode`` or ``implementation``,
+      ValueError: unknown ``activation``, ``mode``, ``kernels`` or ``implementation``,
         ``proxy_epsilon`` <= 0, ``num_proxy_samples`` < 2.
-      RuntimeError: (at build time) "fused" where the op library cannot be built.
     """
 
     def __init__(self, activation="swish", proxy_epsilon=0.03, num_proxy_samples=200,
-                 proxy_params=True, mode="normalize", implementation="auto", **kwargs):
+                 proxy_params=True, mode="normalize", kernels="auto", implementation=None,
+                 **kwargs):
         super().__init__(**kwargs)
         self.activation_fn = get_activation(activation)
         if mode not in MODES:
             raise ValueError("ProxyNormActivation mode must be one of %s, got %r"
                              % (MODES, mode))
-        if implementation not in IMPLEMENTATIONS:
-            raise ValueError("ProxyNormActivation implementation must be one of %s, got %r"
-                             % (IMPLEMENTATIONS, implementation))
-        self.implementation = implementation
+        if implementation is not None:
+            if implementation not in DEPRECATED_IMPLEMENTATIONS:
+                raise ValueError("ProxyNormActivation implementation must be one of %s, got %r"
+                                 % (DEPRECATED_IMPLEMENTATIONS, implementation))
+            warnings.warn("ProxyNormActivation(implementation=...) is deprecated; use "
+                          "kernels='auto' or 'tensorflow'", DeprecationWarning, stacklevel=2)
+            kernels = "tensorflow" if implementation == "tensorflow" else "auto"
+        self.kernels = kernels_lib.check_mode(kernels, "ProxyNormActivation kernels")
         if not proxy_epsilon > 0:
             raise ValueError("proxy_epsilon must be > 0, got %r" % (proxy_epsilon,))
         self.activation = activation
@@ -242,12 +173,6 @@ class ProxyNormActivation(keras.layers.Layer):
                                      trainable=True)
         self.beta = self.add_weight(name="beta", shape=(channels,), initializer="zeros",
                                     trainable=True)
-        self.resolved_implementation = self.implementation
-        if self.implementation == "auto":
-            self.resolved_implementation = choose_implementation()
-        if self.resolved_implementation == "fused":
-            kernels.load("ProxyNormActivation implementation='fused'",
-                         "implementation='tensorflow'")  # compile now, before any training
         self.proxy_gamma = self.proxy_beta = None
         if self.proxy_params:
             self.proxy_gamma = self.add_weight(name="proxy_gamma", shape=(channels,),
@@ -274,21 +199,21 @@ class ProxyNormActivation(keras.layers.Layer):
         return self.normalize_activated(activated)
 
     def proxy_mean_scale(self):
-        """Proxy mean and rsqrt(proxy variance + eps~), float32 [C] each: one fused op
-        where ``implementation`` resolved to "fused" (outside ``kernels.portable_kernels()``),
-        else ``proxy_moments``."""
-        if self.resolved_implementation == "fused" and not kernels.portable():
-            gamma = tf.cast(self.gamma, tf.float32)
-            if self.proxy_params:
-                proxy_gamma = tf.cast(self.proxy_gamma, tf.float32)
-                proxy_beta = tf.cast(self.proxy_beta, tf.float32)
-            else:
-                proxy_gamma = proxy_beta = tf.zeros_like(gamma)
-            return fused_proxy_mean_scale(gamma, tf.cast(self.beta, tf.float32), proxy_gamma,
-                                          proxy_beta, tf.constant(self.quantiles),
-                                          self.activation, self.proxy_epsilon)
-        mean, variance = self.proxy_moments()
-        return mean, tf.math.rsqrt(variance + self.proxy_epsilon)
+        """Proxy mean and rsqrt(proxy variance + eps~), float32 [C] each, from
+        ``proxy_moments`` (through ``kernels.proxy_mean_scale``)."""
+        def reference():
+            mean, variance = self.proxy_moments()
+            return mean, tf.math.rsqrt(variance + self.proxy_epsilon)
+        gamma = tf.cast(self.gamma, tf.float32)
+        if self.proxy_params:
+            proxy_gamma = tf.cast(self.proxy_gamma, tf.float32)
+            proxy_beta = tf.cast(self.proxy_beta, tf.float32)
+        else:
+            proxy_gamma = proxy_beta = tf.zeros_like(gamma)
+        return kernels_lib.proxy_mean_scale(
+            gamma, tf.cast(self.beta, tf.float32), proxy_gamma, proxy_beta,
+            tf.constant(self.quantiles), self.activation, self.proxy_epsilon, self.kernels,
+            reference=reference)
 
     def normalize_activated(self, activated):
         """The proxy normalization of already activated values act(gamma y + beta), in this
@@ -316,5 +241,5 @@ class ProxyNormActivation(keras.layers.Layer):
         config.update(dict(activation=self.activation, proxy_epsilon=self.proxy_epsilon,
                            num_proxy_samples=self.num_proxy_samples,
                            proxy_params=self.proxy_params, mode=self.mode,
-                           implementation=self.implementation))
+                           kernels=self.kernels))
         return config
