@@ -137,18 +137,10 @@ def EfficientNet(size="b0", group_size=1, expansion_ratio=None, norm="bn", norm_
     """
     check_size(size)
     L.parse_norm(norm)
-    kernels_lib.check_mode(kernels, "kernels")
     deprecated = dict(fold_proxy_norm=fold_proxy_norm, conv_implementation=conv_implementation,
                       proxy_implementation=proxy_implementation)
-    deprecated = {key: value for key, value in deprecated.items() if value is not None}
-    if deprecated:
-        warnings.warn("EfficientNet(%s) is deprecated: use kernels='auto' or 'tensorflow'"
-                      % ", ".join(sorted(deprecated)), DeprecationWarning, stacklevel=2)
-    proxy_kernels = None
-    if proxy_implementation is not None:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", DeprecationWarning)
-            proxy_kernels = L.blocks.deprecated_proxy_implementation(proxy_implementation)
+    options = kernels_lib.settings.resolve_options("EfficientNet", kernels, **deprecated)
+    proxy_kernels = options["proxy_kernels"]
     if expansion_ratio is None:
         expansion_ratio = default_expansion_ratio(group_size)
     if not isinstance(num_classes, int) or num_classes < 1:
@@ -175,11 +167,12 @@ def EfficientNet(size="b0", group_size=1, expansion_ratio=None, norm="bn", norm_
                          proxy_kernels=proxy_kernels)(x)
     blocks = block_args(size, expansion_ratio)
     for index, (block_name, args) in enumerate(blocks):
-        with warnings.catch_warnings():  # warned above, once
+        with warnings.catch_warnings():  # the former options were warned about above
             warnings.simplefilter("ignore", DeprecationWarning)
             block = L.MBConvBlock(group_size=group_size, norm=norm, norm_groups=norm_groups,
                                   activation=activation, proxy_params=proxy_params,
-                                  kernels=kernels, drop_rate=drop_connect_rate * index / len(blocks),
+                                  kernels=kernels,
+                                  drop_rate=drop_connect_rate * index / len(blocks),
                                   name=block_name, **dict(args, **deprecated))
         x = block(x)
     x = L.PointwiseConv2D(round_filters(1280, width), use_bias=False,

@@ -17,11 +17,8 @@ Keras' RMSprop (Keras 3 and tf-keras alike) computes the same three lines for
 ``ms`` at 0. ``RMSPropTF1`` keeps Keras' RMSprop (its hyperparameters, config, slot names
 ``velocity`` and ``momentum``, and so its checkpoints) and changes two things: ``velocity``
 (= ms) starts at 1, and each update is the one fused ``ResourceApplyRMSProp`` op.
-Measured on 2 CPU cores, B0-G16-GN (213 variables), batch 32, 40 interleaved rounds
-(``python -m efficientnet_ipu.benchmark --optimizers --group-sizes=16 --norms=gn
---resolutions=32 --steps=40``): at 32 px the update costs 4.6 ms per step over plain SGD
-(95 % CI 1.4-8.5) against Keras RMSprop's 13.6 ms (CI 10.3-19.9), a 1.13x faster step (CI
-1.08-1.21); at 160 px the step is 1.02x (CI 0.97-1.08), not resolvable.
+One op instead of a dozen matters on CPU, where small ops cost their dispatch
+(``python -m efficientnet_ipu.benchmark --optimizers`` times the three updates).
 """
 import inspect
 

@@ -32,7 +32,7 @@ def test_benchmark_writes_csv_and_plots_use_it(tmp_path):
     # Only the convolution targets apply to a single model: one per G16 implementation.
     targets = list(csv.DictReader(open(str(tmp_path / "bench_targets.csv"))))
     assert [t["target"].split(" vs ")[0] for t in targets] == [
-        "GroupConv2D G16 grouped", "GroupConv2D G16 split", "GroupConv2D G16 avx2",
+        "GroupConv2D G16 grouped", "GroupConv2D G16 split", "GroupConv2D G16 ours",
         "GroupConv2D G16 tensorflow", "GroupConv2D G16 auto (default)"]
     for t in targets:
         assert float(t["q25"]) <= float(t["value"]) <= float(t["q75"])

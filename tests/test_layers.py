@@ -649,7 +649,7 @@ def test_mbconv_folds_proxy_norm_by_default_only_on_our_group_conv_ops(variant):
         block(x)
         assert block.group_conv.kernel_variant == variant
         assert block.folds_proxy_norm() == expected, fold
-    with pytest.warns(DeprecationWarning, match="fold_proxy_norm is deprecated"):
+    with pytest.warns(DeprecationWarning, match="fold_proxy_norm.*deprecated"):
         block = L.MBConvBlock(16, 16, norm="gn", fold_proxy_norm=True)
     assert not block.folds_proxy_norm()  # no PN
     with pytest.raises(ValueError, match="fold_proxy_norm must be one of"):

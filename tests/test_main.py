@@ -116,7 +116,7 @@ def test_killed_run_resumes_from_last_checkpoint(tmp_path):
     ("--config.image_size.train=0", "config.image_size.train must be a positive integer"),
     ("--config.dataset.name=no_such_dataset_xyz", "not a known dataset"),
     ("--config.model.norm=batchnorm", "config.model.norm must be one of"),
-    ("--config.model.conv_implementation=fast", "config.model.conv_implementation must be one"),
+    ("--config.model.kernels=fast", "config.model.kernels must be one"),
     ("--config.train.micro_batches_in_flight=0",
      "config.train.micro_batches_in_flight must be a positive integer"),
 ])

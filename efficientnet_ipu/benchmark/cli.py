@@ -57,11 +57,13 @@ def main(argv=None):
                              "folding (norm shown as e.g. ln_pn/unfolded)")
     parser.add_argument("--compare-conv", action="store_true",
                         help="also time each G1 and G16 model with "
-                             "kernels.override(conv='tensorflow') (TensorFlow's convolutions and gradients instead "
+                             "kernels.override(conv='tensorflow') (TensorFlow's convolutions and "
+                             "gradients instead "
                              "of the CPU kernels; norm shown as e.g. bn/tf-conv)")
     parser.add_argument("--compare-proxy", action="store_true",
                         help="also time each proxy-norm model with "
-                             "kernels.override(proxy=False) (the proxy statistics as TensorFlow ops instead of "
+                             "kernels.override(proxy=False) (the proxy statistics as TensorFlow ops "
+                             "instead of "
                              "the fused CPU op; norm shown as e.g. ln_pn/tf-proxy)")
     parser.add_argument("--compare-norm-ops", action="store_true",
                         help="also time each model with the normalization, statistics and "

@@ -84,9 +84,8 @@ def fwd_bwd_step(fn, x):
 
     What is timed is fn's own passes. u goes in as the tape's output gradient, so no
     elementwise loss (y * u, and its gradient) runs, and only one element of each result
-    is copied out, because the ops compute every result in full anyway. Both costs are the same memory passes for every entry of a table,
-    so they dilute the gaps between the entries: on [32, 28, 28, 240] they took 7-8 ms of
-    a G16 convolution's 33-35 ms per step.
+    is copied out, because the ops compute every result in full anyway: both would be the
+    same memory passes for every entry of a table, diluting the gaps between them.
     The forward's first element is returned so that TensorFlow cannot prune it (the
     gradients of sum(y) alone do not need y)."""
     upstream = tf.random.normal(tf.shape(fn(x)))  # builds the layers

@@ -21,7 +21,8 @@ from efficientnet_ipu.kernels import dispatch, library, settings
 from efficientnet_ipu.kernels.conv_ops import (check_grouped_conv_support, group_conv2d,
                                                group_conv_variant, prepare_group_conv)
 from efficientnet_ipu.kernels.gate_ops import channel_gate, squeeze_excite
-from efficientnet_ipu.kernels.norm_ops import (batch_norm_statistics, channel_moments,
+from efficientnet_ipu.kernels.norm_ops import (batch_norm_activation, batch_norm_statistics,
+                                               channel_moments,
                                                channel_moments_through, group_scale_shift,
                                                scale_shift_activation)
 from efficientnet_ipu.kernels.proxy_ops import proxy_mean_scale
@@ -34,9 +35,11 @@ folds_proxy_norm = dispatch.folds_proxy_norm
 norm_ops_apply = dispatch.norm_ops_apply
 
 __all__ = [
-    "MODES", "available", "batch_norm_statistics", "block_variant", "channel_gate",
-    "channel_moments", "channel_moments_through", "check_grouped_conv_support", "check_mode",
-    "dispatch", "folds_proxy_norm", "group_conv2d", "group_conv_variant", "group_scale_shift",
-    "library", "matmul_max_pixels", "norm_ops_apply", "override", "prepare_group_conv", "proxy_mean_scale",
-    "scale_shift_activation", "settings", "squeeze_excite", "tensorflow_only",
+    "MODES", "available", "batch_norm_activation", "batch_norm_statistics", "block_variant",
+    "channel_gate", "channel_moments", "channel_moments_through",
+    "check_grouped_conv_support", "check_mode", "dispatch", "folds_proxy_norm",
+    "group_conv2d", "group_conv_variant", "group_scale_shift", "library",
+    "matmul_max_pixels", "norm_ops_apply", "override", "prepare_group_conv",
+    "proxy_mean_scale", "scale_shift_activation", "settings", "squeeze_excite",
+    "tensorflow_only",
 ]

@@ -21,11 +21,11 @@ results differ from the direct sums by about 5e-7 of the largest output).
 """
 import tensorflow as tf
 
-from efficientnet_ipu.kernels import dispatch, library
+from efficientnet_ipu.kernels import dispatch, library, settings
 
 
 def group_conv2d(inputs, kernel, strides, padding, input_offset=None, input_scale=None,
-                 mode="auto", reference=None):
+                 mode="auto", variant=None, reference=None):
     """``reference(inputs, kernel, strides, padding, input_offset, input_scale)``, or the
     same function on the variant ``dispatch.group_conv_variant`` picks.
 
@@ -37,6 +37,7 @@ def group_conv2d(inputs, kernel, strides, padding, input_offset=None, input_scal
       input_offset, input_scale: None or [C_in], inputs' dtype: convolve
         (inputs + input_offset) * input_scale (the zero padding is not shifted).
       mode: the layer's ``kernels`` option (``settings.MODES``).
+      variant: None, or a variant the layer always runs (as ``settings.override(conv=...)``).
       reference: the layer's TensorFlow formulation, a function of the arguments above.
 
     Returns:
@@ -50,7 +51,7 @@ def group_conv2d(inputs, kernel, strides, padding, input_offset=None, input_scal
                               int(kernel.shape[3]))
     groups = int(inputs.shape[-1]) // group_size
     variant = group_conv_variant(int(inputs.shape[-1]), group_size, filters, k, inputs.dtype,
-                                 mode)
+                                 mode, variant)
     depthwise = group_size == 1 and filters == groups
     if variant == "ours" and depthwise:
         if input_offset is not None or input_scale is not None:
@@ -68,15 +69,19 @@ def group_conv2d(inputs, kernel, strides, padding, input_offset=None, input_scal
     return reference(inputs, kernel, strides, padding, input_offset, input_scale)
 
 
-def group_conv_variant(channels, group_size, filters, kernel_size, dtype, mode):
+def group_conv_variant(channels, group_size, filters, kernel_size, dtype, mode,
+                       variant=None):
     """``dispatch.group_conv_variant`` for a layer of ``channels`` inputs, ``group_size``
-    (resolved: a divisor of ``channels``), ``filters`` outputs and a k x k kernel."""
+    (resolved: a divisor of ``channels``), ``filters`` outputs and a k x k kernel;
+    ``variant`` (not None) forces one as ``settings.override(conv=...)`` does."""
     groups = channels // group_size
-    return dispatch.group_conv_variant(groups, group_size, filters // groups, dtype,
-                                       kernel_size, mode)
+    with settings.override(conv=variant):
+        return dispatch.group_conv_variant(groups, group_size, filters // groups, dtype,
+                                           kernel_size, mode)
 
 
-def prepare_group_conv(channels, group_size, filters, kernel_size, dtype, mode):
+def prepare_group_conv(channels, group_size, filters, kernel_size, dtype, mode,
+                       variant=None):
     """Check at build time that the variant ``group_conv_variant`` picks can run here:
     compile the op library now if it is ours, check TensorFlow's grouped-convolution
     gradient support if it is "grouped". Returns the variant.
@@ -84,7 +89,8 @@ def prepare_group_conv(channels, group_size, filters, kernel_size, dtype, mode):
     Raises:
       ValueError, RuntimeError: as ``group_conv2d``, and ``check_grouped_conv_support``.
     """
-    variant = group_conv_variant(channels, group_size, filters, kernel_size, dtype, mode)
+    variant = group_conv_variant(channels, group_size, filters, kernel_size, dtype, mode,
+                                 variant)
     groups = channels // group_size
     depthwise = group_size == 1 and filters == groups
     if variant == "ours":
@@ -112,7 +118,8 @@ def check_grouped_conv_support():
             "GroupConv2D's grouped convolution needs TensorFlow's oneDNN kernels on CPU "
             "(without them grouped-convolution gradients are not supported). Set "
             "TF_ENABLE_ONEDNN_OPTS=1 before TensorFlow is imported (importing "
-            "efficientnet_ipu first does this), or use kernels.settings.override(conv='split').")
+            "efficientnet_ipu first does this), or use "
+            "efficientnet_ipu.kernels.override(conv='split').")
 
 
 def _apply_offset_scale(inputs, kernel, input_offset, input_scale):
@@ -184,7 +191,8 @@ def depthwise_conv2d(inputs, kernel, stride, padding):
 
     Args:
       inputs: float32 [N, H, W, C].
-      kernel: float32 [k, k, C, 1], k <= ``dispatch.DEPTHWISE_MAX_KERNEL_SIZE`` (channel multiplier 1).
+      kernel: float32 [k, k, C, 1], k <= ``dispatch.DEPTHWISE_MAX_KERNEL_SIZE`` (channel
+        multiplier 1).
       stride: int >= 1 (both spatial dimensions); padding: "SAME" or "VALID".
 
     Returns:
@@ -194,17 +202,20 @@ def depthwise_conv2d(inputs, kernel, stride, padding):
 
     Raises:
       RuntimeError: see ``library.load``.
-      ValueError: a kernel larger than ``dispatch.DEPTHWISE_MAX_KERNEL_SIZE`` or with a channel multiplier
+      ValueError: a kernel larger than ``dispatch.DEPTHWISE_MAX_KERNEL_SIZE`` or with a
+        channel multiplier
         other than 1.
     """
     size, multiplier = int(kernel.shape[0]), int(kernel.shape[3])
     if size > dispatch.DEPTHWISE_MAX_KERNEL_SIZE or multiplier != 1:
         raise ValueError("depthwise_conv2d: the CPU gradient kernels take kernels up to "
                          "%dx%d with channel multiplier 1, got %s"
-                         % (dispatch.DEPTHWISE_MAX_KERNEL_SIZE, dispatch.DEPTHWISE_MAX_KERNEL_SIZE, kernel.shape))
+                         % (dispatch.DEPTHWISE_MAX_KERNEL_SIZE,
+                            dispatch.DEPTHWISE_MAX_KERNEL_SIZE, kernel.shape))
     ops = library.load("GroupConv2D", "kernels='tensorflow'")
     stride = int(stride)
-    our_forward, onednn_input_gradient = dispatch.depthwise_route(inputs.shape[2], size, stride, padding)
+    our_forward, onednn_input_gradient = dispatch.depthwise_route(inputs.shape[2], size,
+                                                                  stride, padding)
 
     @tf.custom_gradient
     def convolve(x, w):

@@ -116,6 +116,17 @@ def _group_scale_shift_gradient(op, dscale, dshift):
     return list(grads[:4]) + list(grads[4])
 
 
+def batch_norm_activation(x, activation, mode, composed, reference):
+    """act(BN(x)) for x [N, H, W, C]: ``composed()``, the layer's composition of the steps
+    above (moments, ``batch_norm_statistics``, ``scale_shift_activation``), where this
+    project's ops compute them for x and ``activation`` (``dispatch.norm_ops_apply``);
+    else ``reference()``, the layer's formulation on TensorFlow's fused batch-norm kernel.
+    Both compute the same function and update the same moving averages."""
+    if dispatch.norm_ops_apply(x, activation, mode):
+        return composed()
+    return reference()
+
+
 def batch_norm_statistics(mean, variance, gamma, beta, moving_mean, moving_variance,
                           momentum, epsilon, mode="auto", reference=None):
     """``reference(...)`` with the same arguments: BN's training (scale, shift,

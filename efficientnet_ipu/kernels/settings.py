@@ -36,6 +36,7 @@ The last three give ``block_variant``'s defaults.
 import contextlib
 import os
 import threading
+import warnings
 
 MODES = ("auto", "tensorflow")
 # The group-convolution variants ``override(conv=...)`` can force: this project's ops,
@@ -177,3 +178,61 @@ def override(conv=None, proxy=None, norm_ops=None, fold=None):
         yield
     finally:
         _local.overrides = previous
+
+
+# The former speed options, accepted with a deprecation warning: name -> allowed values.
+DEPRECATED_OPTIONS = {
+    "fold_proxy_norm": ("auto", True, False),
+    "conv_implementation": ("auto", "grouped", "split", "avx2", "tensorflow"),
+    "proxy_implementation": ("auto", "fused", "tensorflow"),
+}
+
+
+def resolve_options(owner, kernels="auto", warn=True, **deprecated):
+    """The speed options of a layer or model from ``kernels`` and the former options.
+
+    Args:
+      owner: the caller's name for messages (e.g. "EfficientNet").
+      kernels: one of ``MODES``.
+      warn: warn (DeprecationWarning) when a former option is given.
+      **deprecated: any of ``DEPRECATED_OPTIONS`` (None: not given). "auto" keeps
+        ``kernels``' rule; ``conv_implementation="tensorflow"`` and
+        ``proxy_implementation="tensorflow"`` turn this project's ops off for the group
+        convolutions or the proxy statistics only; "grouped", "split" and "avx2" force
+        that group-convolution variant ("avx2" is "ours"); ``fold_proxy_norm`` True or
+        False forces the fold.
+
+    Returns:
+      dict: kernels, conv_kernels, proxy_kernels (each one of ``MODES``), conv_variant
+      (None or one of ``CONV_VARIANTS``), fold (None, True or False).
+
+    Raises:
+      ValueError: naming the option and its allowed values.
+    """
+    check_mode(kernels, "%s kernels" % owner)
+    options = dict(kernels=kernels, conv_kernels=kernels, proxy_kernels=kernels,
+                   conv_variant=None, fold=None)
+    given = {}
+    for name, value in deprecated.items():
+        if name not in DEPRECATED_OPTIONS:
+            raise TypeError("%s got an unexpected option %r" % (owner, name))
+        if value is None:
+            continue
+        if value not in DEPRECATED_OPTIONS[name] or (
+                name == "fold_proxy_norm" and not isinstance(value, (bool, str))):
+            raise ValueError("%s %s must be one of %s, got %r"
+                             % (owner, name, DEPRECATED_OPTIONS[name], value))
+        given[name] = value
+    if given and warn:
+        warnings.warn("%s(%s) is deprecated: use kernels='auto' or 'tensorflow'"
+                      % (owner, ", ".join(sorted(given))), DeprecationWarning, stacklevel=3)
+    conv = given.get("conv_implementation", "auto")
+    if conv == "tensorflow":
+        options["conv_kernels"] = "tensorflow"
+    elif conv != "auto":
+        options["conv_variant"] = "ours" if conv == "avx2" else conv
+    if given.get("proxy_implementation") == "tensorflow":
+        options["proxy_kernels"] = "tensorflow"
+    fold = given.get("fold_proxy_norm", "auto")
+    options["fold"] = None if fold == "auto" else bool(fold)
+    return options

@@ -9,6 +9,7 @@ from efficientnet_ipu.layers import blocks, conv, norm, proxy_norm, proxy_norm_f
 
 __all__ = [
     "NORMS", "MBConvBlock", "NormActivation", "SqueezeExcite", "Standardize", "drop_path",
-    "make_norm", "parse_norm", "GroupConv2D", "PointwiseConv2D", "resolve_group_size", "GroupNormalization",
+    "make_norm", "parse_norm", "GroupConv2D", "PointwiseConv2D", "resolve_group_size",
+    "GroupNormalization",
     "InstanceNormalization", "LayerNormalization", "ProxyNormActivation", "proxy_quantiles",
 ]

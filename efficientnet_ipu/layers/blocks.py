@@ -8,8 +8,6 @@ without proxy-normalized activations (paper 002 sec. 5 and Appendix A.1).
 from tensorflow import keras
 import tensorflow as tf
 
-import warnings
-
 from efficientnet_ipu import kernels as kernels_lib  # ``kernels`` is also an argument
 from efficientnet_ipu.layers import proxy_norm_folded
 from efficientnet_ipu.layers.conv import GroupConv2D, PointwiseConv2D
@@ -83,11 +81,12 @@ class NormActivation(keras.layers.Layer):
         self.norm, self.norm_groups, self.activation = norm, norm_groups, activation
         self.mode, self.proxy_params, self.prefix, self.bn_name = (
             mode, proxy_params, prefix, bn_name)
-        self.kernels = kernels_lib.check_mode(kernels, "NormActivation kernels")
-        if proxy_implementation is not None:
-            proxy_kernels = deprecated_proxy_implementation(proxy_implementation)
+        options = kernels_lib.settings.resolve_options(
+            "NormActivation", kernels, proxy_implementation=proxy_implementation)
+        self.kernels = kernels
         self.proxy_kernels = kernels_lib.check_mode(
-            kernels if proxy_kernels is None else proxy_kernels, "NormActivation proxy_kernels")
+            options["proxy_kernels"] if proxy_kernels is None else proxy_kernels,
+            "NormActivation proxy_kernels")
         _, self.use_pn = parse_norm(norm)
         get_activation(activation)
         affine = not self.use_pn
@@ -150,13 +149,14 @@ class NormActivation(keras.layers.Layer):
             x = scale_shift_activation(inputs, scale, shift, self.activation,
                                        self.act_layer.activation_fn, mode=self.kernels)
             return (x, None) if self.mode == "split" else x
-        if (self.fused_bn and self.norm_layer.fusable(inputs)
-                and kernels_lib.norm_ops_apply(inputs, self.activation, self.kernels)):
-            x = self.norm_layer.normalize_activate(inputs, training, self.activation,
-                                                   self.act_layer.activation_fn)
-            return (x, None) if self.mode == "split" else x
-        x = self.norm_layer(inputs, training=training)
-        x = self.act_layer(x)
+        if self.fused_bn and self.norm_layer.fusable(inputs):
+            x = kernels_lib.batch_norm_activation(
+                inputs, self.activation, self.kernels,
+                composed=lambda: self.norm_layer.normalize_activate(
+                    inputs, training, self.activation, self.act_layer.activation_fn),
+                reference=lambda: self.act_layer(self.norm_layer(inputs, training=training)))
+        else:
+            x = self.act_layer(self.norm_layer(inputs, training=training))
         if self.mode == "split" and not self.use_pn:
             return x, None
         return x
@@ -198,17 +198,6 @@ def squeeze_excite(x, gate_fn, params, mode="auto"):
         gate = gate_fn(tf.reduce_mean(x, axis=[1, 2]), *params)
         return channel_gate(x, gate, mode), gate
     return kernels_lib.squeeze_excite(x, gate_fn, params, mode, reference=reference)
-
-
-def deprecated_proxy_implementation(implementation):
-    """The ``kernels`` value for a former ``proxy_implementation`` ("auto", "fused" or
-    "tensorflow"), with a deprecation warning. Raises ValueError for other values."""
-    if implementation not in ("auto", "fused", "tensorflow"):
-        raise ValueError("proxy_implementation must be one of ('auto', 'fused', "
-                         "'tensorflow'), got %r" % (implementation,))
-    warnings.warn("proxy_implementation is deprecated; use kernels='auto' or 'tensorflow'",
-                  DeprecationWarning, stacklevel=3)
-    return "tensorflow" if implementation == "tensorflow" else "auto"
 
 
 class SqueezeExcite(keras.layers.Layer):
@@ -279,9 +268,6 @@ class SqueezeExcite(keras.layers.Layer):
         return config
 
 
-FOLD_PROXY_NORM = ("auto", True, False)  # MBConvBlock's deprecated fold_proxy_norm values
-
-
 def drop_path(x, rate, training):
     """Stochastic depth (Huang et al., 2016; paper 001 sec. 3.4): zero whole examples of
     the residual branch ``x`` ([N, H, W, C]) with probability ``rate`` during training,
@@ -345,19 +331,13 @@ class MBConvBlock(keras.layers.Layer):
             raise ValueError("MBConvBlock drop_rate must be in [0, 1), got %r" % (drop_rate,))
         if not 0 < se_ratio <= 1:
             raise ValueError("MBConvBlock se_ratio must be in (0, 1], got %r" % (se_ratio,))
-        kernels_lib.check_mode(kernels, "MBConvBlock kernels")
-        self.fold = None  # None: kernels.folds_proxy_norm decides when traced
-        if fold_proxy_norm is not None:
-            if fold_proxy_norm not in FOLD_PROXY_NORM:
-                raise ValueError("MBConvBlock fold_proxy_norm must be one of %s, got %r"
-                                 % (FOLD_PROXY_NORM, fold_proxy_norm))
-            warnings.warn("fold_proxy_norm is deprecated: the fold follows kernels (use "
-                          "kernels.override(fold=...) to force it)", DeprecationWarning,
-                          stacklevel=2)
-            self.fold = None if fold_proxy_norm == "auto" else bool(fold_proxy_norm)
-        proxy_kernels = None
-        if proxy_implementation is not None:
-            proxy_kernels = deprecated_proxy_implementation(proxy_implementation)
+        options = kernels_lib.settings.resolve_options(
+            "MBConvBlock", kernels, fold_proxy_norm=fold_proxy_norm,
+            conv_implementation=conv_implementation,
+            proxy_implementation=proxy_implementation)
+        # None: kernels.folds_proxy_norm decides when traced; True / False force the fold.
+        self.fold = options["fold"]
+        proxy_kernels = options["proxy_kernels"]
         self.config_args = dict(
             filters_in=filters_in, filters_out=filters_out, kernel_size=kernel_size,
             strides=strides, expand_ratio=expand_ratio, group_size=group_size,
@@ -376,10 +356,10 @@ class MBConvBlock(keras.layers.Layer):
                 prefix=prefix + "expand_", name=prefix + "expand_norm_act", kernels=kernels,
                 proxy_kernels=proxy_kernels)
         self.group_conv = GroupConv2D(
-            filters, kernel_size, strides=strides, group_size=group_size, kernels=kernels,
+            filters, kernel_size, strides=strides, group_size=group_size,
+            kernels=options["conv_kernels"],
             name=prefix + ("dwconv" if group_size == 1 else "gconv"))
-        if conv_implementation is not None:
-            _deprecated_conv_implementation(self.group_conv, conv_implementation)
+        self.group_conv.variant = options["conv_variant"]
         self.norm_act = NormActivation(norm, norm_groups, activation, "split", proxy_params,
                                        prefix=prefix, name=prefix + "norm_act",
                                        kernels=kernels, proxy_kernels=proxy_kernels)
@@ -434,21 +414,6 @@ class MBConvBlock(keras.layers.Layer):
         config = super().get_config()
         config.update(self.config_args)
         return config
-
-
-def _deprecated_conv_implementation(group_conv, implementation):
-    """Apply a former ``conv_implementation`` to ``group_conv`` (a GroupConv2D not yet
-    built), with a deprecation warning. Raises ValueError for unknown values."""
-    from efficientnet_ipu.layers.conv import DEPRECATED_IMPLEMENTATIONS
-    if implementation not in DEPRECATED_IMPLEMENTATIONS:
-        raise ValueError("conv_implementation must be one of %s, got %r"
-                         % (DEPRECATED_IMPLEMENTATIONS, implementation))
-    warnings.warn("conv_implementation is deprecated; use kernels='auto' or 'tensorflow'",
-                  DeprecationWarning, stacklevel=3)
-    if implementation == "tensorflow":
-        group_conv.kernels = "tensorflow"
-    elif implementation != "auto":
-        group_conv.variant = "ours" if implementation == "avx2" else implementation
 
 
 class Standardize(keras.layers.Layer):

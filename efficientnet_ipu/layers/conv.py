@@ -6,16 +6,10 @@ when the group size is 1). Keras 3's ``Conv2D(groups=...)`` is not used: it wrap
 convolutions in an XLA function whose backward pass is far slower on CPU, and the Keras 2.6
 fork in the Poplar SDK has no grouped Conv2D at all.
 """
-import warnings
-
 from tensorflow import keras
 import tensorflow as tf
 
 from efficientnet_ipu import kernels as kernels_lib  # ``kernels`` is also an argument
-
-# GroupConv2D's former ``implementation`` values, accepted with a deprecation warning.
-DEPRECATED_IMPLEMENTATIONS = ("auto", "grouped", "split", "avx2", "tensorflow")
-
 
 def group_conv2d(inputs, kernel, strides, padding, input_offset=None, input_scale=None):
     """conv((inputs + input_offset) * input_scale, kernel), grouped (paper 001 sec. 3.1).
@@ -115,18 +109,12 @@ class GroupConv2D(keras.layers.Layer):
                  use_bias=False, kernel_initializer=None, bias_initializer="zeros",
                  kernel_regularizer=None, kernels="auto", implementation=None, **kwargs):
         super().__init__(**kwargs)
-        self.variant = None
-        if implementation is not None:
-            if implementation not in DEPRECATED_IMPLEMENTATIONS:
-                raise ValueError("GroupConv2D implementation must be one of %s, got %r"
-                                 % (DEPRECATED_IMPLEMENTATIONS, implementation))
-            warnings.warn("GroupConv2D(implementation=...) is deprecated; use kernels='auto' "
-                          "or 'tensorflow'", DeprecationWarning, stacklevel=2)
-            if implementation == "tensorflow":
-                kernels = "tensorflow"
-            elif implementation != "auto":
-                self.variant = "ours" if implementation == "avx2" else implementation
-        self.kernels = kernels_lib.check_mode(kernels, "GroupConv2D kernels")
+        options = kernels_lib.settings.resolve_options(
+            "GroupConv2D", kernels, conv_implementation=implementation)
+        self.kernels = options["conv_kernels"]
+        # None, or the variant this layer always runs (``kernels.override(conv=...)``'s
+        # values; for tests and benchmarks).
+        self.variant = options["conv_variant"]
         for field, value in (("filters", filters), ("kernel_size", kernel_size),
                              ("strides", strides), ("group_size", group_size)):
             if not isinstance(value, int) or value < 1:
@@ -157,10 +145,10 @@ class GroupConv2D(keras.layers.Layer):
                 "GroupConv2D filters=%d is not divisible by the %d groups of %d channels"
                 % (self.filters, self.groups, self.resolved_group_size))
         self.depthwise = self.resolved_group_size == 1 and self.filters == channels
-        with kernels_lib.override(conv=self.variant):  # check now, before any training
-            self.kernel_variant = kernels_lib.prepare_group_conv(
-                channels, self.resolved_group_size, self.filters, self.kernel_size,
-                self.compute_dtype, self.kernels)
+        # Check now, before any training, that the ops it will run can run here.
+        self.kernel_variant = kernels_lib.prepare_group_conv(
+            channels, self.resolved_group_size, self.filters, self.kernel_size,
+            self.compute_dtype, self.kernels, self.variant)
         self.kernel = self.add_weight(
             name="kernel",
             shape=(self.kernel_size, self.kernel_size, self.resolved_group_size, self.filters),
@@ -175,22 +163,20 @@ class GroupConv2D(keras.layers.Layer):
     def current_variant(self):
         """How the layer would run if traced now (``kernels.group_conv_variant``): "ours",
         "grouped", "split" or "reference"."""
-        with kernels_lib.override(conv=self.variant):
-            return kernels_lib.group_conv_variant(self.groups * self.resolved_group_size,
+        return kernels_lib.group_conv_variant(self.groups * self.resolved_group_size,
                                               self.resolved_group_size, self.filters,
                                               self.kernel_size, self.compute_dtype,
-                                              self.kernels)
+                                              self.kernels, self.variant)
 
     def call(self, inputs, input_scale=None, input_offset=None):
         """Convolve ``(inputs + input_offset) * input_scale`` (``group_conv2d``), ``inputs``
         [N, H, W, C_in]; ``input_scale``, ``input_offset``: None or [C_in]."""
         dtype = inputs.dtype
         cast = (lambda v: None if v is None else tf.cast(v, dtype))
-        with kernels_lib.override(conv=self.variant):
-            outputs = kernels_lib.group_conv2d(
-                inputs, tf.cast(self.kernel, dtype), self.strides, self.padding,
-                cast(input_offset), cast(input_scale), mode=self.kernels,
-                reference=group_conv2d)
+        outputs = kernels_lib.group_conv2d(
+            inputs, tf.cast(self.kernel, dtype), self.strides, self.padding,
+            cast(input_offset), cast(input_scale), mode=self.kernels, variant=self.variant,
+            reference=group_conv2d)
         if self.bias is not None:
             outputs = tf.nn.bias_add(outputs, tf.cast(self.bias, outputs.dtype))
         return outputs

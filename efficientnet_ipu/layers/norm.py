@@ -280,9 +280,9 @@ _KERAS3 = str(getattr(keras, "__version__", "2")).startswith("3")
 class BatchNormalization(keras.layers.BatchNormalization):
     """keras.layers.BatchNormalization (Ioffe & Szegedy, 2015) computed, for 4-D NHWC
     inputs in training, as per-example moments, ``batch_norm_statistics`` and one
-    scale-and-shift pass (``normalize_activate``) where this project's CPU ops compute them
-    (``kernels.norm_ops_apply``), else with TensorFlow's fused kernel
-    (``FusedBatchNormV3``).
+    scale-and-shift pass (``normalize_activate``) where this project's CPU ops compute them,
+    else with TensorFlow's fused kernel (``FusedBatchNormV3``; the choice is
+    ``kernels.batch_norm_activation``'s).
 
     Keras 3 computes training-mode batch norm as separate moments, scale and shift ops
     (slower than either); Keras 2 (tf-keras and
@@ -375,6 +375,20 @@ class BatchNormalization(keras.layers.BatchNormalization):
         self.moving_variance.assign(moving_average(
             tf.cast(self.moving_variance, tf.float32), variance, self.momentum))
 
+    def _train_with_fused_kernel(self, x):
+        """Training-mode BN of x [N, H, W, C] with TensorFlow's fused kernel, updating the
+        moving averages; float32 [N, H, W, C]."""
+        gamma, beta = gamma_beta(self, x.shape[-1])
+        y, mean, variance = tf.compat.v1.nn.fused_batch_norm(
+            x, gamma, beta, epsilon=self.epsilon, is_training=True)
+        # fused_batch_norm returns the unbiased (n / (n - 1)) variance; Keras 3 keeps
+        # the biased one in its moving average.
+        shape = tf.shape(x)
+        n = tf.cast(shape[0] * shape[1] * shape[2], tf.float32)
+        variance = variance * ((n - 1.0) / tf.maximum(n, 1.0))
+        self._update_moving_averages(mean, variance)
+        return y
+
     def call(self, inputs, training=None, mask=None):
         if mask is not None or not self.fusable(inputs):
             if mask is None:
@@ -382,19 +396,11 @@ class BatchNormalization(keras.layers.BatchNormalization):
             return super().call(inputs, training=training, mask=mask)
         x = inputs if inputs.dtype in (tf.float16, tf.bfloat16, tf.float32) else tf.cast(
             inputs, tf.float32)
-        if training and self.trainable and kernels_lib.norm_ops_apply(x, "linear",
-                                                                        self.kernels):
-            return tf.cast(self.normalize_activate(x, training), self.compute_dtype)
         if training and self.trainable:
-            gamma, beta = gamma_beta(self, inputs.shape[-1])
-            y, mean, variance = tf.compat.v1.nn.fused_batch_norm(
-                x, gamma, beta, epsilon=self.epsilon, is_training=True)
-            # fused_batch_norm returns the unbiased (n / (n - 1)) variance; Keras 3 keeps
-            # the biased one in its moving average.
-            shape = tf.shape(x)
-            n = tf.cast(shape[0] * shape[1] * shape[2], tf.float32)
-            variance = variance * ((n - 1.0) / tf.maximum(n, 1.0))
-            self._update_moving_averages(mean, variance)
+            y = kernels_lib.batch_norm_activation(
+                x, "linear", self.kernels,
+                composed=lambda: self.normalize_activate(x, training),
+                reference=lambda: self._train_with_fused_kernel(x))
         else:
             # Inference stays a plain scale-and-shift, as in Keras: TensorFlow's graph
             # optimizer would fuse a fused_batch_norm into the preceding convolution, and

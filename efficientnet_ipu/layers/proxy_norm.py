@@ -19,7 +19,6 @@ parameters in [-0.2, 0.2] the worst errors are 1.3e-3 (mean) and 3.5e-3 (varianc
 200 quantiles, and 3e-4 / 7e-4 with 1000 (``num_proxy_samples``).
 """
 from statistics import NormalDist
-import warnings
 
 from tensorflow import keras
 import numpy as np
@@ -54,9 +53,6 @@ ACTIVATIONS = {
 }
 
 MODES = ("normalize", "center", "split")
-# ProxyNormActivation's former ``implementation`` values, accepted with a deprecation
-# warning ("fused" and "auto" mean kernels="auto").
-DEPRECATED_IMPLEMENTATIONS = ("auto", "fused", "tensorflow")
 
 
 def get_activation(name):
@@ -150,14 +146,9 @@ class ProxyNormActivation(keras.layers.Layer):
         if mode not in MODES:
             raise ValueError("ProxyNormActivation mode must be one of %s, got %r"
                              % (MODES, mode))
-        if implementation is not None:
-            if implementation not in DEPRECATED_IMPLEMENTATIONS:
-                raise ValueError("ProxyNormActivation implementation must be one of %s, got %r"
-                                 % (DEPRECATED_IMPLEMENTATIONS, implementation))
-            warnings.warn("ProxyNormActivation(implementation=...) is deprecated; use "
-                          "kernels='auto' or 'tensorflow'", DeprecationWarning, stacklevel=2)
-            kernels = "tensorflow" if implementation == "tensorflow" else "auto"
-        self.kernels = kernels_lib.check_mode(kernels, "ProxyNormActivation kernels")
+        self.kernels = kernels_lib.settings.resolve_options(
+            "ProxyNormActivation", kernels,
+            proxy_implementation=implementation)["proxy_kernels"]
         if not proxy_epsilon > 0:
             raise ValueError("proxy_epsilon must be > 0, got %r" % (proxy_epsilon,))
         self.activation = activation
