@@ -98,19 +98,20 @@ class NormActivation(keras.layers.Layer):
                                                  kernels=self.proxy_kernels)
         else:
             self.act_layer = Activation(activation, name=prefix + "activation")
-        # GN/LN/IN then the activation: one scale_shift_activation.
-        self.fused_norm = isinstance(self.norm_layer, GroupNormalization)
-        self.fused = self.use_pn and self.fused_norm
-        self.fused_bn = isinstance(self.norm_layer, BatchNormalization) and not self.use_pn
+        # GN/LN/IN (with PN or not) then the activation: the norm's per-example scale and
+        # shift and the activation as one scale_shift_activation; BN without PN likewise.
+        self.group_norm = isinstance(self.norm_layer, GroupNormalization)
+        self.proxy_after_group_norm = self.use_pn and self.group_norm
+        self.batch_norm = isinstance(self.norm_layer, BatchNormalization) and not self.use_pn
 
     def build(self, input_shape):
-        if self.fused_norm or self.fused_bn:  # call() may use their weights without calling
+        if self.group_norm or self.batch_norm:  # call() may use their weights without calling
             self.norm_layer.build(input_shape)
             self.act_layer.build(input_shape)
         super().build(input_shape)
 
     def proxy_parts(self, inputs, post=False):
-        """For the fused case (proxy norm after GN, LN or IN): (activated, mean, scale) with
+        """For proxy norm after GN, LN or IN: (activated, mean, scale) with
         activated = act(gamma * norm(inputs) + beta) ([N, H, W, C], inputs' dtype) and the
         proxy mean and rsqrt(proxy variance + eps~) (float32 [C] each), so that the
         proxy-normalized output is (activated - mean) * scale. MBConvBlock folds the mean
@@ -118,11 +119,11 @@ class NormActivation(keras.layers.Layer):
 
         The norm's statistics and PN's (gamma, beta) make one affine (the norm has none of
         its own; ``GroupNormalization.scale_shift``'s ``affine``), computed with the
-        activation by ``norm.scale_shift_activation`` (one fused op on CPU). With ``post``
+        activation by ``norm.scale_shift_activation``. With ``post``
         the same op also applies what this layer's ``mode`` takes of PN (paper 002 eq. 7):
         "normalize" (activated - mean) * scale, "center" and "split" activated - mean;
         ``activated`` is then that result."""
-        if not self.fused:
+        if not self.proxy_after_group_norm:
             raise ValueError("proxy_parts needs norm in gn_pn/ln_pn/in_pn, got %r"
                              % (self.norm,))
         pn_affine = (tf.cast(self.act_layer.gamma, tf.float32),
@@ -140,16 +141,16 @@ class NormActivation(keras.layers.Layer):
         return activated, mean, proxy_scale
 
     def call(self, inputs, training=None):
-        if self.fused:
+        if self.proxy_after_group_norm:
             # PN's mean and scale in the same op as the norm and the activation.
             x, _, scale = self.proxy_parts(inputs, post=True)
             return (x, tf.cast(scale, x.dtype)) if self.mode == "split" else x
-        if self.fused_norm:
+        if self.group_norm:
             scale, shift, inputs = self.norm_layer.scale_shift_through(inputs)
             x = scale_shift_activation(inputs, scale, shift, self.activation,
                                        self.act_layer.activation_fn, mode=self.kernels)
             return (x, None) if self.mode == "split" else x
-        if self.fused_bn and self.norm_layer.fusable(inputs):
+        if self.batch_norm and self.norm_layer.fusable(inputs):
             x = kernels_lib.batch_norm_activation(
                 inputs, self.activation, self.kernels,
                 composed=lambda: self.norm_layer.normalize_activate(
@@ -376,7 +377,7 @@ class MBConvBlock(keras.layers.Layer):
         self.drop_rate = drop_rate
 
     def build(self, input_shape):
-        if self.norm_act.fused:
+        if self.norm_act.proxy_after_group_norm:
             # The folded form uses these sublayers' weights without calling them.
             shape = (None, None, None, self.config_args["filters_in"]
                      * self.config_args["expand_ratio"])
@@ -388,7 +389,7 @@ class MBConvBlock(keras.layers.Layer):
     def folds_proxy_norm(self):
         """True if this block runs the folded form when traced now: GN/LN/IN + PN, and
         ``kernels.folds_proxy_norm`` (or the deprecated ``fold_proxy_norm``) says so."""
-        if not self.norm_act.fused:
+        if not self.norm_act.proxy_after_group_norm:
             return False
         if self.fold is not None:
             with kernels_lib.override(fold=self.fold):
