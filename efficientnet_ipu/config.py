@@ -5,6 +5,7 @@ Experiment files in ``experiments/`` call ``paper_config`` or ``base_config`` an
 so any field can be overridden (``--config.train.epochs=2``) and an unknown field is an
 error (the dicts are locked).
 """
+import math
 import numbers
 
 import ml_collections
@@ -14,6 +15,10 @@ from efficientnet_ipu.kernels.settings import MODES as KERNEL_MODES
 from efficientnet_ipu.layers import NORMS
 
 STRATEGIES = ("auto", "default", "mirrored", "multi_worker", "tpu", "ipu")
+CUTMIX_SAMPLING = ("graphcore_v1", "fixed")
+LR_DECAY_FROM = ("step0", "warmup_end")              # train.WarmupStaircaseDecay
+WEIGHT_DECAY_FILTERS = ("graphcore", "paper_text")   # train.decayed_variables
+NORM_GROUPINGS = ("contiguous", "strided")           # layers.GroupNormalization
 PRECISIONS = ("fp32", "fp16", "bf16")
 # Paper 001 (Graphcore's code): Mixup alpha and CutMix lambda per size (0 = off).
 MIXUP_ALPHA = {"b0": 0.1, "b1": 0.1, "b2": 0.1, "b3": 0.2, "b4": 0.2, "b5": 0.2}
@@ -25,6 +30,8 @@ def base_config():
     c = ml_collections.ConfigDict()
     c.seed = 0
     c.model = dict(size="b0", group_size=16, expansion_ratio=0, norm="ln_pn", norm_groups=4,
+                   # GN's channel groups: "contiguous" or "strided" (Graphcore's IPU GN)
+                   norm_grouping="contiguous",
                    dropout_rate=-1.0, drop_connect_rate=0.2, activation="swish",
                    # "auto": this project's CPU kernels where they apply; "tensorflow":
                    # TensorFlow's ops only (efficientnet_ipu.kernels). Same function.
@@ -33,8 +40,13 @@ def base_config():
                      eval_split="validation", num_classes=0,
                      train_examples=0)  # > 0: train on only the first N examples
     c.image_size = dict(train=224, eval=224)
+    # Random-resized crop as Graphcore's preprocessing (min_object_covered 0.1, 100
+    # attempts); Mixup per example; CutMix as Graphcore's "version 1" (cutmix_sampling
+    # "graphcore_v1": per batch, no cut with probability 1.55 lambda - 0.96, else a kept
+    # area of 1 + ln(u) / 4) or a fixed kept area lambda ("fixed").
     c.augment = dict(min_area=0.05, max_area=1.0, min_aspect=0.75, max_aspect=4.0 / 3.0,
-                     flip=True, mixup_alpha=0.0, cutmix_lambda=0.0)
+                     min_object_covered=0.1, crop_attempts=100, flip=True, mixup_alpha=0.0,
+                     cutmix_lambda=0.0, cutmix_sampling="graphcore_v1")
     c.train = dict(
         # global batch = micro_batch_size x gradient_accumulation x replicas (768 in paper 001)
         epochs=350, micro_batch_size=32, gradient_accumulation=24,
@@ -47,10 +59,25 @@ def base_config():
         eval_steps=0,                   # 0: the whole eval split
         base_learning_rate=2.0 ** -14,  # lr = base x global batch (paper 001 sec. 3.4)
         warmup_epochs=5.0, lr_decay=0.97, lr_decay_epochs=2.4, momentum=0.9,
+        # the x lr_decay steps count from "step0" (Graphcore's code) or "warmup_end"
+        lr_decay_from="step0",
+        # which variables weight decay applies to: "graphcore" (all but the norms' and
+        # PN's beta/gamma) or "paper_text" (conv kernels and PN's proxy parameters)
+        weight_decay_filter="graphcore",
         rmsprop_decay_per_example=2.0 ** -14,  # rho = 1 - this x global batch
         rmsprop_epsilon=1e-3,           # inside the square root, as TF1's RMSProp
-        weight_decay=1e-5, label_smoothing=0.1, precision="fp32",
+        weight_decay=1e-5, label_smoothing=0.1,
+        # "fp32" on CPUs (they gain nothing from float16); the paper configs say "fp16":
+        # float16 compute, float32 master weights and optimizer state, norm and proxy-norm
+        # statistics in float32, and loss_scale: a static scale (a number, 128 as the
+        # paper) or "dynamic" (Keras' LossScaleOptimizer)
+        precision="fp32", loss_scale="128",
         checkpoint_every_steps=0, keep_checkpoints=3, log_every_steps=50)
+    # Final weights: the exponential average of the per-epoch weights (paper 001 sec. 3.4,
+    # decay 0.97; efficientnet_ipu.average), used by the end-of-run evaluation and the
+    # export; keep_epoch_weights writes each epoch's weights (no optimizer state) so that
+    # ``python -m efficientnet_ipu.average`` can recompute it with another decay.
+    c.average = dict(enabled=True, decay=0.97, keep_epoch_weights=False)
     c.strategy = dict(name="auto", tpu="", ipus_per_replica=1, replicas=1)
     c.export = dict(enabled=True)
     c.lock()
@@ -59,7 +86,10 @@ def base_config():
 
 def paper_config(size, group_size, norm, resolution, dataset="imagenet2012"):
     """A paper 001 run (Tables 2-5): size b0-b5, G, norm "gn" or "ln_pn", resolution
-    "native" (Table 1, EfficientNet's) or "half" (Table 1). Evaluation at native size."""
+    "native" (Table 1, EfficientNet's) or "half" (Table 1, B2 corrected to 196, see
+    ``models.HALF_RESOLUTION``). Evaluation at native size. The recipe is ``base_config``'s
+    (paper 001 sec. 3.4 as Graphcore's code ran it) in fp16 with a static loss scale of
+    128, with Mixup and CutMix per size (``MIXUP_ALPHA``, ``CUTMIX_LAMBDA``)."""
     models.check_size(size)
     if resolution not in ("native", "half"):
         raise ValueError("resolution must be 'native' or 'half', got %r" % (resolution,))
@@ -70,6 +100,8 @@ def paper_config(size, group_size, norm, resolution, dataset="imagenet2012"):
     native = models.SIZES[size][2]
     c.image_size.train = native if resolution == "native" else models.HALF_RESOLUTION[size]
     c.image_size.eval = native
+    c.train.precision = "fp16"        # the paper's (on IPUs); fp32 is faster on CPUs
+    c.average.keep_epoch_weights = True
     c.augment.mixup_alpha = MIXUP_ALPHA[size]
     c.augment.cutmix_lambda = CUTMIX_LAMBDA[size]
     c.dataset.name = dataset
@@ -116,6 +148,13 @@ def validate(config):
             fail("train." + field, "a positive integer", t[field])
     if t.precision not in PRECISIONS:
         fail("train.precision", "one of %s" % list(PRECISIONS), t.precision)
+    if t.loss_scale != "dynamic":
+        try:
+            scale = float(t.loss_scale)
+        except (TypeError, ValueError):
+            scale = 0.0
+        if not (scale > 0 and math.isfinite(scale)):
+            fail("train.loss_scale", "a positive number or 'dynamic'", t.loss_scale)
     if config.strategy.name not in STRATEGIES:
         fail("strategy.name", "one of %s" % list(STRATEGIES), config.strategy.name)
     a = config.augment
@@ -126,6 +165,21 @@ def validate(config):
         fail("augment.cutmix_lambda", "in [0, 1)", a.cutmix_lambda)
     if a.mixup_alpha < 0:
         fail("augment.mixup_alpha", ">= 0", a.mixup_alpha)
+    if a.cutmix_sampling not in CUTMIX_SAMPLING:
+        fail("augment.cutmix_sampling", "one of %s" % list(CUTMIX_SAMPLING), a.cutmix_sampling)
+    if not 0 <= a.min_object_covered <= 1:
+        fail("augment.min_object_covered", "in [0, 1]", a.min_object_covered)
+    if not _positive_int(a.crop_attempts):
+        fail("augment.crop_attempts", "a positive integer", a.crop_attempts)
+    if not 0 <= config.average.decay < 1:
+        fail("average.decay", "in [0, 1)", config.average.decay)
+    if t.lr_decay_from not in LR_DECAY_FROM:
+        fail("train.lr_decay_from", "one of %s" % list(LR_DECAY_FROM), t.lr_decay_from)
+    if t.weight_decay_filter not in WEIGHT_DECAY_FILTERS:
+        fail("train.weight_decay_filter", "one of %s" % list(WEIGHT_DECAY_FILTERS),
+             t.weight_decay_filter)
+    if m.norm_grouping not in NORM_GROUPINGS:
+        fail("model.norm_grouping", "one of %s" % list(NORM_GROUPINGS), m.norm_grouping)
     if config.dataset.train_examples < 0:
         fail("dataset.train_examples", ">= 0 (0 = all)", config.dataset.train_examples)
     if not isinstance(config.dataset.name, str) or not config.dataset.name:
@@ -137,7 +191,8 @@ def model_kwargs(config, num_classes):
     m = config.model
     return dict(size=m.size, group_size=m.group_size,
                 expansion_ratio=m.expansion_ratio or None, norm=m.norm,
-                norm_groups=m.norm_groups, num_classes=num_classes,
+                norm_groups=m.norm_groups, norm_grouping=m.norm_grouping,
+                num_classes=num_classes,
                 dropout_rate=None if m.dropout_rate < 0 else m.dropout_rate,
                 drop_connect_rate=m.drop_connect_rate, activation=m.activation,
                 kernels=m.kernels)

@@ -125,8 +125,10 @@ def _decode(image):
 def _random_box(shape, augment):
     begin, size, _ = tf.image.sample_distorted_bounding_box(
         shape, tf.constant([0.0, 0.0, 1.0, 1.0], shape=[1, 1, 4]),
-        min_object_covered=0.0, area_range=(augment.min_area, augment.max_area),
-        aspect_ratio_range=(augment.min_aspect, augment.max_aspect), max_attempts=10,
+        min_object_covered=augment.min_object_covered,
+        area_range=(augment.min_area, augment.max_area),
+        aspect_ratio_range=(augment.min_aspect, augment.max_aspect),
+        max_attempts=augment.crop_attempts,
         use_image_if_no_bounding_boxes=True)
     return begin[0], begin[1], size[0], size[1]
 
@@ -177,27 +179,49 @@ def eval_preprocess(image, size):
     return tf.clip_by_value(resize_and_center_crop(_decode(image), size), 0.0, 255.0)
 
 
-def _beta(alpha):
-    a = tf.random.gamma([], alpha)
-    b = tf.random.gamma([], alpha)
+def _beta(alpha, shape=()):
+    a = tf.random.gamma(shape, alpha)
+    b = tf.random.gamma(shape, alpha)
     return a / (a + b)
 
 
-def mix_batch(images, labels, num_classes, mixup_alpha, cutmix_lambda):
+def cutmix_kept_area(cutmix_lambda, sampling="graphcore_v1", u=None):
+    """The share of the image CutMix keeps for one batch (1 = no cut), float32 scalar.
+
+    ``sampling="graphcore_v1"`` (Graphcore's "cutmix version 1", what paper 001's configs
+    ran): with probability 1.55 lambda - 0.96 there is no cut; otherwise the kept share is
+    1 + ln(v) / 4 (clipped at 0) for v ~ U(0, 1). ``"fixed"``: always ``cutmix_lambda``
+    (the paper's text). ``u``: optional two uniform draws in [0, 1) (for tests)."""
+    if sampling == "fixed":
+        return tf.constant(float(cutmix_lambda))
+    if u is None:
+        u = tf.random.uniform([2])
+    no_cut = u[0] < 1.55 * cutmix_lambda - 0.96
+    kept = tf.maximum(1.0 + tf.math.log(tf.maximum(u[1], 1e-12)) / 4.0, 0.0)
+    return tf.where(no_cut, 1.0, kept)
+
+
+def mix_batch(images, labels, num_classes, mixup_alpha, cutmix_lambda,
+              cutmix_sampling="graphcore_v1"):
     """Mixup (Zhang et al., 2017) and CutMix (Yun et al., 2019) on a batch, as in
-    Graphcore's code: Mixup m ~ Beta(alpha, alpha), m = max(m, 1 - m), partner = batch rolled
-    by 1; CutMix keeps a fraction ``cutmix_lambda`` of the area, the box coming from the
-    batch rolled by 2. Returns images and soft labels float32 [N, num_classes]."""
+    Graphcore's code: Mixup draws m ~ Beta(alpha, alpha), m = max(m, 1 - m), per example,
+    partner = batch rolled by 1; CutMix keeps a share of the area drawn per batch
+    (``cutmix_kept_area``), the box coming from the batch rolled by 2.
+
+    Args: images float32 [N, H, W, 3]; labels int [N]; mixup_alpha >= 0 (0 = off);
+    cutmix_lambda in [0, 1) (0 = off); cutmix_sampling "graphcore_v1" or "fixed".
+    Returns images and soft labels float32 [N, num_classes]."""
     labels = tf.one_hot(labels, num_classes)
     if mixup_alpha > 0:
-        m = _beta(mixup_alpha)
+        m = _beta(mixup_alpha, tf.shape(images)[:1])            # one coefficient per example
         m = tf.maximum(m, 1.0 - m)
-        images = m * images + (1.0 - m) * tf.roll(images, 1, axis=0)
-        labels = m * labels + (1.0 - m) * tf.roll(labels, 1, axis=0)
+        images = (m[:, None, None, None] * images
+                  + (1.0 - m[:, None, None, None]) * tf.roll(images, 1, axis=0))
+        labels = m[:, None] * labels + (1.0 - m[:, None]) * tf.roll(labels, 1, axis=0)
     if cutmix_lambda > 0:
         shape = tf.shape(images)
         h, w = shape[1], shape[2]
-        side = tf.sqrt(1.0 - cutmix_lambda)
+        side = tf.sqrt(1.0 - cutmix_kept_area(cutmix_lambda, cutmix_sampling))
         box_h = tf.cast(tf.round(side * tf.cast(h, tf.float32)), tf.int32)
         box_w = tf.cast(tf.round(side * tf.cast(w, tf.float32)), tf.int32)
         top = tf.random.uniform([], 0, h - box_h + 1, tf.int32)
@@ -230,7 +254,8 @@ def train_dataset(source, config, epoch, skip_steps=0):
                                       label), num_parallel_calls=AUTOTUNE, deterministic=False)
     ds = ds.batch(t.micro_batch_size, drop_remainder=True)
     ds = ds.map(lambda x, y: mix_batch(x, y, source.num_classes, a.mixup_alpha,
-                                       a.cutmix_lambda), num_parallel_calls=AUTOTUNE)
+                                       a.cutmix_lambda, a.cutmix_sampling),
+                num_parallel_calls=AUTOTUNE)
     ds = ds.batch(t.gradient_accumulation, drop_remainder=True)
     if t.steps_per_epoch:
         ds = ds.repeat().take(t.steps_per_epoch)

@@ -3,16 +3,22 @@
 One optimizer step consumes ``gradient_accumulation`` micro-batches per replica (global
 batch = micro-batch x accumulation x replicas). The loss is softmax cross-entropy with
 label smoothing; coupled L2 weight decay (wd x w added to the gradient) applies to the
-convolution kernels and PN's proxy parameters (Graphcore's code). The learning rate is base x global batch with a linear
-warmup, then x ``lr_decay`` every ``lr_decay_epochs`` (staircase). RMSProp is TF1's (the
+variables ``decayed_variables`` picks. The learning rate is base x global batch with a
+linear warmup, then x ``lr_decay`` every ``lr_decay_epochs`` (staircase, counted from step
+0 as in Graphcore's code, ``WarmupStaircaseDecay``). RMSProp is TF1's (the
 paper's), ``optimizers.RMSPropTF1``: accumulators start at 1 and epsilon sits inside the
 square root, lr g / sqrt(ms + eps), one fused op per variable.
 
-A run writes into ``workdir``: ``config.json``, ``checkpoints/`` (weights, optimizer state
-and step, every epoch and every ``checkpoint_every_steps``), ``tensorboard/{train,eval}``
-and, at the end, ``export/<step>/`` (see ``export.py``). Started again on the same workdir
-it resumes from the last checkpoint.
+A run writes into ``workdir``: ``config.json``, ``model.json`` (the model builder's
+arguments), ``checkpoints/`` (weights, optimizer state, step and the running weight
+average, every epoch and every ``checkpoint_every_steps``), ``epochs/epoch-NNNN`` (each
+epoch's weights, with ``config.average.keep_epoch_weights``), ``tensorboard/{train,eval}``
+and, at the end, ``averaged/`` (the averaged weights), ``eval_results.json`` and
+``export/<step>/`` (see ``export.py``), both from the averaged weights where
+``config.average.enabled``. Started again on the same workdir it resumes from the last
+checkpoint.
 """
+import contextlib
 import json
 import os
 import time
@@ -20,40 +26,73 @@ import time
 from tensorflow import keras
 import tensorflow as tf
 
+from efficientnet_ipu import average as average_lib
 from efficientnet_ipu import config as config_lib
 from efficientnet_ipu import data, export, models, optimizers, strategy as strategy_lib
 from efficientnet_ipu import layers as L
 
 
-class WarmupStaircaseDecay(keras.optimizers.schedules.LearningRateSchedule):
-    """lr(step) = peak x step / warmup_steps during warmup, then
-    peak x decay ^ floor((step - warmup_steps) / decay_steps). Units: optimizer steps."""
+LR_DECAY_FROM = config_lib.LR_DECAY_FROM
+WEIGHT_DECAY_FILTERS = config_lib.WEIGHT_DECAY_FILTERS
 
-    def __init__(self, peak, warmup_steps, decay, decay_steps):
+
+class WarmupStaircaseDecay(keras.optimizers.schedules.LearningRateSchedule):
+    """Paper 001 sec. 3.4's schedule, in optimizer steps: lr = peak x (step + 1) /
+    warmup_steps during the warm-up, then peak x decay ^ floor(n / decay_steps) with
+    n = step (``decay_from="step0"``, the default: Graphcore's code and TensorFlow's
+    EfficientNet count the decays from step 0) or n = step - warmup_steps
+    (``"warmup_end"``: another reading of the paper's text, which does not say; it leaves
+    the lr decay^(-warmup / decay_steps) higher for the rest of the run, 1.063x for the
+    paper's 5 and 2.4 epochs).
+
+    Raises: ValueError for a ``decay_from`` outside ``LR_DECAY_FROM``."""
+
+    def __init__(self, peak, warmup_steps, decay, decay_steps, decay_from="step0"):
+        if decay_from not in LR_DECAY_FROM:
+            raise ValueError("decay_from must be one of %s, got %r" % (LR_DECAY_FROM,
+                                                                      decay_from))
         self.peak, self.warmup_steps = float(peak), float(warmup_steps)
         self.decay, self.decay_steps = float(decay), float(max(decay_steps, 1.0))
+        self.decay_from = decay_from
 
     def __call__(self, step):
         step = tf.cast(step, tf.float32)
         warm = self.peak * (step + 1.0) / max(self.warmup_steps, 1.0)
-        decayed = self.peak * tf.pow(self.decay, tf.floor(
-            (step - self.warmup_steps) / self.decay_steps))
+        counted = step if self.decay_from == "step0" else step - self.warmup_steps
+        decayed = self.peak * tf.pow(self.decay, tf.floor(counted / self.decay_steps))
         return tf.where(step < self.warmup_steps, warm, decayed)
 
     def get_config(self):
         return dict(peak=self.peak, warmup_steps=self.warmup_steps, decay=self.decay,
-                    decay_steps=self.decay_steps)
+                    decay_steps=self.decay_steps, decay_from=self.decay_from)
 
 
-def decayed_variables(model):
-    """Variables under L2 weight decay: convolution kernels (squeeze-excite ones included)
-    and PN's proxy_beta / proxy_gamma (paper 002 Appendix A.1)."""
+def decayed_variables(model, rule="graphcore"):
+    """The variables under L2 weight decay.
+
+    ``rule="graphcore"`` (the default, Graphcore's code that produced paper 001's numbers):
+    every trainable variable except the normalization layers' beta and gamma and PN's own
+    beta and gamma (moving statistics are not trainable): convolution kernels, the
+    squeeze-excite kernels and biases, the classifier's kernel and bias, and PN's
+    proxy_beta / proxy_gamma. ``rule="paper_text"`` (paper 001 sec. 3.4 and paper 002
+    Appendix A.1): the convolution kernels (squeeze-excite ones included) and PN's
+    proxy_beta / proxy_gamma only.
+
+    Raises: ValueError for a ``rule`` outside ``WEIGHT_DECAY_FILTERS``."""
+    if rule not in WEIGHT_DECAY_FILTERS:
+        raise ValueError("rule must be one of %s, got %r" % (WEIGHT_DECAY_FILTERS, rule))
     decayed = []
     for layer in models.iter_layers(model):
         if isinstance(layer, (keras.layers.Conv2D, L.GroupConv2D)):
             decayed.append(layer.kernel)
+            if rule == "graphcore" and getattr(layer, "bias", None) is not None:
+                decayed.append(layer.bias)
         elif isinstance(layer, L.SqueezeExcite):
             decayed += [layer.reduce_kernel, layer.expand_kernel]
+            if rule == "graphcore":
+                decayed += [layer.reduce_bias, layer.expand_bias]
+        elif isinstance(layer, keras.layers.Dense) and rule == "graphcore":
+            decayed += [layer.kernel] + ([layer.bias] if layer.bias is not None else [])
         elif isinstance(layer, L.ProxyNormActivation) and layer.proxy_params:
             decayed += [layer.proxy_beta, layer.proxy_gamma]
     return decayed
@@ -64,6 +103,28 @@ def set_precision(precision):
     master weights, float16/bfloat16 compute)."""
     policy = {"fp32": "float32", "fp16": "mixed_float16", "bf16": "mixed_bfloat16"}[precision]
     keras.mixed_precision.set_global_policy(policy)
+
+
+def static_loss_scale(train_config):
+    """The static loss scale of ``config.train`` (a float), or None: fp32/bf16, or
+    ``loss_scale="dynamic"`` (Keras' LossScaleOptimizer). Paper 001 sec. 3.4 trains in
+    float16 with float32 master weights and a static loss scale of 128 (Graphcore's code)."""
+    if train_config.precision != "fp16" or train_config.loss_scale == "dynamic":
+        return None
+    return float(train_config.loss_scale)
+
+
+def apply_loss_scale(loss, scale):
+    """loss x scale (scale None: the loss itself): float16 backward passes then carry
+    gradients scale times larger, above float16's underflow (about 6e-8)."""
+    return loss if scale is None else loss * scale
+
+
+def remove_loss_scale(grads, scale):
+    """Each gradient / scale, in float32 (scale None: the gradients as they are)."""
+    if scale is None:
+        return grads
+    return [None if g is None else tf.cast(g, tf.float32) / scale for g in grads]
 
 
 class Trainer:
@@ -86,25 +147,32 @@ class Trainer:
         self.replicas = self.strategy.num_replicas_in_sync
         self.global_batch = t.micro_batch_size * t.gradient_accumulation * self.replicas
         self.steps_per_epoch = data.steps_per_epoch(self.source, config)
+        model_kwargs = config_lib.model_kwargs(config, self.source.num_classes)
+        with open(os.path.join(workdir, "model.json"), "w") as f:
+            json.dump(model_kwargs, f, indent=2, sort_keys=True)
         with self.strategy.scope():
-            self.model = models.EfficientNet(
-                **config_lib.model_kwargs(config, self.source.num_classes))
+            self.model = models.EfficientNet(**model_kwargs)
             peak = t.base_learning_rate * self.global_batch
             self.schedule = WarmupStaircaseDecay(
                 peak, t.warmup_epochs * self.steps_per_epoch, t.lr_decay,
-                t.lr_decay_epochs * self.steps_per_epoch)
+                t.lr_decay_epochs * self.steps_per_epoch, t.lr_decay_from)
             optimizer = optimizers.RMSPropTF1(
                 learning_rate=self.schedule,
                 **optimizers.paper_rmsprop_arguments(t, self.global_batch))
-            if t.precision == "fp16":
+            self.loss_scale = static_loss_scale(t)
+            if t.precision == "fp16" and self.loss_scale is None:  # "dynamic"
                 optimizer = keras.mixed_precision.LossScaleOptimizer(optimizer)
             self.optimizer = optimizer
             self.optimizer.build(self.model.trainable_variables)
             self.step = tf.Variable(0, dtype=tf.int64, trainable=False, name="global_step")
-        decayed = {id(v) for v in decayed_variables(self.model)}
+        decayed = {id(v) for v in decayed_variables(self.model, t.weight_decay_filter)}
         self.decay_mask = [id(v) in decayed for v in self.model.trainable_variables]
-        self.checkpoint = tf.train.Checkpoint(model=self.model, optimizer=self.optimizer,
-                                              step=self.step)
+        self.average = None
+        parts = dict(model=self.model, optimizer=self.optimizer, step=self.step)
+        if config.average.enabled:
+            self.average = average_lib.WeightAverage(self.model, config.average.decay)
+            parts["average"] = self.average
+        self.checkpoint = tf.train.Checkpoint(**parts)
         self.manager = tf.train.CheckpointManager(
             self.checkpoint, os.path.join(workdir, "checkpoints"), t.keep_checkpoints)
         self.writers = {k: tf.summary.create_file_writer(os.path.join(workdir, "tensorboard", k))
@@ -122,7 +190,10 @@ class Trainer:
         return tf.reduce_sum(ce) / float(t.micro_batch_size * self.replicas)
 
     def _scale_loss(self, loss):
-        """Loss scaling for fp16: Keras 3 (scale_loss) or Keras 2 (get_scaled_loss)."""
+        """Loss scaling for fp16: the static scale (``apply_loss_scale``), or Keras'
+        dynamic one: Keras 3 (scale_loss) or Keras 2 (get_scaled_loss)."""
+        if self.loss_scale is not None:
+            return apply_loss_scale(loss, self.loss_scale)
         if hasattr(self.optimizer, "get_scaled_loss"):
             return self.optimizer.get_scaled_loss(loss)
         if hasattr(self.optimizer, "scale_loss"):
@@ -130,8 +201,10 @@ class Trainer:
         return loss
 
     def _unscale_gradients(self, grads):
-        """Keras 2's LossScaleOptimizer needs explicit unscaling; Keras 3's does it in
-        apply_gradients."""
+        """The static scale's removal (``remove_loss_scale``); Keras 2's
+        LossScaleOptimizer needs explicit unscaling; Keras 3's does it in apply_gradients."""
+        if self.loss_scale is not None:
+            return remove_loss_scale(grads, self.loss_scale)
         if hasattr(self.optimizer, "get_unscaled_gradients"):
             return self.optimizer.get_unscaled_gradients(grads)
         return grads
@@ -243,14 +316,45 @@ class Trainer:
             with self.writers["eval"].as_default(step=int(self.step)):
                 tf.summary.scalar("top1", metrics["top1"])
                 tf.summary.scalar("top5", metrics["top5"])
-            self.manager.save(checkpoint_number=int(self.step))
+            self.end_of_epoch(epoch + 1)
         if not metrics:
             metrics = self.evaluate()
-        with open(os.path.join(self.workdir, "eval_results.json"), "w") as f:
-            json.dump(dict(metrics, step=int(self.step)), f, indent=2)
-        if self.config.export.enabled:
-            path = export.export_saved_model(
-                self.model, os.path.join(self.workdir, "export"), int(self.step),
-                self.config.image_size.eval, self.source.class_names)
-            print("Exported SavedModel to %s" % path, flush=True)
-        return metrics
+        results = dict(metrics, step=int(self.step), weights="live")
+        with self.final_weights():
+            if self.average is not None and int(self.average.count):
+                live = metrics
+                results = dict(self.evaluate(), step=int(self.step), weights="averaged",
+                               epochs_averaged=int(self.average.count),
+                               decay=self.average.decay,
+                               live={"top1": live["top1"], "top5": live["top5"]})
+                print("averaged weights (%d epochs, decay %g): eval top-1 %.4f  top-5 %.4f  "
+                      "(live weights %.4f / %.4f)" % (
+                          results["epochs_averaged"], results["decay"], results["top1"],
+                          results["top5"], live["top1"], live["top5"]), flush=True)
+                average_lib.save_weights(self.model, os.path.join(
+                    self.workdir, average_lib.AVERAGED_DIR))
+            with open(os.path.join(self.workdir, "eval_results.json"), "w") as f:
+                json.dump(results, f, indent=2)
+            if self.config.export.enabled:
+                path = export.export_saved_model(
+                    self.model, os.path.join(self.workdir, "export"), int(self.step),
+                    self.config.image_size.eval, self.source.class_names)
+                print("Exported SavedModel to %s" % path, flush=True)
+        return results
+
+    def end_of_epoch(self, epoch):
+        """After epoch ``epoch`` (1-based): update the weight average, write the epoch's
+        weights (``config.average.keep_epoch_weights``), then the checkpoint, which holds
+        the average, so that a run killed before it repeats the epoch and the update."""
+        if self.average is not None:
+            self.average.update(average_lib.averaged_weights(self.model))
+        if self.config.average.keep_epoch_weights:
+            average_lib.save_epoch_weights(self.model, self.workdir, epoch)
+        self.manager.save(checkpoint_number=int(self.step))
+
+    def final_weights(self):
+        """A context within which the model holds the weights the run reports and exports:
+        the average where it is enabled and has been updated, else the live weights."""
+        if self.average is not None and int(self.average.count):
+            return self.average.swapped_into(self.model)
+        return contextlib.nullcontext()

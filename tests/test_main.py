@@ -171,7 +171,7 @@ def test_every_experiment_config_loads_and_validates():
             size, group, norm, resolution = arg.split(",")
             assert (config.model.size, config.model.group_size, config.model.norm) == (
                 size, int(group[1:]), norm)
-        assert module.get_config("b2,g16,ln_pn,half").image_size.train == 192
+        assert module.get_config("b2,g16,ln_pn,half").image_size.train == 196
         for bad, field in (("b9,g16,gn,half", "size"), ("b0,g4,gn,half", "group size"),
                            ("b0,g16,bn,half", "norm"), ("b0,g16,gn,quarter", "resolution"),
                            ("b0,g16", "size,gG,norm,resolution")):

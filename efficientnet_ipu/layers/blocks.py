@@ -36,12 +36,14 @@ def parse_norm(norm):
     return norm[:2], norm.endswith("_pn")
 
 
-def make_norm(norm, name, norm_groups=4, center=True, scale=True, kernels="auto"):
+def make_norm(norm, name, norm_groups=4, center=True, scale=True, kernels="auto",
+              norm_grouping="contiguous"):
     """A normalization layer for ``norm`` in ``NORMS`` (the "_pn" suffix is ignored here).
 
     BN is Keras' BatchNormalization (momentum 0.99, epsilon 1e-3, as keras.applications;
     ``norm.BatchNormalization``); GN uses ``norm_groups`` groups (4 in paper 001), LN 1
-    group, IN one per channel. ``kernels``: "auto" or "tensorflow" (same function).
+    group, IN one per channel; ``norm_grouping`` is GN's ``grouping``. ``kernels``: "auto"
+    or "tensorflow" (same function).
     """
     base, _ = parse_norm(norm)
     if base == "bn":
@@ -49,7 +51,7 @@ def make_norm(norm, name, norm_groups=4, center=True, scale=True, kernels="auto"
                                   name=name, kernels=kernels)
     groups = {"gn": norm_groups, "ln": 1, "in": INSTANCE}[base]
     return GroupNormalization(groups=groups, epsilon=EPSILON, center=center, scale=scale,
-                              name=name, kernels=kernels)
+                              grouping=norm_grouping, name=name, kernels=kernels)
 
 
 class NormActivation(keras.layers.Layer):
@@ -76,7 +78,8 @@ class NormActivation(keras.layers.Layer):
 
     def __init__(self, norm="bn", norm_groups=4, activation="swish", mode="normalize",
                  proxy_params=True, prefix="", bn_name="bn", kernels="auto",
-                 proxy_implementation=None, proxy_kernels=None, **kwargs):
+                 proxy_implementation=None, proxy_kernels=None, norm_grouping="contiguous",
+                 **kwargs):
         super().__init__(**kwargs)
         self.norm, self.norm_groups, self.activation = norm, norm_groups, activation
         self.mode, self.proxy_params, self.prefix, self.bn_name = (
@@ -90,8 +93,9 @@ class NormActivation(keras.layers.Layer):
         _, self.use_pn = parse_norm(norm)
         get_activation(activation)
         affine = not self.use_pn
+        self.norm_grouping = norm_grouping
         self.norm_layer = make_norm(norm, prefix + bn_name, norm_groups, center=affine,
-                                    scale=affine, kernels=kernels)
+                                    scale=affine, kernels=kernels, norm_grouping=norm_grouping)
         if self.use_pn:
             self.act_layer = ProxyNormActivation(activation, proxy_params=proxy_params,
                                                  mode=mode, name=prefix + "activation",
@@ -168,7 +172,7 @@ class NormActivation(keras.layers.Layer):
                            activation=self.activation, mode=self.mode,
                            proxy_params=self.proxy_params, prefix=self.prefix,
                            bn_name=self.bn_name, kernels=self.kernels,
-                           proxy_kernels=self.proxy_kernels))
+                           proxy_kernels=self.proxy_kernels, norm_grouping=self.norm_grouping))
         return config
 
 
@@ -320,7 +324,8 @@ class MBConvBlock(keras.layers.Layer):
     def __init__(self, filters_in, filters_out, kernel_size=3, strides=1, expand_ratio=6,
                  group_size=1, se_ratio=0.25, norm="bn", norm_groups=4, activation="swish",
                  drop_rate=0.0, proxy_params=True, kernels="auto", fold_proxy_norm=None,
-                 conv_implementation=None, proxy_implementation=None, **kwargs):
+                 conv_implementation=None, proxy_implementation=None,
+                 norm_grouping="contiguous", **kwargs):
         super().__init__(**kwargs)
         for field, value in (("filters_in", filters_in), ("filters_out", filters_out),
                              ("kernel_size", kernel_size), ("strides", strides),
@@ -343,7 +348,8 @@ class MBConvBlock(keras.layers.Layer):
             filters_in=filters_in, filters_out=filters_out, kernel_size=kernel_size,
             strides=strides, expand_ratio=expand_ratio, group_size=group_size,
             se_ratio=se_ratio, norm=norm, norm_groups=norm_groups, activation=activation,
-            drop_rate=drop_rate, proxy_params=proxy_params, kernels=kernels)
+            drop_rate=drop_rate, proxy_params=proxy_params, kernels=kernels,
+            norm_grouping=norm_grouping)
         _, use_pn = parse_norm(norm)
         prefix = self.name + "_"
         filters = filters_in * expand_ratio
@@ -355,7 +361,7 @@ class MBConvBlock(keras.layers.Layer):
             self.expand_norm_act = NormActivation(
                 norm, norm_groups, activation, "normalize", proxy_params,
                 prefix=prefix + "expand_", name=prefix + "expand_norm_act", kernels=kernels,
-                proxy_kernels=proxy_kernels)
+                proxy_kernels=proxy_kernels, norm_grouping=norm_grouping)
         self.group_conv = GroupConv2D(
             filters, kernel_size, strides=strides, group_size=group_size,
             kernels=options["conv_kernels"],
@@ -363,7 +369,8 @@ class MBConvBlock(keras.layers.Layer):
         self.group_conv.variant = options["conv_variant"]
         self.norm_act = NormActivation(norm, norm_groups, activation, "split", proxy_params,
                                        prefix=prefix, name=prefix + "norm_act",
-                                       kernels=kernels, proxy_kernels=proxy_kernels)
+                                       kernels=kernels, proxy_kernels=proxy_kernels,
+                                       norm_grouping=norm_grouping)
         self.se = SqueezeExcite(max(1, int(filters_in * se_ratio)), activation,
                                 kernels=kernels, name=prefix + "se")
         self.project_conv = PointwiseConv2D(
@@ -372,7 +379,7 @@ class MBConvBlock(keras.layers.Layer):
         # Under PN with proxy parameters the final affine is a channel-wise scale only.
         self.project_norm = make_norm(norm, prefix + "project_bn", norm_groups,
                                       center=not (use_pn and proxy_params), scale=True,
-                                      kernels=kernels)
+                                      kernels=kernels, norm_grouping=norm_grouping)
         self.residual = strides == 1 and filters_in == filters_out
         self.drop_rate = drop_rate
 

@@ -21,6 +21,7 @@ import tensorflow as tf
 from efficientnet_ipu import kernels as kernels_lib  # ``kernels`` is also an argument
 
 INSTANCE = -1  # ``groups`` value meaning one group per channel (Instance Normalization).
+GROUPINGS = ("contiguous", "strided")  # GroupNormalization's channel groupings
 
 
 def scale_shift_activation(x, scale, shift, activation="linear", activation_fn=None,
@@ -189,6 +190,9 @@ class GroupNormalization(keras.layers.Layer):
         ``INSTANCE`` (-1) gives Instance Normalization. Must divide the channels.
       epsilon: float > 0 added to the variance.
       center, scale: whether to learn the per-channel shift beta / scale gamma.
+      grouping: which channels form a group: "contiguous" (channels [g C/G, (g+1) C/G),
+        as Wu & He and most libraries) or "strided" (channel c in group c mod G, as
+        Graphcore's IPU GroupNorm, so that weights trained there load here).
       kernels: "auto" (this project's CPU ops where they apply) or "tensorflow"; the same
         function either way (``efficientnet_ipu.kernels``).
 
@@ -197,14 +201,18 @@ class GroupNormalization(keras.layers.Layer):
 
     Raises:
       ValueError: ``groups`` is not a positive integer or -1, ``epsilon`` is not
-        positive, ``kernels`` unknown, or (at build time) ``groups`` does not divide the
-        channels.
+        positive, ``grouping`` or ``kernels`` unknown, or (at build time) ``groups`` does
+        not divide the channels.
     """
 
-    def __init__(self, groups=4, epsilon=1e-3, center=True, scale=True, kernels="auto",
-                 **kwargs):
+    def __init__(self, groups=4, epsilon=1e-3, center=True, scale=True,
+                 grouping="contiguous", kernels="auto", **kwargs):
         super().__init__(**kwargs)
         self.kernels = kernels_lib.check_mode(kernels, "GroupNormalization kernels")
+        if grouping not in GROUPINGS:
+            raise ValueError("GroupNormalization grouping must be one of %s, got %r"
+                             % (GROUPINGS, grouping))
+        self.grouping = grouping
         if not isinstance(groups, int) or (groups < 1 and groups != INSTANCE):
             raise ValueError("GroupNormalization groups must be a positive integer or -1 "
                              "(instance norm), got %r" % (groups,))
@@ -252,6 +260,23 @@ class GroupNormalization(keras.layers.Layer):
 
     def _from_moments(self, mean, variance, channels, offset, affine):
         gamma, beta = affine if affine is not None else gamma_beta(self, channels)
+        groups = self.num_groups
+        if self.grouping == "strided" and 1 < groups < channels:
+            # Channel c is in group c mod G: order the channels group by group, normalize
+            # contiguous groups, and put the per-channel scale and shift back in order.
+            def to_groups(t):  # [N, C] or [C]
+                shape = [-1, channels] if len(t.shape) == 2 else [channels]
+                t = tf.reshape(t, [-1, channels // groups, groups])
+                return tf.reshape(tf.transpose(t, [0, 2, 1]), shape)
+
+            def from_groups(t):
+                t = tf.reshape(t, [-1, groups, channels // groups])
+                return tf.reshape(tf.transpose(t, [0, 2, 1]), [-1, channels])
+            scale, shift = group_scale_shift(
+                to_groups(mean), to_groups(variance), to_groups(gamma), to_groups(beta),
+                groups, self.epsilon, None if offset is None else to_groups(offset),
+                self.kernels)
+            return from_groups(scale), from_groups(shift)
         return group_scale_shift(mean, variance, gamma, beta, self.num_groups,
                                  self.epsilon, offset, self.kernels)
 
@@ -270,7 +295,7 @@ class GroupNormalization(keras.layers.Layer):
     def get_config(self):
         config = super().get_config()
         config.update(dict(groups=self.groups, epsilon=self.epsilon, center=self.center,
-                           scale=self.scale, kernels=self.kernels))
+                           scale=self.scale, grouping=self.grouping, kernels=self.kernels))
         return config
 
 
