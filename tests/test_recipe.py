@@ -205,3 +205,29 @@ def test_paper_configs_hold_the_papers_and_graphcores_values():
             assert c.image_size.eval == models.SIZES[size][2]
     assert L.blocks.EPSILON == 1e-3                                # norm epsilon
     assert L.ProxyNormActivation().proxy_epsilon == 0.03
+
+
+@pytest.mark.parametrize("group_size", [1, 16])
+def test_fp16_training_step_runs_on_cpu(group_size):
+    """The paper configs train in float16. TensorFlow has no float16 gradient of a grouped
+    convolution on CPU, so there G16 runs one convolution per group; a B0 training step in
+    mixed float16 runs and gives finite float32 gradients for G1 and G16."""
+    from tensorflow import keras
+    previous = keras.mixed_precision.global_policy()
+    keras.mixed_precision.set_global_policy("mixed_float16")
+    try:
+        model = models.EfficientNet("b0", group_size=group_size, norm="ln_pn", num_classes=4,
+                                    input_shape=(32, 32, 3))
+        x = tf.random.uniform([2, 32, 32, 3], 0, 255)
+        with tf.GradientTape() as tape:
+            loss = tf.reduce_sum(tf.cast(model(x, training=True), tf.float32) ** 2)
+        grads = tape.gradient(loss, model.trainable_variables)
+    finally:
+        keras.mixed_precision.set_global_policy(previous)
+    assert all(g is not None and g.dtype == tf.float32 for g in grads)
+    assert all(bool(tf.reduce_all(tf.math.is_finite(g))) for g in grads)
+    if group_size == 16 and all(d.device_type == "CPU"
+                                for d in tf.config.list_physical_devices()):
+        variants = {layer.kernel_variant for layer in models.iter_layers(model)
+                    if isinstance(layer, L.GroupConv2D)}
+        assert variants == {"split"}

@@ -51,11 +51,15 @@ def our_group_conv_computes(group_size, filters_per_group, dtype, kernel_size):
     return group_size == 16 and filters_per_group == 16
 
 
-def tensorflow_conv_variant(groups, group_size):
-    """TensorFlow's faster formulation of a group convolution here: "grouped" (one
-    ``tf.nn.conv2d`` on the grouped kernel) with a GPU, TPU or IPU, on a CPU with AVX-512F
-    (oneDNN's AVX-512 group convolutions), and for group sizes below 8 or more than 16
-    groups; else "split" (one convolution per group)."""
+def tensorflow_conv_variant(groups, group_size, dtype="float32"):
+    """TensorFlow's faster formulation of a group convolution here that can run: "grouped"
+    (one ``tf.nn.conv2d`` on the grouped kernel) with a GPU, TPU or IPU, on a CPU with
+    AVX-512F (oneDNN's AVX-512 group convolutions), and for group sizes below 8 or more
+    than 16 groups; else "split" (one convolution per group). Float16 on a CPU-only machine
+    is always "split": TensorFlow has no float16 gradient of a grouped convolution on CPU."""
+    if library.cpu_only() and tf.as_dtype(dtype) == tf.float16 and groups > 1 \
+            and group_size > 1:
+        return "split"
     if not library.cpu_only() or "avx512f" in library.cpu_flags():
         return "grouped"
     if group_size < 8 or groups > 16:
@@ -94,7 +98,7 @@ def group_conv_variant(groups, group_size, filters_per_group, dtype, kernel_size
         if library.available():
             return "ours"
         _warn_unavailable("GroupConv2D")
-    return tensorflow_conv_variant(groups, group_size)
+    return tensorflow_conv_variant(groups, group_size, dtype)
 
 
 def depthwise_route(width, kernel_size, stride, padding):
