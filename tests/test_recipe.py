@@ -201,6 +201,8 @@ def test_paper_configs_hold_the_papers_and_graphcores_values():
             assert a.cutmix_sampling == "graphcore_v1"
             assert (a.min_object_covered, a.crop_attempts) == (0.1, 100)
             assert t.weight_decay_filter == "graphcore"
+            assert (c.average.enabled, c.average.decay, c.average.keep_epoch_weights) == (
+                True, 0.97, True)
             assert c.model.norm_groups == 4
             assert c.image_size.eval == models.SIZES[size][2]
     assert L.blocks.EPSILON == 1e-3                                # norm epsilon
