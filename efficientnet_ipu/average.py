@@ -134,7 +134,6 @@ def main(argv=None):
     spec = os.path.join(args.workdir, "model.json")
     if not os.path.exists(spec):
         parser.error("%s is missing: --workdir must be a training workdir" % spec)
-    import efficientnet_ipu  # noqa: F401  (before TensorFlow's first op: oneDNN)
     from efficientnet_ipu import models
     with open(spec) as f:
         model = models.EfficientNet(**json.load(f))

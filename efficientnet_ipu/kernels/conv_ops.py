@@ -54,18 +54,23 @@ def group_conv2d(inputs, kernel, strides, padding, input_offset=None, input_scal
                                  mode, variant)
     depthwise = group_size == 1 and filters == groups
     if variant == "ours" and depthwise:
-        if input_offset is not None or input_scale is not None:
-            inputs, kernel = _apply_offset_scale(inputs, kernel, input_offset, input_scale)
+        # One input channel per group: the scale multiplies the kernel's last axis.
+        if input_offset is not None:
+            inputs = inputs + input_offset
+        if input_scale is not None:
+            kernel = kernel * input_scale
         return depthwise_conv2d(inputs, tf.reshape(kernel, [k, k, filters, 1]), strides,
                                 padding)
     if variant == "ours":
         return group_conv16(inputs, kernel, strides, padding, input_offset, input_scale)
     if variant == "split" and groups > 1:
-        inputs, kernel = _apply_offset_scale(inputs, kernel, input_offset, input_scale)
+        def per_group(t):  # [C_in] -> a list of [C_in / groups], or Nones
+            return [None] * groups if t is None else tf.split(t, groups)
         return tf.concat([
-            reference(x, w, strides, padding, None, None)
-            for x, w in zip(tf.split(inputs, groups, axis=-1),
-                            tf.split(kernel, groups, axis=-1))], axis=-1)
+            reference(x, w, strides, padding, offset, scale)
+            for x, w, offset, scale in zip(
+                tf.split(inputs, groups, axis=-1), tf.split(kernel, groups, axis=-1),
+                per_group(input_offset), per_group(input_scale))], axis=-1)
     return reference(inputs, kernel, strides, padding, input_offset, input_scale)
 
 
@@ -120,19 +125,6 @@ def check_grouped_conv_support():
             "TF_ENABLE_ONEDNN_OPTS=1 before TensorFlow is imported (importing "
             "efficientnet_ipu first does this), or use "
             "efficientnet_ipu.kernels.override(conv='split').")
-
-
-def _apply_offset_scale(inputs, kernel, input_offset, input_scale):
-    """(inputs + input_offset, kernel with its input channels scaled by input_scale)."""
-    if input_offset is not None:
-        inputs = inputs + input_offset
-    if input_scale is not None:
-        k, size, filters = kernel.shape[0], kernel.shape[2], kernel.shape[3]
-        groups = int(inputs.shape[-1]) // size
-        scale = tf.transpose(tf.reshape(input_scale, [groups, size]))[:, :, None]
-        kernel = tf.reshape(tf.reshape(kernel, [k, k, size, groups, filters // groups])
-                            * scale, [k, k, size, filters])
-    return inputs, kernel
 
 
 @tf.RegisterGradient("EfficientnetIpuGroupConv16")

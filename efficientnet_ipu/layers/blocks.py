@@ -399,8 +399,7 @@ class MBConvBlock(keras.layers.Layer):
         if not self.norm_act.proxy_after_group_norm:
             return False
         if self.fold is not None:
-            with kernels_lib.override(fold=self.fold):
-                return kernels_lib.folds_proxy_norm(None, False)
+            return self.fold
         return kernels_lib.folds_proxy_norm(self.group_conv.current_variant(),
                                             self.group_conv.depthwise)
 
