@@ -11,3 +11,10 @@ import os
 os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
 
 __version__ = "0.1.0"
+
+
+def load_model(workdir, weights="finetuned", image_size=None, blocks=None):
+    """A trained model of a training workdir: ``workdir.load_model`` (its docstring gives
+    the arguments, the returned model's shapes and the errors)."""
+    from efficientnet_ipu import workdir as workdir_lib
+    return workdir_lib.load_model(workdir, weights, image_size, blocks)

@@ -20,6 +20,8 @@ LR_DECAY_FROM = ("step0", "warmup_end")              # train.WarmupStaircaseDeca
 WEIGHT_DECAY_FILTERS = ("graphcore", "paper_text")   # train.decayed_variables
 NORM_GROUPINGS = ("contiguous", "strided")           # layers.GroupNormalization
 PRECISIONS = ("fp32", "fp16", "bf16")
+FINETUNE_BLOCKS = (1, 2, 3)                          # finetune.TRAINED_LAYERS
+SWEEP_WEIGHTS = ("last", "averaged", "finetuned")    # workdir.find_weights
 # Paper 001 (Graphcore's code): Mixup alpha and CutMix lambda per size (0 = off).
 MIXUP_ALPHA = {"b0": 0.1, "b1": 0.1, "b2": 0.1, "b3": 0.2, "b4": 0.2, "b5": 0.2}
 CUTMIX_LAMBDA = {"b0": 0.0, "b1": 0.95, "b2": 0.9, "b3": 0.9, "b4": 0.85, "b5": 0.8}
@@ -78,6 +80,18 @@ def base_config():
     # export; keep_epoch_weights writes each epoch's weights (no optimizer state) so that
     # ``python -m efficientnet_ipu.average`` can recompute it with another decay.
     c.average = dict(enabled=True, decay=0.97, keep_epoch_weights=False)
+    # Fine-tuning at the test size after training (paper 001 sec. 3.3-3.4,
+    # efficientnet_ipu.finetune): image_size 0 = image_size.eval; blocks 1 (top: head conv,
+    # its norm, classifier), 2 (and stage 7) or 3 (and stage 6); global batch 512 =
+    # micro_batch_size x gradient_accumulation x replicas; vanilla SGD (momentum 0) with a
+    # cosine lr from base_learning_rate x global batch (2^-11 x 512 = 0.25) to 0.
+    c.finetune = dict(enabled=False, image_size=0, blocks=1, epochs=2, micro_batch_size=32,
+                      gradient_accumulation=16, base_learning_rate=2.0 ** -11, momentum=0.0,
+                      weight_decay=0.0, label_smoothing=0.1, steps_per_epoch=0)
+    # Test-size sweep after training and fine-tuning (efficientnet_ipu.evaluate, paper 001
+    # Figure 3): image_sizes "" (off), "128,160,192" or "low:high:step" (pixels); weights
+    # "all" (last, averaged and every fine-tune) or a list such as "averaged,finetuned".
+    c.sweep = dict(image_sizes="", weights="all")
     c.strategy = dict(name="auto", tpu="", ipus_per_replica=1, replicas=1)
     c.export = dict(enabled=True)
     c.lock()
@@ -184,6 +198,72 @@ def validate(config):
         fail("dataset.train_examples", ">= 0 (0 = all)", config.dataset.train_examples)
     if not isinstance(config.dataset.name, str) or not config.dataset.name:
         fail("dataset.name", "a dataset name", config.dataset.name)
+    f = config.finetune
+    if isinstance(f.image_size, bool) or not isinstance(f.image_size, int) or f.image_size < 0:
+        fail("finetune.image_size", "a non-negative integer (pixels; 0 = image_size.eval)",
+             f.image_size)
+    if f.blocks not in FINETUNE_BLOCKS:
+        fail("finetune.blocks", "one of %s" % list(FINETUNE_BLOCKS), f.blocks)
+    for field in ("epochs", "micro_batch_size", "gradient_accumulation"):
+        if not _positive_int(f[field]):
+            fail("finetune." + field, "a positive integer", f[field])
+    if not f.base_learning_rate > 0:
+        fail("finetune.base_learning_rate", "> 0", f.base_learning_rate)
+    if not 0 <= f.momentum < 1:
+        fail("finetune.momentum", "in [0, 1)", f.momentum)
+    if f.weight_decay < 0:
+        fail("finetune.weight_decay", ">= 0", f.weight_decay)
+    if not 0 <= f.label_smoothing < 1:
+        fail("finetune.label_smoothing", "in [0, 1)", f.label_smoothing)
+    if config.sweep.image_sizes:
+        try:
+            parse_sizes(config.sweep.image_sizes)
+        except ValueError as error:
+            raise ValueError("config.sweep.image_sizes: %s" % error) from None
+    try:
+        parse_weights(config.sweep.weights)
+    except ValueError as error:
+        raise ValueError("config.sweep.weights: %s" % error) from None
+
+
+def finetune_size(config):
+    """The fine-tune size in pixels: ``finetune.image_size``, or ``image_size.eval`` for 0."""
+    return config.finetune.image_size or config.image_size.eval
+
+
+def parse_sizes(text):
+    """Image sizes in pixels from "128,160,192" or "low:high:step" (both ends included),
+    ascending and without repeats.
+
+    Raises: ValueError saying what is allowed, for anything else or sizes below 1."""
+    text = str(text).strip()
+    allowed = "'128,160,192' or 'low:high:step' (positive integers, pixels)"
+    try:
+        if ":" in text:
+            low, high, step = (int(p) for p in text.split(":"))
+            if step < 1 or low > high:
+                raise ValueError
+            sizes = list(range(low, high + 1, step))
+        else:
+            sizes = [int(p) for p in text.split(",") if p.strip()]
+    except ValueError:
+        raise ValueError("image sizes must be %s, got %r" % (allowed, text)) from None
+    if not sizes or min(sizes) < 1:
+        raise ValueError("image sizes must be %s, got %r" % (allowed, text))
+    return sorted(set(sizes))
+
+
+def parse_weights(text):
+    """Weight sets from "all" or a comma list of ``SWEEP_WEIGHTS``; "all" gives all three.
+
+    Raises: ValueError naming the allowed values."""
+    names = [p.strip() for p in str(text).split(",") if p.strip()]
+    if names == ["all"]:
+        return list(SWEEP_WEIGHTS)
+    if not names or any(n not in SWEEP_WEIGHTS for n in names):
+        raise ValueError("weights must be 'all' or a comma list of %s, got %r"
+                         % (list(SWEEP_WEIGHTS), text))
+    return names
 
 
 def model_kwargs(config, num_classes):
@@ -196,3 +276,34 @@ def model_kwargs(config, num_classes):
                 dropout_rate=None if m.dropout_rate < 0 else m.dropout_rate,
                 drop_connect_rate=m.drop_connect_rate, activation=m.activation,
                 kernels=m.kernels)
+
+
+def load_workdir_config(workdir):
+    """The config a training workdir ran with: ``base_config()`` with the values of
+    ``<workdir>/config.json`` (fields that file lacks keep their defaults), validated.
+
+    Raises: FileNotFoundError naming the file if ``workdir`` holds no config.json;
+    ValueError as ``validate``, or for a field of the file this version does not have."""
+    import json
+    import os
+    path = os.path.join(workdir, "config.json")
+    if not os.path.exists(path):
+        raise FileNotFoundError("%s is missing: the workdir must be one that "
+                                "python -m efficientnet_ipu.main trained in" % path)
+    with open(path) as f:
+        values = json.load(f)
+    config = base_config()
+
+    def merge(target, source, prefix):
+        for key, value in source.items():
+            if key not in target:
+                raise ValueError("%s has the field %s%s, which this version does not know"
+                                 % (path, prefix, key))
+            if isinstance(target[key], ml_collections.ConfigDict):
+                merge(target[key], value, prefix + key + ".")
+            else:
+                target[key] = type(target[key])(value) if isinstance(target[key], tuple) \
+                    else value
+    merge(config, values, "")
+    validate(config)
+    return config

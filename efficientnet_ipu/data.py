@@ -262,6 +262,28 @@ def train_dataset(source, config, epoch, skip_steps=0):
     return ds.skip(skip_steps).prefetch(AUTOTUNE)
 
 
+def finetune_dataset(source, config, image_size, epoch, steps, skip_steps=0):
+    """Fine-tuning batches for ``epoch`` (paper 001 sec. 3.4, ``efficientnet_ipu.finetune``):
+    the training split with the evaluation preprocessing at ``image_size`` (short side to
+    size x 256 / 224, centre crop; no random crop, flip, Mixup or CutMix), as (images
+    float32 [A, M, S, S, 3], one-hot labels float32 [A, M, K]) with A =
+    ``finetune.gradient_accumulation``, M = ``finetune.micro_batch_size``; ``steps``
+    batches. The order depends only on (seed, epoch), so a resumed fine-tune that skips the
+    ``skip_steps`` done sees the rest of the same epoch."""
+    f = config.finetune
+    ds = source.train(shuffle_files=False)
+    if config.dataset.train_examples:
+        ds = ds.take(config.dataset.train_examples)
+    ds = ds.shuffle(min(num_train_examples(source, config), 20000),
+                    seed=config.seed * 100003 + 50021 + epoch, reshuffle_each_iteration=False)
+    ds = ds.map(lambda image, label: (eval_preprocess(image, image_size),
+                                      tf.one_hot(label, source.num_classes)),
+                num_parallel_calls=AUTOTUNE)
+    ds = ds.batch(f.micro_batch_size, drop_remainder=True)
+    ds = ds.batch(f.gradient_accumulation, drop_remainder=True)
+    return ds.repeat().take(steps).skip(skip_steps).prefetch(AUTOTUNE)
+
+
 def num_train_examples(source, config):
     """Training examples used: the split, or its first ``config.dataset.train_examples``."""
     limit = config.dataset.train_examples

@@ -3,8 +3,11 @@
     python -m efficientnet_ipu.main --config=experiments/b2_g16.py --workdir=runs/b2_g16
 
 Any config field can be overridden on the command line (``--config.train.epochs=2``); an
-unknown field is an error. Running again on the same workdir resumes from its last
-checkpoint. See ``efficientnet_ipu.train`` for what the workdir holds.
+unknown field is an error. The job runs the stages the config enables
+(``efficientnet_ipu.stages``): training with the weight average, fine-tuning at the test
+size (``config.finetune``), a test-size sweep (``config.sweep``) and the export. Running
+again on the same workdir resumes where it stopped. See ``efficientnet_ipu.train`` for what
+the workdir holds.
 
 The console shows the progress bar, one line per epoch and one per export. Library
 chatter (absl INFO lines from the checkpoint saver and the export, TensorFlow's C++ INFO
@@ -37,10 +40,10 @@ def main(argv):
         raise app.UsageError("unexpected arguments: %s" % " ".join(argv[1:]))
     if QUIET:
         logging.set_verbosity(logging.WARNING)
-    from efficientnet_ipu import config as config_lib, train
+    from efficientnet_ipu import config as config_lib, stages
     config = FLAGS.config
     config_lib.validate(config)
-    train.Trainer(config, FLAGS.workdir).train()
+    stages.run(config, FLAGS.workdir)
     return 0
 
 

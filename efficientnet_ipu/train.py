@@ -13,10 +13,10 @@ A run writes into ``workdir``: ``config.json``, ``model.json`` (the model builde
 arguments), ``checkpoints/`` (weights, optimizer state, step and the running weight
 average, every epoch and every ``checkpoint_every_steps``), ``epochs/epoch-NNNN`` (each
 epoch's weights, with ``config.average.keep_epoch_weights``), ``tensorboard/{train,eval}``
-and, at the end, ``averaged/`` (the averaged weights), ``eval_results.json`` and
-``export/<step>/`` (see ``export.py``), both from the averaged weights where
-``config.average.enabled``. Started again on the same workdir it resumes from the last
-checkpoint.
+and, at the end, ``averaged/`` (the averaged weights) and ``eval_results.json`` (from the
+averaged weights where ``config.average.enabled``, the live weights' beside them). Started
+again on the same workdir it resumes from the last checkpoint. The main job's later stages
+(``stages.py``) add ``finetune/``, ``sweep/`` and ``export/<version>/``.
 """
 import contextlib
 import json
@@ -28,7 +28,8 @@ import tensorflow as tf
 
 from efficientnet_ipu import average as average_lib
 from efficientnet_ipu import config as config_lib
-from efficientnet_ipu import data, export, models, optimizers, strategy as strategy_lib
+from efficientnet_ipu import data, models, optimizers, strategy as strategy_lib
+from efficientnet_ipu import evaluate as evaluate_lib
 from efficientnet_ipu import layers as L
 
 
@@ -127,6 +128,40 @@ def remove_loss_scale(grads, scale):
     return [None if g is None else tf.cast(g, tf.float32) / scale for g in grads]
 
 
+def scale_loss(optimizer, loss, static_scale):
+    """The loss scaled for fp16: by the static scale (``apply_loss_scale``), or by Keras'
+    dynamic one where ``optimizer`` is a LossScaleOptimizer: Keras 3 (scale_loss) or
+    Keras 2 (get_scaled_loss); otherwise the loss itself."""
+    if static_scale is not None:
+        return apply_loss_scale(loss, static_scale)
+    if hasattr(optimizer, "get_scaled_loss"):
+        return optimizer.get_scaled_loss(loss)
+    if hasattr(optimizer, "scale_loss"):
+        return optimizer.scale_loss(loss)
+    return loss
+
+
+def unscale_gradients(optimizer, grads, static_scale):
+    """The gradients with the loss scale removed: the static one (``remove_loss_scale``),
+    or Keras 2's LossScaleOptimizer's (explicit); Keras 3's removes its own in
+    apply_gradients."""
+    if static_scale is not None:
+        return remove_loss_scale(grads, static_scale)
+    if hasattr(optimizer, "get_unscaled_gradients"):
+        return optimizer.get_unscaled_gradients(grads)
+    return grads
+
+
+def smoothed_cross_entropy(labels, logits, label_smoothing, examples):
+    """Softmax cross-entropy with label smoothing, summed over the batch and divided by
+    ``examples`` (the global micro-batch): labels float [N, K], logits [N, K] (computed in
+    float32)."""
+    ce = keras.losses.categorical_crossentropy(labels, tf.cast(logits, tf.float32),
+                                               from_logits=True,
+                                               label_smoothing=label_smoothing)
+    return tf.reduce_sum(ce) / float(examples)
+
+
 class Trainer:
     """Builds everything from a validated config and runs training + evaluation."""
 
@@ -179,35 +214,19 @@ class Trainer:
                         for k in ("train", "eval")}
         self.history = []  # (step, training loss) of every step run by this process
         self._train_step = tf.function(self._distributed_train_step)
-        self._eval_step = tf.function(self._distributed_eval_step)
+        self.evaluator = evaluate_lib.Evaluator(self.model, self.strategy)
 
     # -- steps ------------------------------------------------------------------------
     def _loss(self, labels, logits):
         t = self.config.train
-        ce = keras.losses.categorical_crossentropy(labels, tf.cast(logits, tf.float32),
-                                                   from_logits=True,
-                                                   label_smoothing=t.label_smoothing)
-        return tf.reduce_sum(ce) / float(t.micro_batch_size * self.replicas)
+        return smoothed_cross_entropy(labels, logits, t.label_smoothing,
+                                      t.micro_batch_size * self.replicas)
 
     def _scale_loss(self, loss):
-        """Loss scaling for fp16: the static scale (``apply_loss_scale``), or Keras'
-        dynamic one: Keras 3 (scale_loss) or Keras 2 (get_scaled_loss)."""
-        if self.loss_scale is not None:
-            return apply_loss_scale(loss, self.loss_scale)
-        if hasattr(self.optimizer, "get_scaled_loss"):
-            return self.optimizer.get_scaled_loss(loss)
-        if hasattr(self.optimizer, "scale_loss"):
-            return self.optimizer.scale_loss(loss)
-        return loss
+        return scale_loss(self.optimizer, loss, self.loss_scale)
 
     def _unscale_gradients(self, grads):
-        """The static scale's removal (``remove_loss_scale``); Keras 2's
-        LossScaleOptimizer needs explicit unscaling; Keras 3's does it in apply_gradients."""
-        if self.loss_scale is not None:
-            return remove_loss_scale(grads, self.loss_scale)
-        if hasattr(self.optimizer, "get_unscaled_gradients"):
-            return self.optimizer.get_unscaled_gradients(grads)
-        return grads
+        return unscale_gradients(self.optimizer, grads, self.loss_scale)
 
     def _replica_train_step(self, images, labels):
         t = self.config.train
@@ -240,29 +259,11 @@ class Trainer:
         return self.strategy.reduce(reduce, loss, None), self.strategy.reduce(reduce, correct,
                                                                                None)
 
-    def _replica_eval_step(self, images, labels):
-        logits = self.model(images, training=False)
-        top5 = tf.math.top_k(logits, k=min(5, self.source.num_classes)).indices
-        hits = tf.equal(top5, tf.cast(labels, top5.dtype)[:, None])
-        return (tf.reduce_sum(tf.cast(hits[:, 0], tf.float32)),
-                tf.reduce_sum(tf.cast(tf.reduce_any(hits, -1), tf.float32)),
-                tf.cast(tf.shape(labels)[0], tf.float32))
-
-    def _distributed_eval_step(self, images, labels):
-        out = self.strategy.run(self._replica_eval_step, args=(images, labels))
-        return [self.strategy.reduce(tf.distribute.ReduceOp.SUM, o, None) for o in out]
-
     # -- loops ------------------------------------------------------------------------
     def evaluate(self):
         """Top-1 and top-5 accuracy on the eval split: dict of floats in [0, 1]."""
-        ds = data.eval_dataset(self.source, self.config,
-                               self.config.train.micro_batch_size * self.replicas)
-        top1 = top5 = count = 0.0
-        for images, labels in self.strategy.experimental_distribute_dataset(ds):
-            a, b, n = self._eval_step(images, labels)
-            top1, top5, count = top1 + float(a), top5 + float(b), count + float(n)
-        return {"top1": top1 / max(count, 1.0), "top5": top5 / max(count, 1.0),
-                "examples": int(count)}
+        return self.evaluator(data.eval_dataset(
+            self.source, self.config, self.config.train.micro_batch_size * self.replicas))
 
     def restore(self):
         """Restore the newest checkpoint of the workdir; returns the step (0 if none)."""
@@ -273,11 +274,17 @@ class Trainer:
         return int(self.step)
 
     def train(self):
-        """Train to ``config.train.epochs``, evaluating and checkpointing every epoch;
-        export at the end. Returns the last evaluation's metrics."""
+        """Train to ``config.train.epochs``, evaluating and checkpointing every epoch, then
+        evaluate the final weights and write ``eval_results.json``. Returns its dict. A run
+        that finished earlier returns its results without training or evaluating again."""
         t = self.config.train
         total_steps = t.epochs * self.steps_per_epoch
         start = self.restore()
+        finished = self.finished_results(total_steps)
+        if finished is not None:
+            print("Training finished earlier (step %d): %s" % (
+                start, os.path.join(self.workdir, "eval_results.json")), flush=True)
+            return finished
         metrics = {}
         print("Training %s on %s: %d epochs x %d steps, global batch %d (%d x %d x %d "
               "replicas), %d px" % (self.model.name, self.config.dataset.name, t.epochs,
@@ -335,12 +342,16 @@ class Trainer:
                     self.workdir, average_lib.AVERAGED_DIR))
             with open(os.path.join(self.workdir, "eval_results.json"), "w") as f:
                 json.dump(results, f, indent=2)
-            if self.config.export.enabled:
-                path = export.export_saved_model(
-                    self.model, os.path.join(self.workdir, "export"), int(self.step),
-                    self.config.image_size.eval, self.source.class_names)
-                print("Exported SavedModel to %s" % path, flush=True)
         return results
+
+    def finished_results(self, total_steps):
+        """The results of a run that reached ``total_steps`` and wrote them, else None."""
+        path = os.path.join(self.workdir, "eval_results.json")
+        if int(self.step) < total_steps or not os.path.exists(path):
+            return None
+        with open(path) as f:
+            results = json.load(f)
+        return results if results.get("step") == int(self.step) else None
 
     def end_of_epoch(self, epoch):
         """After epoch ``epoch`` (1-based): update the weight average, write the epoch's

@@ -13,7 +13,7 @@ import tensorflow as tf
 
 from conftest import REPO, shared_path, while_loops
 from efficientnet_ipu import config as config_lib
-from efficientnet_ipu import optimizers, train
+from efficientnet_ipu import optimizers, stages, train
 
 DEMO = os.path.join(REPO, "experiments", "demo.py")
 ENV = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", PYTHONPATH=REPO)
@@ -49,6 +49,7 @@ def test_trains_on_real_jpegs_loss_decreases_and_export_serves_in_fresh_process(
     assert isinstance(trainer.optimizer, optimizers.RMSPropTF1)
     assert trainer.optimizer.epsilon == config.train.rmsprop_epsilon
     metrics = trainer.train()
+    stages.export_stage(config, str(tmp_path), trainer.source.class_names)
     losses = np.array([loss for _, loss in trainer.history])
     assert len(losses) == 40 and np.all(np.isfinite(losses))
     assert losses[-8:].mean() < losses[:8].mean() - 0.1, losses
