@@ -52,7 +52,7 @@ class Evaluator:
     def __init__(self, model, strategy=None):
         self.model = model
         self.strategy = strategy or tf.distribute.get_strategy()
-        self._step = tf.function(self._distributed_step)
+        self._step = tf.function(self._distributed_step, reduce_retracing=True)
 
     def _replica_step(self, images, labels):
         return top_k_hits(self.model(images, training=False), labels)
