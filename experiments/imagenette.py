@@ -76,4 +76,10 @@ def get_config(arg=None):
     c.train.log_every_steps = 20
     c.average.decay = 0.5
     c.average.keep_epoch_weights = True
+    c.finetune.enabled = True
+    c.finetune.image_size = NATIVE
+    c.finetune.blocks = 2
+    c.finetune.micro_batch_size = 32
+    c.finetune.gradient_accumulation = 4
+    c.sweep.image_sizes = "64:224:32"
     return c

@@ -152,13 +152,22 @@ def test_every_experiment_config_loads_and_validates():
     import importlib.util
     folder = os.path.join(REPO, "experiments")
     files = sorted(f for f in os.listdir(folder) if f.endswith(".py"))
-    assert files == ["b2_g16.py", "demo.py", "paper.py"]
+    assert files == ["b2_g16.py", "demo.py", "imagenette.py", "paper.py"]
     for name in files:
         spec = importlib.util.spec_from_file_location(name[:-3], os.path.join(folder, name))
         module = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(module)
         assert "python -m efficientnet_ipu.main --config=experiments/%s" % name in \
             module.__doc__, name
+        if name == "imagenette.py":
+            config = module.get_config("g1,gn,128")
+            config_lib.validate(config)
+            assert (config.model.group_size, config.model.norm, config.image_size.train) == (
+                1, "gn", 128)
+            for bad, field in (("g4,gn,96", "group size"), ("g16,bn,96", "norm"),
+                               ("g16,gn,big", "train_size"), ("g16", "gG,norm,train_size")):
+                with pytest.raises(ValueError, match=field):
+                    module.get_config(bad)
         if name != "paper.py":
             config_lib.validate(module.get_config())
             continue

@@ -9,7 +9,7 @@ import pytest
 import tensorflow as tf
 
 from efficientnet_ipu import config as config_lib
-from efficientnet_ipu import data, models, train
+from efficientnet_ipu import data, models, resolution, train
 from efficientnet_ipu import layers as L
 
 
@@ -205,6 +205,16 @@ def test_paper_configs_hold_the_papers_and_graphcores_values():
                 True, 0.97, True)
             assert c.model.norm_groups == 4
             assert c.image_size.eval == models.SIZES[size][2]
+            # Fine-tuning as sec. 3.4 and Graphcore's run: at the native size, 2 epochs,
+            # global batch 512, SGD from 0.25 on a cosine, then the sweep.
+            f = c.finetune
+            assert f.enabled and config_lib.finetune_size(c) == models.SIZES[size][2]
+            assert (f.epochs, f.micro_batch_size * f.gradient_accumulation) == (2, 512)
+            assert f.base_learning_rate * 512 == 0.25 and f.momentum == 0.0
+            assert f.weight_decay == 0.0 and f.blocks in (1, 2, 3)
+            sizes = config_lib.parse_sizes(c.sweep.image_sizes)
+            assert c.image_size.train in sizes and c.image_size.eval in sizes
+            assert all(resolution.same_residue(c.image_size.train, s) for s in sizes)
     assert L.blocks.EPSILON == 1e-3                                # norm epsilon
     assert L.ProxyNormActivation().proxy_epsilon == 0.03
 
