@@ -12,7 +12,7 @@ import ml_collections
 
 from efficientnet_ipu import models
 from efficientnet_ipu.kernels.settings import MODES as KERNEL_MODES
-from efficientnet_ipu.layers import NORMS
+from efficientnet_ipu.layers import GROUP_RULES, NORMS
 
 STRATEGIES = ("auto", "default", "mirrored", "multi_worker", "tpu", "ipu")
 CUTMIX_SAMPLING = ("graphcore_v1", "fixed")
@@ -34,6 +34,10 @@ def base_config():
     c.model = dict(size="b0", group_size=16, expansion_ratio=0, norm="ln_pn", norm_groups=4,
                    # GN's channel groups: "contiguous" or "strided" (Graphcore's IPU GN)
                    norm_grouping="contiguous",
+                   # where G does not divide a layer's channels: "graphcore" (max(C // G, 1)
+                   # groups, Graphcore's code) or "nearest_divisor" (paper 001's footnote),
+                   # see layers.group_channels
+                   group_rule="graphcore",
                    dropout_rate=-1.0, drop_connect_rate=0.2, activation="swish",
                    # "auto": this project's CPU kernels where they apply; "tensorflow":
                    # TensorFlow's ops only (efficientnet_ipu.kernels). Same function.
@@ -202,6 +206,8 @@ def validate(config):
     if t.weight_decay_filter not in WEIGHT_DECAY_FILTERS:
         fail("train.weight_decay_filter", "one of %s" % list(WEIGHT_DECAY_FILTERS),
              t.weight_decay_filter)
+    if m.group_rule not in GROUP_RULES:
+        fail("model.group_rule", "one of %s" % list(GROUP_RULES), m.group_rule)
     if m.norm_grouping not in NORM_GROUPINGS:
         fail("model.norm_grouping", "one of %s" % list(NORM_GROUPINGS), m.norm_grouping)
     if config.dataset.train_examples < 0:
@@ -282,6 +288,7 @@ def model_kwargs(config, num_classes):
     return dict(size=m.size, group_size=m.group_size,
                 expansion_ratio=m.expansion_ratio or None, norm=m.norm,
                 norm_groups=m.norm_groups, norm_grouping=m.norm_grouping,
+                group_rule=m.group_rule,
                 num_classes=num_classes,
                 dropout_rate=None if m.dropout_rate < 0 else m.dropout_rate,
                 drop_connect_rate=m.drop_connect_rate, activation=m.activation,

@@ -102,7 +102,7 @@ def block_args(size="b0", expansion_ratio=6):
 
 
 def EfficientNet(size="b0", group_size=1, expansion_ratio=None, norm="bn", norm_groups=4,
-                 norm_grouping="contiguous",
+                 norm_grouping="contiguous", group_rule="graphcore",
                  num_classes=1000, dropout_rate=None, drop_connect_rate=0.2,
                  activation="swish", proxy_params=True, input_shape=(None, None, 3),
                  include_preprocessing=True, mean=(0.485, 0.456, 0.406),
@@ -115,6 +115,11 @@ def EfficientNet(size="b0", group_size=1, expansion_ratio=None, norm="bn", norm_
       size: "b0" .. "b7" (width/depth/dropout from EfficientNet's scaling table).
       group_size: G, channels per group of the k x k convolutions (1 = depthwise).
       expansion_ratio: E; None picks paper 001 Table 2's value for G.
+      group_rule: the groups of a layer whose channels G does not divide: "graphcore"
+        (default, Graphcore's code: max(C // G, 1) groups, unequal where needed; closer to
+        Table 2's multiply-adds) or "nearest_divisor" (paper 001's footnote 2: the divisor
+        of the channels nearest to G); ``layers.group_channels``. At G16 they differ only
+        in B3-B5's block1b/1c.
       norm: one of ``layers.NORMS``: "bn", "gn", "ln", "in", and each with "_pn"
         (proxy-normalized activations, paper 002 sec. 5).
       norm_groups: groups of GN (4 in paper 001).
@@ -176,7 +181,7 @@ def EfficientNet(size="b0", group_size=1, expansion_ratio=None, norm="bn", norm_
         with warnings.catch_warnings():  # the former options were warned about above
             warnings.simplefilter("ignore", DeprecationWarning)
             block = L.MBConvBlock(group_size=group_size, norm=norm, norm_groups=norm_groups,
-                                  norm_grouping=norm_grouping,
+                                  norm_grouping=norm_grouping, group_rule=group_rule,
                                   activation=activation, proxy_params=proxy_params,
                                   kernels=kernels,
                                   drop_rate=drop_connect_rate * index / len(blocks),

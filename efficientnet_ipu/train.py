@@ -85,7 +85,8 @@ def decayed_variables(model, rule="graphcore"):
     decayed = []
     for layer in models.iter_layers(model):
         if isinstance(layer, (keras.layers.Conv2D, L.GroupConv2D)):
-            decayed.append(layer.kernel)
+            decayed += (layer.kernel_variables() if isinstance(layer, L.GroupConv2D)
+                        else [layer.kernel])
             if rule == "graphcore" and getattr(layer, "bias", None) is not None:
                 decayed.append(layer.bias)
         elif isinstance(layer, L.SqueezeExcite):

@@ -243,3 +243,60 @@ def test_fp16_training_step_runs_on_cpu(group_size):
         variants = {layer.kernel_variant for layer in models.iter_layers(model)
                     if isinstance(layer, L.GroupConv2D)}
         assert variants == {"split"}
+
+
+def test_both_group_rules_give_the_layer_shapes_of_b3_g16():
+    shapes = {}
+    for rule in L.GROUP_RULES:
+        model = models.EfficientNet("b3", group_size=16, norm="gn", num_classes=10,
+                                    group_rule=rule)
+        shapes[rule] = {layer.name: [tuple(k.shape) for k in layer.kernel_variables()]
+                        for layer in models.iter_layers(model)
+                        if isinstance(layer, L.GroupConv2D)}
+    nearest, graphcore = shapes["nearest_divisor"], shapes["graphcore"]
+    # block1b has 24 channels: the nearest divisor of 24 to 16 is 12 (two groups),
+    # Graphcore's max(24 // 16, 1) = 1 group of 24 (a dense 3x3 convolution).
+    assert nearest["block1b_gconv"] == [(3, 3, 12, 24)]
+    assert graphcore["block1b_gconv"] == [(3, 3, 24, 24)]
+    # Everywhere else in B3-G16 the rules agree (e.g. block1a's 40 channels: 2 groups of
+    # 20 by both), and no group is unequal.
+    differ = sorted(name for name in nearest if nearest[name] != graphcore[name])
+    assert differ == ["block1b_gconv"]
+    assert nearest["block1a_gconv"] == graphcore["block1a_gconv"] == [(3, 3, 20, 40)]
+    for name in nearest:
+        assert len(nearest[name]) == len(graphcore[name]) == 1, name
+
+
+def test_unequal_groups_equal_a_direct_computation():
+    # C = 240, G = 32: Graphcore's rule gives 7 groups, 35, 35, 34, 34, 34, 34, 34.
+    assert L.group_channels(240, 32, "graphcore") == [35, 35] + [34] * 5
+    assert L.group_channels(240, 32, "nearest_divisor") == [30] * 8
+    layer = L.GroupConv2D(240, 3, strides=2, group_size=32, group_rule="graphcore")
+    x = tf.random.stateless_normal([2, 9, 9, 240], seed=[1, 2])
+    scale = tf.random.stateless_uniform([240], seed=[3, 4], minval=0.5, maxval=2.0)
+    offset = tf.random.stateless_normal([240], seed=[5, 6])
+    y = layer(x, input_scale=scale, input_offset=offset)
+    assert [tuple(k.shape) for k in layer.kernel_variables()] == (
+        [(3, 3, 35, 35)] * 2 + [(3, 3, 34, 34)] * 5)
+    # Direct: each group's channels of (x + offset) * scale through a dense conv, in float64
+    # with explicit zero padding ("same", stride 2 on 9 px: pad 1 each side).
+    xs = np.pad((x.numpy() + offset.numpy()) * scale.numpy(),
+                [(0, 0), (1, 1), (1, 1), (0, 0)]).astype(np.float64)
+    outputs, start = [], 0
+    for kernel in layer.kernel_variables():
+        k = kernel.numpy().astype(np.float64)
+        c = k.shape[2]
+        out = np.zeros((2, 5, 5, k.shape[3]))
+        for i in range(5):
+            for j in range(5):
+                patch = xs[:, 2 * i:2 * i + 3, 2 * j:2 * j + 3, start:start + c]
+                out[:, i, j] = np.einsum("nhwc,hwco->no", patch, k)
+        outputs.append(out)
+        start += c
+    np.testing.assert_allclose(y.numpy(), np.concatenate(outputs, -1), rtol=1e-4, atol=1e-4)
+    with pytest.raises(ValueError, match="group_rule must be one of"):
+        L.GroupConv2D(240, 3, group_rule="floor")
+    config = config_lib.base_config()
+    config.model.group_rule = "floor"
+    with pytest.raises(ValueError, match="config.model.group_rule must be one of"):
+        config_lib.validate(config)

@@ -292,7 +292,9 @@ class MBConvBlock(keras.layers.Layer):
     """Mobile inverted bottleneck with squeeze-excite (MBConv), NHWC.
 
     expand 1x1 conv -> norm -> act (skipped when ``expand_ratio`` == 1);
-    k x k GroupConv2D (group size ``group_size``, stride ``strides``) -> norm -> act;
+    k x k GroupConv2D (group size ``group_size``, stride ``strides``; ``group_rule`` where
+    G does not divide the channels: "nearest_divisor" or "graphcore", see
+    ``conv.group_channels``) -> norm -> act;
     squeeze-excite (width ``se_ratio`` x ``filters_in``);
     project 1x1 conv -> norm (only a scale, no shift, under proxy norm with proxy params:
     paper 002 Appendix A.1);
@@ -325,7 +327,7 @@ class MBConvBlock(keras.layers.Layer):
                  group_size=1, se_ratio=0.25, norm="bn", norm_groups=4, activation="swish",
                  drop_rate=0.0, proxy_params=True, kernels="auto", fold_proxy_norm=None,
                  conv_implementation=None, proxy_implementation=None,
-                 norm_grouping="contiguous", **kwargs):
+                 norm_grouping="contiguous", group_rule="graphcore", **kwargs):
         super().__init__(**kwargs)
         for field, value in (("filters_in", filters_in), ("filters_out", filters_out),
                              ("kernel_size", kernel_size), ("strides", strides),
@@ -349,7 +351,7 @@ class MBConvBlock(keras.layers.Layer):
             strides=strides, expand_ratio=expand_ratio, group_size=group_size,
             se_ratio=se_ratio, norm=norm, norm_groups=norm_groups, activation=activation,
             drop_rate=drop_rate, proxy_params=proxy_params, kernels=kernels,
-            norm_grouping=norm_grouping)
+            norm_grouping=norm_grouping, group_rule=group_rule)
         _, use_pn = parse_norm(norm)
         prefix = self.name + "_"
         filters = filters_in * expand_ratio
@@ -364,7 +366,7 @@ class MBConvBlock(keras.layers.Layer):
                 proxy_kernels=proxy_kernels, norm_grouping=norm_grouping)
         self.group_conv = GroupConv2D(
             filters, kernel_size, strides=strides, group_size=group_size,
-            kernels=options["conv_kernels"],
+            kernels=options["conv_kernels"], group_rule=group_rule,
             name=prefix + ("dwconv" if group_size == 1 else "gconv"))
         self.group_conv.variant = options["conv_variant"]
         self.norm_act = NormActivation(norm, norm_groups, activation, "split", proxy_params,
