@@ -7,11 +7,18 @@
 The argument is ``size,gG,norm,resolution``: size b0-b5, group size g1 or g16, norm gn or
 ln_pn, resolution native or half (paper 001 Table 1; evaluation at the native size). The
 recipe is paper 001 sec. 3.4: 350 epochs, global batch 768 = 32 x 24 accumulation,
-RMSProp, Mixup and CutMix per size.
+RMSProp, Mixup and CutMix per size. Then the rest of the method, each stage resumable:
+the averaged weights are fine-tuned at the native size (last 2 blocks, 2 epochs, SGD,
+global batch 512), swept over the test sizes of the training size's residue mod 32 up to
+native + 96 px (``<workdir>/sweep/``), and the fine-tuned model is exported. Tables 4-5
+report the best of 1, 2 and 3 fine-tuned blocks:
+``python -m efficientnet_ipu.finetune --workdir=DIR --blocks=1,3`` adds the other two, and
+``python -m efficientnet_ipu.evaluate --workdir=DIR --image_sizes=...`` sweeps them.
 
 Expected ImageNet top-1 at the native size, mean ± std of 3 runs in % (paper 001 Tables
-2-4). After half-resolution training this program evaluates at the native size without
-fine-tuning, which comes out lower than the fine-tuned figure:
+2-4): ``eval_results.json`` holds the figure without fine-tuning (half-resolution runs
+come out lower there: they have not seen the native size), and
+``finetune/r<native>_b2/eval_results.json`` the fine-tuned one:
 
     b0,g16,gn,half         76.7 ± 0.2 (after 2-epoch fine-tuning at the native size)
     b0,g16,gn,native       76.2 ± 0.3 (no fine-tuning), 76.4 ± 0.1 (after 2-epoch fine-tuning)
