@@ -20,6 +20,7 @@ LR_DECAY_FROM = ("step0", "warmup_end")              # train.WarmupStaircaseDeca
 WEIGHT_DECAY_FILTERS = ("graphcore", "paper_text")   # train.decayed_variables
 NORM_GROUPINGS = ("contiguous", "strided")           # layers.GroupNormalization
 PRECISIONS = ("fp32", "fp16", "bf16")
+NONFINITE = ("stop", "skip")                         # train.Trainer
 FINETUNE_BLOCKS = (1, 2, 3)                          # finetune.TRAINED_LAYERS
 SWEEP_WEIGHTS = ("last", "averaged", "finetuned")    # workdir.find_weights
 # Paper 001 (Graphcore's code): Mixup alpha and CutMix lambda per size (0 = off).
@@ -78,7 +79,11 @@ def base_config():
         # statistics in float32, and loss_scale: a static scale (a number, 128 as the
         # paper) or "dynamic" (Keras' LossScaleOptimizer)
         precision="fp32", loss_scale="128",
-        checkpoint_every_steps=0, keep_checkpoints=3, log_every_steps=50)
+        checkpoint_every_steps=0, keep_checkpoints=3, log_every_steps=50,
+        # a step whose loss or gradients are not finite: "stop" (an error naming the step;
+        # no checkpoint or export from the bad weights) or "skip" (that step changes no
+        # weight and no optimizer state; the run goes on and counts it)
+        nonfinite="stop")
     # Final weights: the exponential average of the per-epoch weights (paper 001 sec. 3.4,
     # decay 0.97; efficientnet_ipu.average), used by the end-of-run evaluation and the
     # export; keep_epoch_weights writes each epoch's weights (no optimizer state) so that
@@ -174,6 +179,8 @@ def validate(config):
                   "micro_batches_in_flight"):
         if not _positive_int(t[field]):
             fail("train." + field, "a positive integer", t[field])
+    if t.nonfinite not in NONFINITE:
+        fail("train.nonfinite", "one of %s" % list(NONFINITE), t.nonfinite)
     if t.precision not in PRECISIONS:
         fail("train.precision", "one of %s" % list(PRECISIONS), t.precision)
     if t.loss_scale != "dynamic":

@@ -236,8 +236,10 @@ def main(argv=None):
     if not os.path.exists(os.path.join(args.workdir, "config.json")):
         parser.error("%s holds no config.json: --workdir must be a training workdir"
                      % args.workdir)
-    sweep(args.workdir, sizes, kinds, strict=args.weights != "all",
-          eval_steps=args.eval_steps, out_dir=args.out)
+    from efficientnet_ipu import workdir as workdir_lib
+    with workdir_lib.WorkdirLock(args.workdir, "efficientnet_ipu.evaluate"):
+        sweep(args.workdir, sizes, kinds, strict=args.weights != "all",
+              eval_steps=args.eval_steps, out_dir=args.out)
     return 0
 
 

@@ -32,6 +32,7 @@ The size should equal the training size mod 32 (paper 001 sec. 3.3): another siz
 a warning naming both.
 """
 import json
+import math
 import os
 import sys
 import time
@@ -234,8 +235,17 @@ class FineTuner:
             tic, seen = time.time(), 0
             for images, labels in self.strategy.experimental_distribute_dataset(ds):
                 loss = float(self._train_step(images, labels))
+                if not math.isfinite(loss):
+                    raise train.NonFiniteError(
+                        "fine-tuning loss is %r at step %d: stopped; the checkpoints in %s "
+                        "hold the weights before it" % (loss, int(self.step),
+                                                        self.manager.directory))
                 self.history.append((int(self.step), loss))
                 seen += self.global_batch
+            if not train.all_finite(self.variables):
+                raise train.NonFiniteError("a fine-tuned weight is not finite at step %d: "
+                                           "stopped without writing a checkpoint"
+                                           % int(self.step))
             self.manager.save(checkpoint_number=int(self.step))
             print("fine-tune epoch %d/%d  step %d  loss %.4f  %.1f img/s" % (
                 epoch + 1, f.epochs, int(self.step), self.history[-1][1] if self.history
@@ -288,8 +298,9 @@ def main(argv=None):
             config_lib.validate(config)
     except (ValueError, FileNotFoundError) as error:
         parser.error(str(error))
-    for size, depth in tuners:
-        FineTuner(args.workdir, size, depth, overrides).run()
+    with workdir_lib.WorkdirLock(args.workdir, "efficientnet_ipu.finetune"):
+        for size, depth in tuners:
+            FineTuner(args.workdir, size, depth, overrides).run()
     return 0
 
 

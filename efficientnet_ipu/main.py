@@ -40,10 +40,14 @@ def main(argv):
         raise app.UsageError("unexpected arguments: %s" % " ".join(argv[1:]))
     if QUIET:
         logging.set_verbosity(logging.WARNING)
-    from efficientnet_ipu import config as config_lib, stages
+    from efficientnet_ipu import config as config_lib, stages, train, workdir
     config = FLAGS.config
     config_lib.validate(config)
-    stages.run(config, FLAGS.workdir)
+    try:
+        stages.run(config, FLAGS.workdir)
+    except (train.NonFiniteError, workdir.WorkdirInUseError) as error:
+        print("error: %s" % error, file=sys.stderr, flush=True)
+        return 1
     return 0
 
 

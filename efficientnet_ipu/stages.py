@@ -63,13 +63,21 @@ def export_stage(config, workdir, class_names):
 
 
 def run(config, workdir, source=None):
-    """Run every stage the config enables; returns {stage: its result}.
+    """Run every stage the config enables, holding the workdir's lock
+    (``workdir.WorkdirLock``); returns {stage: its result}.
 
-    Raises: ValueError for a bad config field (before anything runs), and what a stage
-    raises."""
-    from efficientnet_ipu import data, evaluate, finetune, train
+    Raises: ValueError for a bad config field (before anything runs),
+    ``workdir.WorkdirInUseError`` where another job holds the workdir, and what a stage
+    raises (``train.NonFiniteError`` for a diverged run)."""
+    from efficientnet_ipu import data
     config_lib.validate(config)
     source = source or data.open_source(config.dataset)
+    with workdir_lib.WorkdirLock(workdir, "efficientnet_ipu.main"):
+        return _run_stages(config, workdir, source)
+
+
+def _run_stages(config, workdir, source):
+    from efficientnet_ipu import evaluate, finetune, train
     results = {"train": train.Trainer(config, workdir, source).train()}
     if config.finetune.enabled:
         results["finetune"] = finetune.FineTuner(workdir, source=source).run()

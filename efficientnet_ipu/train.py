@@ -19,10 +19,14 @@ again on the same workdir it resumes from the last checkpoint. The main job's la
 (``stages.py``) add ``finetune/``, ``sweep/`` and ``export/<version>/``.
 """
 import contextlib
+import glob
 import json
+import math
 import os
+import shutil
 import time
 
+from absl import logging
 from tensorflow import keras
 import tensorflow as tf
 
@@ -163,6 +167,34 @@ def smoothed_cross_entropy(labels, logits, label_smoothing, examples):
     return tf.reduce_sum(ce) / float(examples)
 
 
+class NonFiniteError(FloatingPointError):
+    """A training step's loss, or the weights about to be checkpointed, are not finite."""
+
+
+def apply_if_finite(optimizer, grads, variables, loss):
+    """``optimizer.apply_gradients`` only where the loss and every gradient are finite on
+    every replica; otherwise nothing changes (no weight, no optimizer state, no iteration
+    count). Returns 1.0 if the step was applied, else 0.0 (float32). Call in replica
+    context."""
+    finite = tf.math.is_finite(tf.cast(loss, tf.float32))
+    for g in grads:
+        finite = tf.logical_and(finite, tf.reduce_all(tf.math.is_finite(g)))
+    context = tf.distribute.get_replica_context()
+    bad = tf.cast(tf.logical_not(finite), tf.float32)
+    if context is not None:
+        bad = context.all_reduce(tf.distribute.ReduceOp.SUM, bad)
+
+    def apply():
+        optimizer.apply_gradients(zip(grads, variables))
+        return tf.constant(1.0)
+    return tf.cond(bad > 0, lambda: tf.constant(0.0), apply)
+
+
+def all_finite(variables):
+    """True if every element of ``variables`` is finite (one host read)."""
+    return bool(tf.reduce_all([tf.reduce_all(tf.math.is_finite(v)) for v in variables]))
+
+
 class Trainer:
     """Builds everything from a validated config and runs training + evaluation."""
 
@@ -214,6 +246,7 @@ class Trainer:
         self.writers = {k: tf.summary.create_file_writer(os.path.join(workdir, "tensorboard", k))
                         for k in ("train", "eval")}
         self.history = []  # (step, training loss) of every step run by this process
+        self.nonfinite_steps = 0  # steps with a non-finite loss or gradients (this process)
         self._train_step = tf.function(self._distributed_train_step)
         self.evaluator = evaluate_lib.Evaluator(self.model, self.strategy)
 
@@ -250,15 +283,20 @@ class Trainer:
             accumulated = [a + (t.weight_decay / self.replicas) * tf.cast(v, a.dtype)
                            if decay else a
                            for a, v, decay in zip(accumulated, variables, self.decay_mask)]
-        self.optimizer.apply_gradients(zip(accumulated, variables))
-        return total_loss, correct
+        if t.nonfinite != "skip":
+            self.optimizer.apply_gradients(zip(accumulated, variables))
+            return total_loss, correct, tf.constant(1.0)
+        return total_loss, correct, apply_if_finite(self.optimizer, accumulated, variables,
+                                                    total_loss)
 
     def _distributed_train_step(self, images, labels):
-        loss, correct = self.strategy.run(self._replica_train_step, args=(images, labels))
+        loss, correct, applied = self.strategy.run(self._replica_train_step,
+                                                   args=(images, labels))
         self.step.assign_add(1)
-        reduce = tf.distribute.ReduceOp.SUM
-        return self.strategy.reduce(reduce, loss, None), self.strategy.reduce(reduce, correct,
-                                                                               None)
+        reduce = tf.distribute.ReduceOp
+        return (self.strategy.reduce(reduce.SUM, loss, None),
+                self.strategy.reduce(reduce.SUM, correct, None),
+                self.strategy.reduce(reduce.MEAN, applied, None))
 
     # -- loops ------------------------------------------------------------------------
     def evaluate(self):
@@ -267,7 +305,13 @@ class Trainer:
             self.source, self.config, self.config.train.micro_batch_size * self.replicas))
 
     def restore(self):
-        """Restore the newest checkpoint of the workdir; returns the step (0 if none)."""
+        """Restore the newest checkpoint of the workdir; returns the step (0 if none).
+        Temporary files of a checkpoint write that a kill interrupted are removed."""
+        for temp in glob.glob(os.path.join(self.manager.directory, "*_temp*")):
+            if os.path.isdir(temp):
+                shutil.rmtree(temp, ignore_errors=True)
+            else:
+                os.remove(temp)
         latest = self.manager.latest_checkpoint
         if latest:
             self.checkpoint.restore(latest).assert_existing_objects_matched()
@@ -300,9 +344,23 @@ class Trainer:
             progress.update(done)
             tic, images_seen = time.time(), 0
             for images, labels in self.strategy.experimental_distribute_dataset(ds):
-                loss, correct = self._train_step(images, labels)
+                loss, correct, applied = self._train_step(images, labels)
                 step = int(self.step)
-                self.history.append((step, float(loss)))
+                loss = float(loss)
+                if not math.isfinite(loss):
+                    self.nonfinite_steps += 1
+                    if t.nonfinite == "stop":
+                        raise NonFiniteError(
+                            "training loss is %r at step %d: stopped; the checkpoints in %s "
+                            "hold the weights before it (train.nonfinite='skip' skips such "
+                            "steps instead)" % (loss, step, self.manager.directory))
+                    logging.warning("training loss is %r at step %d: step skipped (%d so "
+                                    "far)", loss, step, self.nonfinite_steps)
+                elif t.nonfinite == "skip" and float(applied) < 1:
+                    self.nonfinite_steps += 1
+                    logging.warning("non-finite gradients at step %d: step skipped (%d so "
+                                    "far)", step, self.nonfinite_steps)
+                self.history.append((step, loss))
                 images_seen += self.global_batch
                 rate = images_seen / max(time.time() - tic, 1e-9)
                 lr = float(self.schedule(step - 1))
@@ -316,7 +374,8 @@ class Trainer:
                         tf.summary.scalar("learning_rate", lr)
                         tf.summary.scalar("images_per_second", rate)
                 if t.checkpoint_every_steps and step % t.checkpoint_every_steps == 0:
-                    self.manager.save(checkpoint_number=step)
+                    self.save_checkpoint()
+            self.end_of_epoch(epoch + 1)
             metrics = self.evaluate()
             print("epoch %d/%d  step %d  eval top-1 %.4f  top-5 %.4f  (%d images)" % (
                 epoch + 1, t.epochs, int(self.step), metrics["top1"], metrics["top5"],
@@ -324,14 +383,15 @@ class Trainer:
             with self.writers["eval"].as_default(step=int(self.step)):
                 tf.summary.scalar("top1", metrics["top1"])
                 tf.summary.scalar("top5", metrics["top5"])
-            self.end_of_epoch(epoch + 1)
         if not metrics:
             metrics = self.evaluate()
-        results = dict(metrics, step=int(self.step), weights="live")
+        results = dict(metrics, step=int(self.step), weights="live",
+                       nonfinite_steps=self.nonfinite_steps)
         with self.final_weights():
             if self.average is not None and int(self.average.count):
                 live = metrics
                 results = dict(self.evaluate(), step=int(self.step), weights="averaged",
+                               nonfinite_steps=self.nonfinite_steps,
                                epochs_averaged=int(self.average.count),
                                decay=self.average.decay,
                                live={"top1": live["top1"], "top5": live["top5"]})
@@ -358,11 +418,26 @@ class Trainer:
         """After epoch ``epoch`` (1-based): update the weight average, write the epoch's
         weights (``config.average.keep_epoch_weights``), then the checkpoint, which holds
         the average, so that a run killed before it repeats the epoch and the update."""
+        self.check_weights()
         if self.average is not None:
             self.average.update(average_lib.averaged_weights(self.model))
         if self.config.average.keep_epoch_weights:
             average_lib.save_epoch_weights(self.model, self.workdir, epoch)
-        self.manager.save(checkpoint_number=int(self.step))
+        self.save_checkpoint()
+
+    def check_weights(self):
+        """Raise ``NonFiniteError`` if a weight is not finite: nothing is written from
+        such weights, so the newest checkpoint stays the last good one."""
+        if not all_finite(self.model.weights):
+            raise NonFiniteError(
+                "a weight is not finite at step %d: stopped without writing a checkpoint; "
+                "the checkpoints in %s hold the weights before it"
+                % (int(self.step), self.manager.directory))
+
+    def save_checkpoint(self):
+        """Write a checkpoint of finite weights (``check_weights``) at the current step."""
+        self.check_weights()
+        return self.manager.save(checkpoint_number=int(self.step))
 
     def final_weights(self):
         """A context within which the model holds the weights the run reports and exports:

@@ -10,12 +10,16 @@ A workdir written by ``python -m efficientnet_ipu.main`` holds up to three kinds
 
 ``find_weights`` locates one of them, ``build_model`` builds the workdir's architecture
 (``model.json``) and ``load_model`` does both (``efficientnet_ipu.load_model``).
+``WorkdirLock`` keeps two jobs from writing into one workdir.
 """
 import collections
+import errno
 import glob
 import json
 import os
 import re
+import socket
+import time
 
 import tensorflow as tf
 
@@ -143,3 +147,92 @@ def load_model(workdir, weights="finetuned", image_size=None, blocks=None):
     """
     found = find_weights(workdir, weights, image_size, blocks)
     return read_weights(build_model(workdir), found)
+
+
+LOCK_FILE = "lock.json"
+
+
+class WorkdirInUseError(RuntimeError):
+    """Another live process holds the workdir's lock."""
+
+
+def _process_alive(pid):
+    try:
+        os.kill(pid, 0)
+    except OSError as error:
+        return error.errno == errno.EPERM  # exists, owned by someone else
+    return True
+
+
+class WorkdirLock:
+    """An exclusive lock on a workdir for one job (training, fine-tuning, a sweep):
+    ``<workdir>/lock.json`` with the holder's process id, host and start time, created
+    atomically (``O_CREAT | O_EXCL``) and removed when the job ends.
+
+    A lock left by a process that no longer runs on this host (a killed job) is taken over,
+    with a note on the console. Use as a context manager.
+
+    Raises: WorkdirInUseError naming the holder's process and host, where the holder still
+      runs, or runs on another host (this one cannot tell; the message says to delete the
+      file once that job is gone).
+    """
+
+    def __init__(self, workdir, what="job"):
+        self.path = os.path.join(workdir, LOCK_FILE)
+        self.what = what
+        self.held = False
+
+    def _create(self):
+        fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        with os.fdopen(fd, "w") as f:
+            json.dump(dict(pid=os.getpid(), host=socket.gethostname(), job=self.what,
+                           started=time.strftime("%Y-%m-%d %H:%M:%S")), f)
+
+    def acquire(self):
+        os.makedirs(os.path.dirname(self.path), exist_ok=True)
+        for _ in range(2):
+            try:
+                self._create()
+                self.held = True
+                return self
+            except FileExistsError:
+                pass
+            try:
+                with open(self.path) as f:
+                    holder = json.load(f)
+            except (OSError, ValueError):  # written half, or removed meanwhile
+                holder = {}
+            pid, host = holder.get("pid"), holder.get("host")
+            if isinstance(pid, int) and host == socket.gethostname() and \
+                    not _process_alive(pid):
+                print("Taking over the lock of process %d (%s, no longer running): %s"
+                      % (pid, holder.get("job", "job"), self.path), flush=True)
+                try:
+                    os.remove(self.path)
+                except FileNotFoundError:
+                    pass
+                continue
+            if not holder:
+                continue
+            raise WorkdirInUseError(
+                "%s is in use by process %s on host %s (%s, started %s); wait for it to end%s"
+                % (os.path.dirname(self.path), pid, host, holder.get("job", "job"),
+                   holder.get("started", "?"),
+                   "" if host == socket.gethostname() else
+                   ", or delete %s if that job no longer runs" % self.path))
+        raise WorkdirInUseError("could not take the lock %s" % self.path)
+
+    def release(self):
+        if self.held:
+            try:
+                os.remove(self.path)
+            except FileNotFoundError:
+                pass
+            self.held = False
+
+    def __enter__(self):
+        return self.acquire()
+
+    def __exit__(self, *exc):
+        self.release()
+        return False

@@ -1,0 +1,121 @@
+"""Faults injected into real training: a diverging run (non-finite loss), a poisoned batch
+with train.nonfinite="skip", and two jobs on one workdir (the lock)."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from conftest import REPO
+from efficientnet_ipu import config as config_lib
+from efficientnet_ipu import data, train, workdir as workdir_lib
+
+DEMO = os.path.join(REPO, "experiments", "demo.py")
+ENV = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", PYTHONPATH=REPO)
+SHORT = ["--config.train.steps_per_epoch=10", "--config.train.eval_steps=2",
+         "--config.export.enabled=False"]
+
+
+def main_process(workdir, *args):
+    return [sys.executable, "-m", "efficientnet_ipu.main", "--config=" + DEMO,
+            "--workdir=" + workdir] + SHORT + list(args)
+
+
+def checkpoint_weights_finite(prefix):
+    reader = tf.train.load_checkpoint(prefix)
+    for name, _ in tf.train.list_variables(prefix):
+        value = reader.get_tensor(name)
+        if np.issubdtype(np.asarray(value).dtype, np.floating) and \
+                not np.all(np.isfinite(value)):
+            return False
+    return True
+
+
+def test_diverging_run_stops_and_keeps_its_last_good_checkpoint(tmp_path):
+    workdir = str(tmp_path / "run")
+    first = subprocess.run(main_process(workdir, "--config.train.epochs=1"),
+                           capture_output=True, text=True, timeout=600, env=ENV, cwd=REPO)
+    assert first.returncode == 0, first.stderr[-3000:]
+    os.remove(os.path.join(workdir, "eval_results.json"))
+    # The same run continued for a second epoch with an absurd learning rate: the weights
+    # blow up at step 11 and the loss is NaN from step 12.
+    second = subprocess.run(main_process(workdir, "--config.train.epochs=2",
+                                         "--config.train.base_learning_rate=1e38",
+                                         "--config.train.checkpoint_every_steps=3"),
+                            capture_output=True, text=True, timeout=600, env=ENV, cwd=REPO)
+    assert second.returncode == 1, second.stdout[-2000:] + second.stderr[-2000:]
+    error = [l for l in second.stderr.splitlines() if l.startswith("error:")]
+    assert error and ("not finite at step" in error[0] or "is nan at step" in error[0]), \
+        second.stderr[-2000:]
+    assert not os.path.exists(os.path.join(workdir, "eval_results.json"))
+    assert not os.path.exists(os.path.join(workdir, "export"))
+    latest = tf.train.latest_checkpoint(os.path.join(workdir, "checkpoints"))
+    assert latest.endswith("ckpt-10"), latest    # no checkpoint after the bad steps
+    for prefix in tf.train.get_checkpoint_state(
+            os.path.join(workdir, "checkpoints")).all_model_checkpoint_paths:
+        assert checkpoint_weights_finite(prefix), prefix
+    assert not os.path.exists(os.path.join(workdir, workdir_lib.LOCK_FILE))
+
+
+def test_skip_mode_leaves_weights_and_optimizer_unchanged_on_a_poisoned_batch(tmp_path):
+    c = config_lib.base_config()
+    c.model.size, c.model.group_size, c.model.norm = "b0", 16, "ln_pn"
+    c.dataset.name = "digits"
+    c.image_size.train = c.image_size.eval = 32
+    c.train.update(dict(micro_batch_size=8, gradient_accumulation=2, steps_per_epoch=2,
+                        nonfinite="skip"))
+    trainer = train.Trainer(c, str(tmp_path))
+    images, labels = next(iter(data.train_dataset(trainer.source, c, 0)))
+    poisoned = tf.tensor_scatter_nd_update(images, [[1, 3, 0, 0, 0]], [float("nan")])
+    state = trainer.model.weights + trainer.optimizer.variables
+    before = [v.numpy() for v in state]
+    loss, _, applied = trainer._train_step(poisoned, labels)
+    assert not np.isfinite(float(loss)) and float(applied) == 0.0
+    for v, b in zip(state, before):
+        np.testing.assert_array_equal(v.numpy(), b)
+    loss, _, applied = trainer._train_step(images, labels)
+    assert np.isfinite(float(loss)) and float(applied) == 1.0
+    assert any(not np.array_equal(v.numpy(), b) for v, b in zip(trainer.model.weights, before))
+
+
+def test_second_job_on_a_workdir_fails_and_a_dead_jobs_lock_is_taken_over(tmp_path):
+    workdir = str(tmp_path / "run")
+    args = main_process(workdir, "--config.train.epochs=3",
+                        "--config.train.checkpoint_every_steps=5")
+    first = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=ENV,
+                             cwd=REPO, text=True)
+    lock = os.path.join(workdir, workdir_lib.LOCK_FILE)
+    deadline = time.time() + 300
+    while time.time() < deadline and first.poll() is None and not os.path.exists(lock):
+        time.sleep(0.1)
+    assert first.poll() is None and os.path.exists(lock)
+    assert json.load(open(lock))["pid"] == first.pid
+
+    second = subprocess.run(args, capture_output=True, text=True, timeout=300, env=ENV,
+                            cwd=REPO)
+    assert second.returncode == 1
+    assert "in use by process %d" % first.pid in second.stderr, second.stderr[-2000:]
+    assert first.poll() is None      # the first job still runs, untouched
+
+    first.send_signal(signal.SIGKILL)
+    first.wait()
+    assert os.path.exists(lock)      # left behind by the killed job
+    third = subprocess.run(args, capture_output=True, text=True, timeout=600, env=ENV,
+                           cwd=REPO)
+    assert third.returncode == 0, third.stderr[-3000:]
+    assert "Taking over the lock of process %d" % first.pid in third.stdout
+    assert json.load(open(os.path.join(workdir, "eval_results.json")))["step"] == 30
+    assert not os.path.exists(lock)
+
+
+def test_lock_refuses_a_live_holder_in_process(tmp_path):
+    with workdir_lib.WorkdirLock(str(tmp_path), "first"):
+        with pytest.raises(workdir_lib.WorkdirInUseError, match="in use by process %d"
+                           % os.getpid()):
+            workdir_lib.WorkdirLock(str(tmp_path), "second").acquire()
+    assert not os.path.exists(os.path.join(tmp_path, workdir_lib.LOCK_FILE))
