@@ -13,6 +13,7 @@ import ml_collections
 from efficientnet_ipu import models
 from efficientnet_ipu.kernels.settings import MODES as KERNEL_MODES
 from efficientnet_ipu.layers import GROUP_RULES, NORMS
+from efficientnet_ipu.layers.proxy_norm import ACTIVATIONS
 
 STRATEGIES = ("auto", "default", "mirrored", "multi_worker", "tpu", "ipu")
 CUTMIX_SAMPLING = ("graphcore_v1", "fixed")
@@ -141,6 +142,86 @@ def paper_config(size, group_size, norm, resolution, dataset="imagenet2012"):
     return c
 
 
+MAX_PEAK_LR = 10.0       # lr = base_learning_rate x global batch
+MAX_LOSS_SCALE = 2.0 ** 24
+
+
+def _number(value):
+    return (isinstance(value, numbers.Real) and not isinstance(value, bool)
+            and math.isfinite(value))
+
+
+def _int(value):
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def _validate_ranges(config, fail):
+    """The numeric ranges and cross-field conditions of ``validate``."""
+    m, t, a = config.model, config.train, config.augment
+
+    def check(field, value, ok, allowed):
+        if not ok(value):
+            fail(field, allowed, value)
+
+    check("model.norm_groups", m.norm_groups, _positive_int, "a positive integer")
+    check("model.dropout_rate", m.dropout_rate,
+          lambda v: _number(v) and (v == -1 or 0 <= v < 1), "-1 (the size's) or in [0, 1)")
+    check("model.drop_connect_rate", m.drop_connect_rate, lambda v: _number(v) and 0 <= v < 1,
+          "in [0, 1)")
+    if m.activation not in ACTIVATIONS:
+        fail("model.activation", "one of %s" % sorted(ACTIVATIONS), m.activation)
+    for field in ("steps_per_epoch", "eval_steps", "checkpoint_every_steps"):
+        check("train." + field, t[field], lambda v: _int(v) and v >= 0,
+              "an integer >= 0 (0 = %s)" % ("off" if field == "checkpoint_every_steps"
+                                            else "one pass"))
+    check("train.keep_checkpoints", t.keep_checkpoints, _positive_int, "a positive integer")
+    check("train.log_every_steps", t.log_every_steps, _positive_int, "a positive integer")
+    global_batch = t.micro_batch_size * t.gradient_accumulation * max(
+        config.strategy.replicas, 1)
+    check("train.base_learning_rate", t.base_learning_rate,
+          lambda v: _number(v) and 0 < v * global_batch <= MAX_PEAK_LR,
+          "> 0 with base x global batch (%d) <= %g" % (global_batch, MAX_PEAK_LR))
+    check("train.warmup_epochs", t.warmup_epochs, lambda v: _number(v) and v >= 0, ">= 0")
+    check("train.lr_decay", t.lr_decay, lambda v: _number(v) and 0 < v <= 1, "in (0, 1]")
+    check("train.lr_decay_epochs", t.lr_decay_epochs, lambda v: _number(v) and v > 0, "> 0")
+    check("train.momentum", t.momentum, lambda v: _number(v) and 0 <= v < 1, "in [0, 1)")
+    check("train.rmsprop_decay_per_example", t.rmsprop_decay_per_example,
+          lambda v: _number(v) and 0 < v * global_batch <= 1,
+          "> 0 with this x global batch (%d) <= 1, so that RMSProp's decay rho = 1 - it is "
+          "in [0, 1)" % global_batch)
+    check("train.rmsprop_epsilon", t.rmsprop_epsilon, lambda v: _number(v) and v > 0, "> 0")
+    check("train.weight_decay", t.weight_decay, lambda v: _number(v) and v >= 0, ">= 0")
+    check("train.label_smoothing", t.label_smoothing, lambda v: _number(v) and 0 <= v < 1,
+          "in [0, 1)")
+    if t.loss_scale != "dynamic" and float(t.loss_scale) > MAX_LOSS_SCALE:
+        fail("train.loss_scale", "at most 2^24 or 'dynamic'", t.loss_scale)
+    for field in ("min_aspect", "max_aspect"):
+        check("augment." + field, a[field], lambda v: _number(v) and v > 0, "> 0")
+    if a.min_aspect > a.max_aspect:
+        fail("augment.min_aspect/max_aspect", "min_aspect <= max_aspect",
+             (a.min_aspect, a.max_aspect))
+    for field in ("eval_split", "train_split"):
+        if not isinstance(config.dataset[field], str) or not config.dataset[field]:
+            fail("dataset." + field, "a split name", config.dataset[field])
+    check("strategy.replicas", config.strategy.replicas, _positive_int, "a positive integer")
+    check("strategy.ipus_per_replica", config.strategy.ipus_per_replica, _positive_int,
+          "a positive integer")
+
+
+def check_dataset_fits(config, num_train_examples):
+    """Raise ValueError naming the fields if one optimizer step's micro-batches need more
+    training examples than there are (drop-remainder batching would train 0 steps)."""
+    t = config.train
+    if t.steps_per_epoch:
+        return
+    needed = t.micro_batch_size * t.gradient_accumulation
+    if num_train_examples < needed:
+        raise ValueError(
+            "config.train.micro_batch_size x gradient_accumulation = %d examples per step, "
+            "but the training split has %d: lower them or set config.train.steps_per_epoch"
+            % (needed, num_train_examples))
+
+
 def _positive_int(value):
     return isinstance(value, numbers.Integral) and not isinstance(value, bool) and value > 0
 
@@ -221,6 +302,7 @@ def validate(config):
         fail("dataset.train_examples", ">= 0 (0 = all)", config.dataset.train_examples)
     if not isinstance(config.dataset.name, str) or not config.dataset.name:
         fail("dataset.name", "a dataset name", config.dataset.name)
+    _validate_ranges(config, fail)
     f = config.finetune
     if isinstance(f.image_size, bool) or not isinstance(f.image_size, int) or f.image_size < 0:
         fail("finetune.image_size", "a non-negative integer (pixels; 0 = image_size.eval)",

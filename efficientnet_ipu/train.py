@@ -205,9 +205,7 @@ class Trainer:
         if config.dataset.num_classes and config.dataset.num_classes != self.source.num_classes:
             raise ValueError("config.dataset.num_classes=%d but the dataset has %d classes"
                              % (config.dataset.num_classes, self.source.num_classes))
-        os.makedirs(workdir, exist_ok=True)
-        with open(os.path.join(workdir, "config.json"), "w") as f:
-            f.write(config.to_json_best_effort(indent=2, sort_keys=True))
+        config_lib.check_dataset_fits(config, data.num_train_examples(self.source, config))
         tf.random.set_seed(config.seed)
         set_precision(config.train.precision)
         self.strategy = strategy_lib.make_strategy(config.strategy)
@@ -216,10 +214,20 @@ class Trainer:
         self.global_batch = t.micro_batch_size * t.gradient_accumulation * self.replicas
         self.steps_per_epoch = data.steps_per_epoch(self.source, config)
         model_kwargs = config_lib.model_kwargs(config, self.source.num_classes)
+        with self.strategy.scope():
+            try:
+                self.model = models.EfficientNet(**model_kwargs)
+            except ValueError as error:
+                raise ValueError("config.model does not build a model (%s): %s"
+                                 % (", ".join("%s=%r" % kv for kv in sorted(
+                                     config.model.items())), error)) from None
+        # Written once the model has built: a config that fails leaves the workdir as it was.
+        os.makedirs(workdir, exist_ok=True)
+        with open(os.path.join(workdir, "config.json"), "w") as f:
+            f.write(config.to_json_best_effort(indent=2, sort_keys=True))
         with open(os.path.join(workdir, "model.json"), "w") as f:
             json.dump(model_kwargs, f, indent=2, sort_keys=True)
         with self.strategy.scope():
-            self.model = models.EfficientNet(**model_kwargs)
             peak = t.base_learning_rate * self.global_batch
             self.schedule = WarmupStaircaseDecay(
                 peak, t.warmup_epochs * self.steps_per_epoch, t.lr_decay,

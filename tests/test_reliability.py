@@ -7,13 +7,14 @@ import subprocess
 import sys
 import time
 
+from hypothesis import HealthCheck, given, settings, strategies as st
 import numpy as np
 import pytest
 import tensorflow as tf
 
 from conftest import REPO
 from efficientnet_ipu import config as config_lib
-from efficientnet_ipu import data, train, workdir as workdir_lib
+from efficientnet_ipu import data, models, train, workdir as workdir_lib
 
 DEMO = os.path.join(REPO, "experiments", "demo.py")
 ENV = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", PYTHONPATH=REPO)
@@ -42,10 +43,12 @@ def test_diverging_run_stops_and_keeps_its_last_good_checkpoint(tmp_path):
                            capture_output=True, text=True, timeout=600, env=ENV, cwd=REPO)
     assert first.returncode == 0, first.stderr[-3000:]
     os.remove(os.path.join(workdir, "eval_results.json"))
-    # The same run continued for a second epoch with an absurd learning rate: the weights
-    # blow up at step 11 and the loss is NaN from step 12.
+    # The same run continued for a second epoch in float16 with a loss scale far above
+    # float16's range (65504): the scaled gradients overflow at step 11, the update makes
+    # the weights non-finite, and the guard stops the run at its next check.
     second = subprocess.run(main_process(workdir, "--config.train.epochs=2",
-                                         "--config.train.base_learning_rate=1e38",
+                                         "--config.train.precision=fp16",
+                                         "--config.train.loss_scale=16777216",
                                          "--config.train.checkpoint_every_steps=3"),
                             capture_output=True, text=True, timeout=600, env=ENV, cwd=REPO)
     assert second.returncode == 1, second.stdout[-2000:] + second.stderr[-2000:]
@@ -119,3 +122,78 @@ def test_lock_refuses_a_live_holder_in_process(tmp_path):
                            % os.getpid()):
             workdir_lib.WorkdirLock(str(tmp_path), "second").acquire()
     assert not os.path.exists(os.path.join(tmp_path, workdir_lib.LOCK_FILE))
+
+
+# Numeric fields and values around and outside their ranges (ints for int fields).
+FLOATS = st.one_of(st.floats(allow_nan=True, allow_infinity=True),
+                   st.sampled_from([-1.0, 0.0, 0.5, 1.0, 1.5, 1e-5, 2.0 ** -14, 1e38]))
+INTS = st.one_of(st.integers(-3, 3000), st.sampled_from([0, 1, 2, 16, 32]))
+FIELDS = {
+    "model.group_size": INTS, "model.expansion_ratio": INTS, "model.norm_groups": INTS,
+    "model.dropout_rate": FLOATS, "model.drop_connect_rate": FLOATS,
+    "image_size.train": INTS, "image_size.eval": INTS,
+    "train.epochs": INTS, "train.micro_batch_size": INTS, "train.gradient_accumulation": INTS,
+    "train.steps_per_epoch": INTS, "train.eval_steps": INTS,
+    "train.checkpoint_every_steps": INTS, "train.keep_checkpoints": INTS,
+    "train.base_learning_rate": FLOATS, "train.warmup_epochs": FLOATS,
+    "train.lr_decay": FLOATS, "train.lr_decay_epochs": FLOATS, "train.momentum": FLOATS,
+    "train.rmsprop_decay_per_example": FLOATS, "train.rmsprop_epsilon": FLOATS,
+    "train.weight_decay": FLOATS, "train.label_smoothing": FLOATS,
+    "augment.min_area": FLOATS, "augment.max_area": FLOATS, "augment.mixup_alpha": FLOATS,
+    "augment.cutmix_lambda": FLOATS, "average.decay": FLOATS,
+    "finetune.epochs": INTS, "finetune.blocks": INTS, "finetune.image_size": INTS,
+    "finetune.base_learning_rate": FLOATS, "finetune.momentum": FLOATS,
+    "model.activation": st.sampled_from(["swish", "relu", "softmax", "", "mish"]),
+    "model.norm": st.sampled_from(["bn", "ln_pn", "gn", "batchnorm"]),
+}
+
+
+@settings(max_examples=150, deadline=None,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@given(st.dictionaries(st.sampled_from(sorted(FIELDS)), st.none(), min_size=1, max_size=4)
+       .flatmap(lambda keys: st.fixed_dictionaries({k: FIELDS[k] for k in keys})))
+def test_random_configs_validate_or_name_a_field(values):
+    config = config_lib.base_config()
+    config.dataset.name = "digits"
+    for path, value in values.items():
+        section, field = path.split(".")
+        if isinstance(config[section][field], float) and isinstance(value, int):
+            value = float(value)
+        config[section][field] = value
+    try:
+        config_lib.validate(config)
+    except ValueError as error:
+        assert "config." in str(error), (values, str(error))
+        return
+    # A config that validates builds its model (at the smallest size, to keep it quick).
+    model = models.EfficientNet(**config_lib.model_kwargs(config, 10))
+    assert model.output_shape == (None, 10)
+
+
+@pytest.mark.parametrize("field,value,message", [
+    ("train.steps_per_epoch", -1, "config.train.steps_per_epoch must be an integer >= 0"),
+    ("train.micro_batch_size", 2000, "config.train.micro_batch_size x gradient_accumulation"),
+    ("train.rmsprop_decay_per_example", 0.1, "config.train.rmsprop_decay_per_example"),
+    ("train.momentum", 1.5, "config.train.momentum must be in [0, 1)"),
+    ("train.base_learning_rate", -0.1, "config.train.base_learning_rate must be > 0"),
+    ("train.lr_decay", -1.0, "config.train.lr_decay must be in (0, 1]"),
+    ("train.warmup_epochs", -1.0, "config.train.warmup_epochs must be >= 0"),
+    ("train.label_smoothing", 5.0, "config.train.label_smoothing must be in [0, 1)"),
+    ("train.checkpoint_every_steps", -2, "config.train.checkpoint_every_steps"),
+    ("dataset.eval_split", "", "config.dataset.eval_split must be a split name"),
+    ("model.norm_groups", 3, "config.model does not build a model"),
+    ("model.activation", "mish", "config.model.activation must be one of"),
+    ("model.dropout_rate", 1.5, "config.model.dropout_rate must be"),
+])
+def test_bad_fields_fail_before_the_workdir_is_written(tmp_path, field, value, message):
+    c = config_lib.base_config()
+    c.dataset.name = "digits"
+    c.model.norm = "gn"
+    c.train.update(dict(micro_batch_size=16, gradient_accumulation=1))
+    section, name = field.split(".")
+    c[section][name] = value
+    workdir = str(tmp_path / "run")
+    with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")
+                       .replace("[", r"\[").replace("]", r"\]")):
+        train.Trainer(c, workdir)
+    assert not os.path.exists(workdir) or not os.listdir(workdir)
