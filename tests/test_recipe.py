@@ -294,6 +294,13 @@ def test_unequal_groups_equal_a_direct_computation():
         outputs.append(out)
         start += c
     np.testing.assert_allclose(y.numpy(), np.concatenate(outputs, -1), rtol=1e-4, atol=1e-4)
+    # In a model, every per-group kernel is a weight-decayed variable.
+    model = models.EfficientNet("b0", group_size=32, norm="ln_pn", num_classes=10,
+                                group_rule="graphcore")
+    decayed = {id(v) for v in train.decayed_variables(model)}
+    group_kernels = [k for layer in models.iter_layers(model)
+                     if isinstance(layer, L.GroupConv2D) for k in layer.kernel_variables()]
+    assert len(group_kernels) > 16 and all(id(k) in decayed for k in group_kernels)
     with pytest.raises(ValueError, match="group_rule must be one of"):
         L.GroupConv2D(240, 3, group_rule="floor")
     config = config_lib.base_config()
