@@ -1,6 +1,5 @@
 """Paper 001's resolution method after training: fine-tuning the last blocks at the test
 size, the test-size sweep, the main job's stages, and load_model."""
-import csv
 import json
 import math
 import os
@@ -19,7 +18,7 @@ from conftest import REPO
 import efficientnet_ipu
 from efficientnet_ipu import average as average_lib
 from efficientnet_ipu import config as config_lib
-from efficientnet_ipu import data, evaluate, finetune, models, stages, train
+from efficientnet_ipu import data, evaluate, finetune, models, stages
 from efficientnet_ipu import workdir as workdir_lib
 
 ENV = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", PYTHONPATH=REPO)
