@@ -148,7 +148,7 @@ FIELDS = {
 }
 
 
-@settings(max_examples=80, deadline=None,
+@settings(max_examples=50, deadline=None,
           suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 @given(st.dictionaries(st.sampled_from(sorted(FIELDS)), st.none(), min_size=1, max_size=4)
        .flatmap(lambda keys: st.fixed_dictionaries({k: FIELDS[k] for k in keys})))
