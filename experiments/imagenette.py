@@ -1,4 +1,7 @@
-"""Paper 001's resolution method at this machine's scale: Imagenette, trained at a reduced size, averaged, fine-tuned at the "native" size, swept over test sizes, exported.
+"""Paper 001's whole method at this machine's scale, on Imagenette.
+
+Trained at a reduced size, averaged, fine-tuned at the "native" size, swept over test
+sizes, exported:
 
     tar -xf ../shared/data/imagenette2_224/train.tar -C /tmp/imagenette
     cp -r ../shared/data/imagenette2_224/val /tmp/imagenette/

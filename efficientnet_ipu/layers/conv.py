@@ -124,12 +124,12 @@ class GroupConv2D(keras.layers.Layer):
 
     Paper 001 sec. 3.1: G is the group size (channels per group), so G=1 is a depthwise
     convolution and the number of groups is C_in / G. Where G does not divide C_in,
-    ``group_rule`` decides (``group_channels``): "graphcore" (default, Graphcore's code) uses
-    max(C_in // G, 1) groups, unequal where that number does not divide C_in;
-    "nearest_divisor" (the paper's footnote) uses the divisor of C_in nearest to G. Unequal groups
-    run as one ``tf.nn.conv2d`` per group on a split of the input, each group with its own
-    kernel variable ``kernel_<i>`` [k, k, C_i, F_i] (``kernel_variables()``); the output
-    channels split like the input ones when filters == C_in, else equally.
+    ``group_rule`` decides (``group_channels``): "graphcore" (default, Graphcore's code)
+    uses max(C_in // G, 1) groups, unequal where that number does not divide C_in;
+    "nearest_divisor" (the paper's footnote) uses the divisor of C_in nearest to G. Unequal
+    groups run as one ``tf.nn.conv2d`` per group on a split of the input, each group with
+    its own kernel variable ``kernel_<i>`` [k, k, C_i, F_i] (``kernel_variables()``); the
+    output channels split like the input ones when filters == C_in, else equally.
 
     Input: float tensor [N, H, W, C_in] in the layer's compute dtype.
     Output: [N, ceil(H / s), ceil(W / s), filters] for ``padding="same"``.
