@@ -3,7 +3,7 @@
 Trained at a reduced size, averaged, fine-tuned at the "native" size, swept over test
 sizes, exported:
 
-    tar -xf ../shared/data/imagenette2_224/train.tar -C /tmp/imagenette
+    mkdir -p /tmp/imagenette && tar -xf ../shared/data/imagenette2_224/train.tar -C /tmp/imagenette
     cp -r ../shared/data/imagenette2_224/val /tmp/imagenette/
     python -m efficientnet_ipu.main --config=experiments/imagenette.py:g16,ln_pn,96 \
         --workdir=runs/imagenette_g16_lnpn_96
