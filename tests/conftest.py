@@ -22,6 +22,22 @@ def shared_path(*parts):
     return path
 
 
+def kill_at_checkpoint(proc, checkpoint_dir, name, timeout=400, poll=0.05):
+    """SIGKILL the process ``proc`` as soon as ``checkpoint_dir``'s index lists the
+    checkpoint ``name`` (e.g. "ckpt-10"); fail the test if it ends before that."""
+    import signal
+    import time
+    index = os.path.join(checkpoint_dir, "checkpoint")
+    deadline = time.time() + timeout
+    while time.time() < deadline and proc.poll() is None:
+        if os.path.exists(index) and name in open(index).read():
+            break
+        time.sleep(poll)
+    assert proc.poll() is None, "the process ended before it could be killed"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+
+
 def reference_group_conv(x, kernel, strides, groups, padding="SAME"):
     """Group convolution as ``groups`` separate dense ``tf.nn.conv2d`` calls, concatenated:
     the reference every GroupConv2D implementation is tested against."""

@@ -4,17 +4,15 @@ import json
 import math
 import os
 import shutil
-import signal
 import subprocess
 import sys
-import time
 
 import numpy as np
 import pytest
 import tensorflow as tf
 from tensorflow import keras
 
-from conftest import REPO
+from conftest import REPO, kill_at_checkpoint
 import efficientnet_ipu
 from efficientnet_ipu import average as average_lib
 from efficientnet_ipu import config as config_lib
@@ -165,16 +163,8 @@ def test_killed_finetune_resumes_and_matches_an_uninterrupted_one(tmp_path):
             "--blocks=1"]
     proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=ENV,
                             cwd=REPO, text=True)
-    index = os.path.join(workdir_lib.finetune_dir(workdir, 64, 1), "checkpoints",
-                         "checkpoint")
-    deadline = time.time() + 300
-    while time.time() < deadline and proc.poll() is None:
-        if os.path.exists(index) and "ckpt-10" in open(index).read():
-            break
-        time.sleep(0.05)
-    assert proc.poll() is None, "the fine-tune ended before it could be killed"
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    kill_at_checkpoint(proc, os.path.join(workdir_lib.finetune_dir(workdir, 64, 1),
+                                          "checkpoints"), "ckpt-10")
     results = os.path.join(workdir_lib.finetune_dir(workdir, 64, 1), "eval_results.json")
     assert not os.path.exists(results)
 

@@ -2,16 +2,14 @@
 clear errors on bad input before any training starts."""
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 
 import numpy as np
 import pytest
 import tensorflow as tf
 
-from conftest import REPO, shared_path, while_loops
+from conftest import REPO, kill_at_checkpoint, shared_path, while_loops
 from efficientnet_ipu import config as config_lib
 from efficientnet_ipu import optimizers, stages, train
 
@@ -92,15 +90,7 @@ def test_killed_run_resumes_from_last_checkpoint(tmp_path):
     proc = subprocess.Popen([sys.executable, "-m", "efficientnet_ipu.main"] + args,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=ENV,
                             cwd=REPO, text=True)
-    index = os.path.join(workdir, "checkpoints", "checkpoint")
-    deadline = time.time() + 400
-    while time.time() < deadline and proc.poll() is None:
-        if os.path.exists(index) and "ckpt-10" in open(index).read():
-            break
-        time.sleep(0.2)
-    assert proc.poll() is None, "the run ended before it could be killed"
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    kill_at_checkpoint(proc, os.path.join(workdir, "checkpoints"), "ckpt-10", poll=0.2)
     assert not os.path.exists(os.path.join(workdir, "eval_results.json"))
 
     second = run_main(*args)
