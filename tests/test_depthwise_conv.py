@@ -233,6 +233,7 @@ def test_b0_g1_training_gradients_equal_with_tensorflows_depthwise_gradients():
     if not cpu_only:
         pytest.skip("'auto' picks the CPU kernels only on a CPU-only machine")
     no_dropout = dict(dropout_rate=0.0, drop_connect_rate=0.0)  # the same function twice
+    tf.keras.utils.set_random_seed(5)  # the same weights on every run
     ours = models.EfficientNet("b0", group_size=1, norm="bn", num_classes=10, **no_dropout)
     theirs = models.EfficientNet("b0", group_size=1, norm="bn", num_classes=10,
                                  conv_implementation="tensorflow", **no_dropout)
@@ -254,6 +255,9 @@ def test_b0_g1_training_gradients_equal_with_tensorflows_depthwise_gradients():
     assert any(op.type == "EfficientnetIpuDepthwiseConvBackpropInput"
                for op in graph.get_operations())
     expected = [g.numpy() for g in gradients(theirs)]
-    scale = max(float(np.abs(g).max()) for g in expected)  # round-off is relative to this
+    # Round-off is relative to the largest gradient. Through 16 BN blocks in float32 the two
+    # summation orders differ by up to about 2e-5 of it in the stem (seen on unseeded
+    # weights), so the bound is 5e-5 of it; a wrong gradient is off by far more.
+    scale = max(float(np.abs(g).max()) for g in expected)
     for a, b, v in zip(gradients(ours), expected, ours.trainable_variables):
-        np.testing.assert_allclose(a.numpy(), b, rtol=1e-3, atol=1e-5 * scale, err_msg=v.path)
+        np.testing.assert_allclose(a.numpy(), b, rtol=1e-3, atol=5e-5 * scale, err_msg=v.path)
