@@ -144,6 +144,7 @@ def paper_config(size, group_size, norm, resolution, dataset="imagenet2012"):
 
 
 MAX_PEAK_LR = 10.0       # lr = base_learning_rate x global batch
+MAX_EXPANSION = 16       # paper 001 Table 2 uses 2-6; far larger ones exhaust memory
 MAX_LOSS_SCALE = 2.0 ** 24
 
 
@@ -250,9 +251,9 @@ def validate(config):
             models.default_expansion_ratio(m.group_size)
         except ValueError as error:
             raise ValueError("config.model.expansion_ratio=0 (paper default) %s" % error)
-    elif not _positive_int(m.expansion_ratio):
-        fail("model.expansion_ratio", "a positive integer (0 = paper 001 Table 2)",
-             m.expansion_ratio)
+    elif not (_positive_int(m.expansion_ratio) and m.expansion_ratio <= MAX_EXPANSION):
+        fail("model.expansion_ratio", "an integer in [1, %d] (0 = paper 001 Table 2)"
+             % MAX_EXPANSION, m.expansion_ratio)
     for field in ("train", "eval"):
         if not _positive_int(config.image_size[field]):
             fail("image_size." + field, "a positive integer (pixels)", config.image_size[field])
