@@ -431,7 +431,7 @@ class Trainer:
             self.average.update(average_lib.averaged_weights(self.model))
         if self.config.average.keep_epoch_weights:
             average_lib.save_epoch_weights(self.model, self.workdir, epoch)
-        self.save_checkpoint()
+        self.manager.save(checkpoint_number=int(self.step))  # weights checked above
 
     def check_weights(self):
         """Raise ``NonFiniteError`` if a weight is not finite: nothing is written from
