@@ -44,9 +44,10 @@ def base_config():
                    # "auto": this project's CPU kernels where they apply; "tensorflow":
                    # TensorFlow's ops only (efficientnet_ipu.kernels). Same function.
                    kernels="auto")
+    # train_examples > 0: train on only the first N examples. An undecodable image is
+    # skipped, counted and named in a warning; strict=True stops at the first one instead.
     c.dataset = dict(name="imagenet2012", data_dir="", manual_dir="", train_split="train",
-                     eval_split="validation", num_classes=0,
-                     train_examples=0)  # > 0: train on only the first N examples
+                     eval_split="validation", num_classes=0, train_examples=0, strict=False)
     c.image_size = dict(train=224, eval=224)
     # Random-resized crop as Graphcore's preprocessing (min_object_covered 0.1, 100
     # attempts); Mixup per example; CutMix as Graphcore's "version 1" (cutmix_sampling

@@ -13,17 +13,107 @@ Preprocessing (paper 001 sec. 3.4, He et al. 2015): training takes a random-resi
 evaluation resizes the short side to size x 256 / 224 and takes the centre crop. Images
 come out as float32 [N, H, W, 3] pixels in [0, 255] (the model standardizes them);
 grayscale becomes 3 channels. JPEGs are decoded and cropped in one step.
+
+Undecodable images (a truncated or empty file, a non-image named .jpg) are skipped and
+counted in the source's ``BadImageLog``, with a warning that names the file (its path in
+an image folder, its tfds id otherwise); ``config.dataset.strict=True`` stops at the first
+one with a ``BadImageError`` naming it instead.
+
+Randomness: the shuffle order is a function of (``config.seed``, epoch); each image's crop
+and flip of (seed, epoch, its position in the epoch), each micro-batch's Mixup and CutMix
+of (seed, epoch, the micro-batch's position), all drawn with stateless ops. A resumed run
+that skips the batches already done therefore sees exactly the batches an uninterrupted run
+sees, whatever the number of threads.
 """
 import collections
+import contextlib
 import os
+import re
+import threading
 
+from absl import logging
 import numpy as np
 import tensorflow as tf
 
 AUTOTUNE = tf.data.AUTOTUNE
 EMBEDDED = ("digits",)
 Source = collections.namedtuple(
-    "Source", "train eval num_classes class_names num_train num_eval")
+    "Source", "train eval num_classes class_names num_train num_eval bad_images")
+# Stateless seed streams of the input pipeline: [config.seed, stream] folded with the epoch,
+# then with the position (train.TRAIN_STREAM and FINETUNE_STREAM are the model's).
+IMAGE_STREAM, BATCH_STREAM = 2, 3
+
+
+class BadImageError(ValueError):
+    """An undecodable image met with ``config.dataset.strict=True``."""
+
+
+class BadImageLog:
+    """The undecodable images a source's pipelines met: counted, each named in a warning.
+
+    ``report`` runs inside tf.data (through ``tf.py_function``) for an image whose
+    decoding or preprocessing failed, and returns False: the image is dropped. With
+    ``strict`` it records a ``BadImageError`` naming the file, and the pipeline then fails
+    (``map_images``); the caller turns that tf.data error back into the recorded one
+    (``bad_image_errors``).
+    """
+
+    MAX_NAMED = 100  # files named in ``summary``
+
+    def __init__(self, strict=False):
+        self.strict = bool(strict)
+        self.skipped = 0            # images dropped, counted each time one is met
+        self.files = collections.OrderedDict()  # "split: key" -> reason, first MAX_NAMED
+        self.error = None           # the BadImageError of a strict source
+        self._lock = threading.Lock()
+
+    def report(self, split, key, encoded):
+        key = key.numpy().decode("utf-8", "replace")
+        reason = decode_error(encoded.numpy())
+        with self._lock:
+            self.skipped += 1
+            if len(self.files) < self.MAX_NAMED:
+                self.files.setdefault("%s: %s" % (split, key), reason)
+            if self.strict:
+                if self.error is None:  # the first one met
+                    self.error = BadImageError(
+                        "undecodable image %s in the %s split (%s): stopped, as "
+                        "config.dataset.strict=True asks (False skips and counts such "
+                        "images)" % (key, split, reason))
+                return False
+            count = self.skipped
+        logging.warning("skipped undecodable image %s in the %s split (%s); %d skipped so "
+                        "far", key, split, reason, count)
+        return False
+
+    def summary(self):
+        """{"skipped": count, "files": {"split: key": reason, ...}} (JSON-ready)."""
+        with self._lock:
+            return {"skipped": self.skipped, "files": dict(self.files)}
+
+
+def decode_error(encoded):
+    """Why bytes ``encoded`` do not decode as an image: TensorFlow's message without its
+    op decoration, or a note that they decode and the preprocessing failed."""
+    try:
+        tf.io.decode_image(encoded, 3, expand_animations=False)
+    except tf.errors.OpError as error:
+        message = re.sub(r"\{\{[^}]*\}\}\s*", "", error.message)
+        return re.sub(r"\s*\[Op:.*$", "", message, flags=re.S).strip() or type(error).__name__
+    return "it decodes, but its preprocessing failed"
+
+
+@contextlib.contextmanager
+def bad_image_errors(source):
+    """Within: a tf.data error raised because a strict ``source`` met an undecodable image
+    becomes that ``BadImageError`` (naming the file); other errors pass unchanged."""
+    try:
+        yield
+    except tf.errors.OpError:
+        log = getattr(source, "bad_images", None)
+        if log is not None and log.error is not None:
+            raise log.error from None
+        raise
 
 
 def _digits(dataset_config):
@@ -32,14 +122,15 @@ def _digits(dataset_config):
     images = np.round(digits.images * (255.0 / 16.0)).astype(np.uint8)[..., None]
     images = np.repeat(images, 3, axis=-1)
     labels = digits.target.astype(np.int64)
+    keys = np.array(["digits/%d" % i for i in range(len(labels))])
     order = np.random.RandomState(0).permutation(len(labels))
     train_idx, eval_idx = order[:1437], order[1437:]
 
     def make(idx):
         return lambda shuffle_files=False: tf.data.Dataset.from_tensor_slices(
-            (images[idx], labels[idx]))
+            (images[idx], labels[idx], keys[idx]))
     return Source(make(train_idx), make(eval_idx), 10, [str(i) for i in range(10)],
-                  len(train_idx), len(eval_idx))
+                  len(train_idx), len(eval_idx), BadImageLog(dataset_config.strict))
 
 
 def _not_prepared_error(name, builder, data_dir):
@@ -57,7 +148,10 @@ def open_source(dataset_config):
     """Open ``config.dataset`` without reading any image.
 
     Returns: ``Source`` whose ``train(shuffle_files)`` and ``eval()`` give datasets of
-      (image, label int64); the image is either encoded bytes (tf.string) or uint8 HWC.
+      (image, label int64, key tf.string); the image is either encoded bytes (tf.string)
+      or uint8 HWC; the key names the example in warnings (the file's path in an image
+      folder, the tfds id otherwise). Its ``bad_images`` is a ``BadImageLog``
+      (``config.dataset.strict``).
 
     Raises:
       ValueError: unknown dataset, unprepared tfds dataset, missing folder or split.
@@ -96,17 +190,21 @@ def open_source(dataset_config):
     image_key = "image"
     label = builder.info.features["label"]
     decoders = {image_key: tfds.decode.SkipDecoding()}
+    in_folder = name.startswith("image_folder:")
+    key = "image/filename" if in_folder else "tfds_id"
 
     def make(split):
         def load(shuffle_files=False):
+            kwargs = {} if in_folder else dict(read_config=tfds.ReadConfig(add_tfds_id=True))
             ds = builder.as_dataset(split=split, shuffle_files=shuffle_files,
-                                    decoders=decoders)
-            return ds.map(lambda ex: (ex[image_key], ex["label"]))
+                                    decoders=decoders, **kwargs)
+            return ds.map(lambda ex: (ex[image_key], ex["label"], ex[key]))
         return load
     return Source(make(dataset_config.train_split), make(dataset_config.eval_split),
                   label.num_classes, list(label.names),
                   splits[dataset_config.train_split].num_examples,
-                  splits[dataset_config.eval_split].num_examples)
+                  splits[dataset_config.eval_split].num_examples,
+                  BadImageLog(dataset_config.strict))
 
 
 def _is_jpeg(data):
@@ -122,9 +220,9 @@ def _decode(image):
     return image
 
 
-def _random_box(shape, augment):
-    begin, size, _ = tf.image.sample_distorted_bounding_box(
-        shape, tf.constant([0.0, 0.0, 1.0, 1.0], shape=[1, 1, 4]),
+def _random_box(shape, augment, seed):
+    begin, size, _ = tf.image.stateless_sample_distorted_bounding_box(
+        shape, tf.constant([0.0, 0.0, 1.0, 1.0], shape=[1, 1, 4]), seed,
         min_object_covered=augment.min_object_covered,
         area_range=(augment.min_area, augment.max_area),
         aspect_ratio_range=(augment.min_aspect, augment.max_aspect),
@@ -133,25 +231,30 @@ def _random_box(shape, augment):
     return begin[0], begin[1], size[0], size[1]
 
 
-def _random_crop(image, augment):
+def _random_crop(image, augment, seed):
     """Random-resized-crop window of an image; JPEGs are decoded only inside the window."""
     def decoded_crop(decoded):
-        y, x, h, w = _random_box(tf.shape(decoded), augment)
+        y, x, h, w = _random_box(tf.shape(decoded), augment, seed)
         return decoded[y:y + h, x:x + w]
     if image.dtype != tf.string:
         return decoded_crop(_decode(image))
 
     def jpeg_crop():
-        y, x, h, w = _random_box(tf.io.extract_jpeg_shape(image), augment)
+        y, x, h, w = _random_box(tf.io.extract_jpeg_shape(image), augment, seed)
         return tf.io.decode_and_crop_jpeg(image, tf.stack([y, x, h, w]), channels=3)
     return tf.cond(_is_jpeg(image), jpeg_crop, lambda: decoded_crop(_decode(image)))
 
 
-def train_preprocess(image, size, augment):
-    """Random-resized crop + flip + resize: float32 [size, size, 3] in [0, 255]."""
-    image = tf.image.resize(_random_crop(image, augment), (size, size), method="bilinear")
+def train_preprocess(image, size, augment, seed):
+    """Random-resized crop + flip + resize: float32 [size, size, 3] in [0, 255].
+
+    ``image``: encoded bytes (tf.string) or uint8 [H, W, C]; ``augment``: config.augment;
+    ``seed``: int32/int64 [2], which fixes the crop and the flip (stateless ops)."""
+    crop_seed, flip_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
+    image = tf.image.resize(_random_crop(image, augment, crop_seed), (size, size),
+                            method="bilinear")
     if augment.flip:
-        image = tf.image.random_flip_left_right(image)
+        image = tf.image.stateless_random_flip_left_right(image, flip_seed)
     return tf.clip_by_value(image, 0.0, 255.0)
 
 
@@ -179,9 +282,10 @@ def eval_preprocess(image, size):
     return tf.clip_by_value(resize_and_center_crop(_decode(image), size), 0.0, 255.0)
 
 
-def _beta(alpha, shape=()):
-    a = tf.random.gamma(shape, alpha)
-    b = tf.random.gamma(shape, alpha)
+def _beta(alpha, shape, seed):
+    seed_a, seed_b = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
+    a = tf.random.stateless_gamma(shape, seed_a, alpha)
+    b = tf.random.stateless_gamma(shape, seed_b, alpha)
     return a / (a + b)
 
 
@@ -202,18 +306,21 @@ def cutmix_kept_area(cutmix_lambda, sampling="graphcore_v1", u=None):
 
 
 def mix_batch(images, labels, num_classes, mixup_alpha, cutmix_lambda,
-              cutmix_sampling="graphcore_v1"):
+              cutmix_sampling="graphcore_v1", *, seed):
     """Mixup (Zhang et al., 2017) and CutMix (Yun et al., 2019) on a batch, as in
     Graphcore's code: Mixup draws m ~ Beta(alpha, alpha), m = max(m, 1 - m), per example,
     partner = batch rolled by 1; CutMix keeps a share of the area drawn per batch
     (``cutmix_kept_area``), the box coming from the batch rolled by 2.
 
     Args: images float32 [N, H, W, 3]; labels int [N]; mixup_alpha >= 0 (0 = off);
-    cutmix_lambda in [0, 1) (0 = off); cutmix_sampling "graphcore_v1" or "fixed".
+    cutmix_lambda in [0, 1) (0 = off); cutmix_sampling "graphcore_v1" or "fixed";
+    seed int32/int64 [2], which fixes every draw (stateless ops).
     Returns images and soft labels float32 [N, num_classes]."""
     labels = tf.one_hot(labels, num_classes)
+    mix_seed, area_seed, top_seed, left_seed = tf.unstack(
+        tf.random.experimental.stateless_split(tf.convert_to_tensor(seed), 4))
     if mixup_alpha > 0:
-        m = _beta(mixup_alpha, tf.shape(images)[:1])            # one coefficient per example
+        m = _beta(mixup_alpha, tf.shape(images)[:1], mix_seed)  # one coefficient per example
         m = tf.maximum(m, 1.0 - m)
         images = (m[:, None, None, None] * images
                   + (1.0 - m[:, None, None, None]) * tf.roll(images, 1, axis=0))
@@ -221,11 +328,12 @@ def mix_batch(images, labels, num_classes, mixup_alpha, cutmix_lambda,
     if cutmix_lambda > 0:
         shape = tf.shape(images)
         h, w = shape[1], shape[2]
-        side = tf.sqrt(1.0 - cutmix_kept_area(cutmix_lambda, cutmix_sampling))
+        side = tf.sqrt(1.0 - cutmix_kept_area(cutmix_lambda, cutmix_sampling,
+                                              tf.random.stateless_uniform([2], area_seed)))
         box_h = tf.cast(tf.round(side * tf.cast(h, tf.float32)), tf.int32)
         box_w = tf.cast(tf.round(side * tf.cast(w, tf.float32)), tf.int32)
-        top = tf.random.uniform([], 0, h - box_h + 1, tf.int32)
-        left = tf.random.uniform([], 0, w - box_w + 1, tf.int32)
+        top = tf.random.stateless_uniform([], top_seed, 0, h - box_h + 1, tf.int32)
+        left = tf.random.stateless_uniform([], left_seed, 0, w - box_w + 1, tf.int32)
         rows = tf.logical_and(tf.range(h) >= top, tf.range(h) < top + box_h)
         cols = tf.logical_and(tf.range(w) >= left, tf.range(w) < left + box_w)
         mask = tf.cast(tf.logical_and(rows[:, None], cols[None, :]), images.dtype)
@@ -236,30 +344,82 @@ def mix_batch(images, labels, num_classes, mixup_alpha, cutmix_lambda,
     return images, labels
 
 
+def stream_seed(seed, stream, epoch):
+    """The stateless seed (int64 [2]) of one input-pipeline ``stream`` (``IMAGE_STREAM``,
+    ``BATCH_STREAM``) in ``epoch``: [seed, stream] folded with the epoch."""
+    return tf.random.experimental.stateless_fold_in(
+        tf.constant([seed, stream], tf.int64), tf.constant(epoch, tf.int64))
+
+
+def map_images(ds, preprocess, size, log, split):
+    """Apply ``preprocess(image, *args)`` -> float32 [size, size, 3] to a dataset of
+    (image, label, key, *args), giving (image, label) in the same order.
+
+    Encoded images (tf.string) that fail to decode or preprocess are dropped and reported
+    to ``log`` (``BadImageLog``) with their key; tf.data cannot catch an op's error inside
+    a map, so each image runs in a one-element dataset with ``ignore_errors``, followed by
+    a marker that stands in for it when it failed. Decoded images (uint8) are mapped
+    directly."""
+    if ds.element_spec[0].dtype != tf.string:
+        return ds.map(lambda image, label, key, *args: (preprocess(image, *args), label),
+                      num_parallel_calls=AUTOTUNE)
+
+    def one(image, label, key, *args):
+        done = tf.data.Dataset.from_tensors((image,) + tuple(args)).map(
+            lambda image, *args: (preprocess(image, *args), tf.constant(True)))
+        failed = tf.data.Dataset.from_tensors((tf.zeros([size, size, 3]), tf.constant(False)))
+        return done.ignore_errors().concatenate(failed).take(1).map(
+            lambda x, ok: (x, label, ok, key, image))
+
+    def reported(key, image):
+        keep = tf.reshape(tf.py_function(lambda k, e: log.report(split, k, e), [key, image],
+                                         tf.bool), [])
+        if not log.strict:
+            return keep
+        stop = tf.debugging.Assert(False, ["config.dataset.strict: undecodable image", key])
+        with tf.control_dependencies([stop]):
+            return tf.identity(keep)
+
+    def keep(x, label, ok, key, image):
+        return tf.cond(ok, lambda: tf.constant(True), lambda: reported(key, image))
+    ds = ds.interleave(one, num_parallel_calls=AUTOTUNE, deterministic=True)
+    return ds.filter(keep).map(lambda x, label, ok, key, image: (x, label))
+
+
 def train_dataset(source, config, epoch, skip_steps=0):
     """Training batches for ``epoch``: (images float32 [A, M, S, S, 3], soft labels
     [A, M, K]) with A = gradient accumulation, M = micro-batch, S = train size.
 
-    The shuffle order depends only on (seed, epoch), so a resumed run that skips the
-    ``skip_steps`` already done sees the rest of the same epoch.
+    The order and every random draw depend only on (seed, epoch, position) (see the module
+    docstring), so a resumed run that skips the ``skip_steps`` already done sees the rest
+    of the same epoch. Undecodable images are dropped (``map_images``); the epoch still has
+    ``steps_per_epoch`` batches unless more than one pass's worth is undecodable.
     """
     t, a = config.train, config.augment
-    seed = config.seed * 100003 + epoch
+    size = config.image_size.train
     ds = source.train(shuffle_files=False)
     if config.dataset.train_examples:
         ds = ds.take(config.dataset.train_examples)
-    ds = ds.shuffle(min(num_train_examples(source, config), 20000), seed=seed,
-                    reshuffle_each_iteration=False)
-    ds = ds.map(lambda image, label: (train_preprocess(image, config.image_size.train, a),
-                                      label), num_parallel_calls=AUTOTUNE, deterministic=False)
+    ds = ds.shuffle(min(num_train_examples(source, config), 20000),
+                    seed=config.seed * 100003 + epoch, reshuffle_each_iteration=False)
+    image_seed = stream_seed(config.seed, IMAGE_STREAM, epoch)
+    ds = ds.enumerate().map(lambda i, example: example + (
+        tf.random.experimental.stateless_fold_in(image_seed, i),))
+    ds = map_images(ds, lambda image, seed: train_preprocess(image, size, a, seed), size,
+                    source.bad_images, config.dataset.train_split)
     ds = ds.batch(t.micro_batch_size, drop_remainder=True)
-    ds = ds.map(lambda x, y: mix_batch(x, y, source.num_classes, a.mixup_alpha,
-                                       a.cutmix_lambda, a.cutmix_sampling),
-                num_parallel_calls=AUTOTUNE)
+    batch_seed = stream_seed(config.seed, BATCH_STREAM, epoch)
+    ds = ds.enumerate().map(
+        lambda i, batch: mix_batch(batch[0], batch[1], source.num_classes, a.mixup_alpha,
+                                   a.cutmix_lambda, a.cutmix_sampling,
+                                   seed=tf.random.experimental.stateless_fold_in(
+                                       batch_seed, i)),
+        num_parallel_calls=AUTOTUNE)
     ds = ds.batch(t.gradient_accumulation, drop_remainder=True)
-    if t.steps_per_epoch:
-        ds = ds.repeat().take(t.steps_per_epoch)
-    return ds.skip(skip_steps).prefetch(AUTOTUNE)
+    # Exactly steps_per_epoch batches: a set number repeats the pass; one pass short of
+    # whole batches because of dropped images is topped up from a second pass.
+    ds = ds.repeat() if t.steps_per_epoch else ds.repeat(2)
+    return ds.take(steps_per_epoch(source, config)).skip(skip_steps).prefetch(AUTOTUNE)
 
 
 def finetune_dataset(source, config, image_size, epoch, steps, skip_steps=0):
@@ -269,16 +429,16 @@ def finetune_dataset(source, config, image_size, epoch, steps, skip_steps=0):
     float32 [A, M, S, S, 3], one-hot labels float32 [A, M, K]) with A =
     ``finetune.gradient_accumulation``, M = ``finetune.micro_batch_size``; ``steps``
     batches. The order depends only on (seed, epoch), so a resumed fine-tune that skips the
-    ``skip_steps`` done sees the rest of the same epoch."""
+    ``skip_steps`` done sees the rest of the same epoch. Undecodable images are dropped."""
     f = config.finetune
     ds = source.train(shuffle_files=False)
     if config.dataset.train_examples:
         ds = ds.take(config.dataset.train_examples)
     ds = ds.shuffle(min(num_train_examples(source, config), 20000),
                     seed=config.seed * 100003 + 50021 + epoch, reshuffle_each_iteration=False)
-    ds = ds.map(lambda image, label: (eval_preprocess(image, image_size),
-                                      tf.one_hot(label, source.num_classes)),
-                num_parallel_calls=AUTOTUNE)
+    ds = map_images(ds, lambda image: eval_preprocess(image, image_size), image_size,
+                    source.bad_images, config.dataset.train_split)
+    ds = ds.map(lambda image, label: (image, tf.one_hot(label, source.num_classes)))
     ds = ds.batch(f.micro_batch_size, drop_remainder=True)
     ds = ds.batch(f.gradient_accumulation, drop_remainder=True)
     return ds.repeat().take(steps).skip(skip_steps).prefetch(AUTOTUNE)
@@ -300,9 +460,11 @@ def steps_per_epoch(source, config):
 
 
 def eval_dataset(source, config, batch_size):
-    """Evaluation batches: (images float32 [B, S, S, 3], labels int64 [B])."""
-    ds = source.eval().map(lambda image, label: (eval_preprocess(image, config.image_size.eval),
-                                                 label), num_parallel_calls=AUTOTUNE)
+    """Evaluation batches: (images float32 [B, S, S, 3], labels int64 [B]); undecodable
+    images are dropped (``map_images``)."""
+    size = config.image_size.eval
+    ds = map_images(source.eval(), lambda image: eval_preprocess(image, size), size,
+                    source.bad_images, config.dataset.eval_split)
     ds = ds.batch(batch_size)
     if config.train.eval_steps:
         ds = ds.take(config.train.eval_steps)

@@ -236,10 +236,16 @@ def main(argv=None):
     if not os.path.exists(os.path.join(args.workdir, "config.json")):
         parser.error("%s holds no config.json: --workdir must be a training workdir"
                      % args.workdir)
-    from efficientnet_ipu import workdir as workdir_lib
-    with workdir_lib.WorkdirLock(args.workdir, "efficientnet_ipu.evaluate"):
-        sweep(args.workdir, sizes, kinds, strict=args.weights != "all",
-              eval_steps=args.eval_steps, out_dir=args.out)
+    from efficientnet_ipu import data, workdir as workdir_lib
+    source = data.open_source(config_lib.load_workdir_config(args.workdir).dataset)
+    try:
+        with workdir_lib.WorkdirLock(args.workdir, "efficientnet_ipu.evaluate"), \
+                data.bad_image_errors(source):
+            sweep(args.workdir, sizes, kinds, strict=args.weights != "all",
+                  eval_steps=args.eval_steps, out_dir=args.out, source=source)
+    except (workdir_lib.WorkdirInUseError, data.BadImageError) as error:
+        print("error: %s" % error, file=sys.stderr, flush=True)
+        return 1
     return 0
 
 

@@ -2,7 +2,7 @@
 
 Signature ``serving_default``: input ``images`` uint8 [N, H, W, 3] (any H and W; the
 images of one request share a size), outputs ``probabilities`` float32 [N, classes] and
-``classes`` int64 [N]. Resizing (short side to size x 256 / 224, centre crop, as in
+``classes`` int64 [N] (N = 0 gives empty outputs). Resizing (short side to size x 256 / 224, centre crop, as in
 evaluation) and normalization happen inside. Class names are written to
 ``assets/labels.txt`` (one per line, in class-index order). Written with Keras'
 ``ExportArchive`` (Keras 3 and tf-keras >= 2.13), whose SavedModels also load in TF1-style
@@ -23,14 +23,22 @@ from efficientnet_ipu import kernels
 
 def serving_fn(model, image_size):
     """uint8 [N, H, W, 3] -> {"probabilities": float32 [N, K], "classes": int64 [N]}, with
-    evaluation preprocessing (short side to size x 256 / 224, centre crop) inside."""
+    evaluation preprocessing (short side to size x 256 / 224, centre crop) inside; N may
+    be 0 (empty outputs)."""
     size = int(image_size)
     softmax_inside = model.layers[-1].get_config().get("activation") == "softmax"
 
-    def serve(images):
+    num_classes = int(model.outputs[0].shape[-1])
+
+    def classify(images):
         x = data.resize_and_center_crop(images, size)
         out = tf.cast(model(x, training=False), tf.float32)
-        probabilities = out if softmax_inside else tf.nn.softmax(out)
+        return out if softmax_inside else tf.nn.softmax(out)
+
+    def serve(images):
+        # A request of 0 images gets 0 rows (resizing and the model need one image).
+        probabilities = tf.cond(tf.shape(images)[0] > 0, lambda: classify(images),
+                                lambda: tf.zeros([0, num_classes], tf.float32))
         return {"probabilities": probabilities,
                 "classes": tf.argmax(probabilities, axis=-1, output_type=tf.int64)}
     return serve

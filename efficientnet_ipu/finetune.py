@@ -45,6 +45,7 @@ from efficientnet_ipu import config as config_lib
 from efficientnet_ipu import data, optimizers, resolution, strategy as strategy_lib, train
 from efficientnet_ipu import evaluate as evaluate_lib
 from efficientnet_ipu import workdir as workdir_lib
+from efficientnet_ipu import layers as L
 
 # Layer-name prefixes of the layers each fine-tune depth trains (Graphcore's filters:
 # "Top", then "block7", then "block6").
@@ -134,7 +135,7 @@ class FineTuner:
         os.makedirs(self.dir, exist_ok=True)
         with open(os.path.join(self.dir, "config.json"), "w") as out:
             out.write(config.finetune.to_json_best_effort(indent=2, sort_keys=True))
-        tf.random.set_seed(config.seed)
+        train.set_seed(config.seed)
         train.set_precision(config.train.precision)
         self.strategy = strategy_lib.make_strategy(config.strategy)
         self.replicas = self.strategy.num_replicas_in_sync
@@ -177,7 +178,9 @@ class FineTuner:
 
         def micro_batch(i):
             features = tf.stop_gradient(run_chain(self.frozen, images[i], training=False))
-            with tf.GradientTape() as tape:
+            seed = train.step_seed(self.config.seed, train.FINETUNE_STREAM, self.step, i,
+                                   f.gradient_accumulation, self.replicas)
+            with tf.GradientTape() as tape, L.seeding.step_seed(seed):
                 logits = run_chain(self.trained, features, training=True)
                 loss = train.smoothed_cross_entropy(
                     labels[i], logits, f.label_smoothing,
@@ -298,9 +301,15 @@ def main(argv=None):
             config_lib.validate(config)
     except (ValueError, FileNotFoundError) as error:
         parser.error(str(error))
-    with workdir_lib.WorkdirLock(args.workdir, "efficientnet_ipu.finetune"):
-        for size, depth in tuners:
-            FineTuner(args.workdir, size, depth, overrides).run()
+    source = data.open_source(config.dataset)
+    try:
+        with workdir_lib.WorkdirLock(args.workdir, "efficientnet_ipu.finetune"), \
+                data.bad_image_errors(source):
+            for size, depth in tuners:
+                FineTuner(args.workdir, size, depth, overrides, source=source).run()
+    except (workdir_lib.WorkdirInUseError, data.BadImageError, train.NonFiniteError) as error:
+        print("error: %s" % error, file=sys.stderr, flush=True)
+        return 1
     return 0
 
 

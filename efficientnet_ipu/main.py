@@ -40,12 +40,12 @@ def main(argv):
         raise app.UsageError("unexpected arguments: %s" % " ".join(argv[1:]))
     if QUIET:
         logging.set_verbosity(logging.WARNING)
-    from efficientnet_ipu import config as config_lib, stages, train, workdir
+    from efficientnet_ipu import config as config_lib, data, stages, train, workdir
     config = FLAGS.config
     config_lib.validate(config)
     try:
         stages.run(config, FLAGS.workdir)
-    except (train.NonFiniteError, workdir.WorkdirInUseError) as error:
+    except (train.NonFiniteError, workdir.WorkdirInUseError, data.BadImageError) as error:
         print("error: %s" % error, file=sys.stderr, flush=True)
         return 1
     return 0

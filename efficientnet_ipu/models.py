@@ -195,7 +195,7 @@ def EfficientNet(size="b0", group_size=1, expansion_ratio=None, norm="bn", norm_
                          proxy_kernels=proxy_kernels, norm_grouping=norm_grouping)(x)
     x = keras.layers.GlobalAveragePooling2D(name="avg_pool")(x)
     if dropout_rate > 0:
-        x = keras.layers.Dropout(dropout_rate, name="top_dropout")(x)
+        x = L.Dropout(dropout_rate, name="top_dropout")(x)
     x = keras.layers.Dense(num_classes, activation=classifier_activation,
                            kernel_initializer=DENSE_INITIALIZER, dtype="float32",
                            name="predictions")(x)

@@ -167,6 +167,37 @@ def smoothed_cross_entropy(labels, logits, label_smoothing, examples):
     return tf.reduce_sum(ce) / float(examples)
 
 
+TRAIN_STREAM, FINETUNE_STREAM = 0, 1  # ``step_seed``'s streams
+
+
+def step_seed(seed, stream, step, micro_batch, micro_batches, replicas):
+    """The seed (int64 [2]) of the model's random layers (stochastic depth, dropout;
+    ``layers.seeding``) for one micro-batch on this replica: ``[seed, stream]`` folded with
+    the counter (step x micro_batches + micro_batch) x replicas + replica id. It depends on
+    nothing else, so a run resumed at ``step`` draws what an uninterrupted run draws; the
+    checkpoint's step is the random state. Call in replica context; ``step`` and
+    ``micro_batch`` may be tensors."""
+    context = tf.distribute.get_replica_context()
+    replica = context.replica_id_in_sync_group if context is not None else 0
+    counter = ((tf.cast(step, tf.int64) * micro_batches + tf.cast(micro_batch, tf.int64))
+               * replicas + tf.cast(replica, tf.int64))
+    return tf.random.experimental.stateless_fold_in(
+        tf.constant([seed, stream], tf.int64), counter)
+
+
+def set_seed(seed):
+    """Seed Python's, NumPy's, TensorFlow's and Keras' global generators (the initial
+    weights); Keras' ``utils.set_random_seed`` where it exists (TF >= 2.7)."""
+    if hasattr(keras.utils, "set_random_seed"):
+        keras.utils.set_random_seed(seed)
+    else:
+        import random
+        import numpy as np
+        random.seed(seed)
+        np.random.seed(seed)
+        tf.random.set_seed(seed)
+
+
 class NonFiniteError(FloatingPointError):
     """A training step's loss, or the weights about to be checkpointed, are not finite."""
 
@@ -206,7 +237,7 @@ class Trainer:
             raise ValueError("config.dataset.num_classes=%d but the dataset has %d classes"
                              % (config.dataset.num_classes, self.source.num_classes))
         config_lib.check_dataset_fits(config, data.num_train_examples(self.source, config))
-        tf.random.set_seed(config.seed)
+        set_seed(config.seed)
         set_precision(config.train.precision)
         self.strategy = strategy_lib.make_strategy(config.strategy)
         t = config.train
@@ -255,6 +286,7 @@ class Trainer:
                         for k in ("train", "eval")}
         self.history = []  # (step, training loss) of every step run by this process
         self.nonfinite_steps = 0  # steps with a non-finite loss or gradients (this process)
+        self.start_step = 0       # the step this process resumed from (``restore``)
         self._train_step = tf.function(self._distributed_train_step)
         self.evaluator = evaluate_lib.Evaluator(self.model, self.strategy)
 
@@ -275,7 +307,9 @@ class Trainer:
         variables = self.model.trainable_variables
 
         def micro_batch(i):
-            with tf.GradientTape() as tape:
+            seed = step_seed(self.config.seed, TRAIN_STREAM, self.step, i,
+                             t.gradient_accumulation, self.replicas)
+            with tf.GradientTape() as tape, L.seeding.step_seed(seed):
                 logits = self.model(images[i], training=True)
                 loss = self._loss(labels[i], logits) / float(t.gradient_accumulation)
                 scaled = self._scale_loss(loss)
@@ -324,7 +358,8 @@ class Trainer:
         if latest:
             self.checkpoint.restore(latest).assert_existing_objects_matched()
             print("Resumed from %s at step %d" % (latest, int(self.step)), flush=True)
-        return int(self.step)
+        self.start_step = int(self.step)
+        return self.start_step
 
     def train(self):
         """Train to ``config.train.epochs``, evaluating and checkpointing every epoch, then
@@ -383,6 +418,12 @@ class Trainer:
                         tf.summary.scalar("images_per_second", rate)
                 if t.checkpoint_every_steps and step % t.checkpoint_every_steps == 0:
                     self.save_checkpoint()
+            if int(self.step) != (epoch + 1) * self.steps_per_epoch:
+                raise ValueError(
+                    "config.dataset %r gave %d of the %d steps of epoch %d: %d images were "
+                    "undecodable (see the warnings naming them)" % (
+                        self.config.dataset.name, int(self.step) - epoch * self.steps_per_epoch,
+                        self.steps_per_epoch, epoch + 1, self.source.bad_images.skipped))
             self.end_of_epoch(epoch + 1)
             metrics = self.evaluate()
             print("epoch %d/%d  step %d  eval top-1 %.4f  top-5 %.4f  (%d images)" % (

@@ -15,13 +15,16 @@ def test_train_preprocess_crops_and_resizes_real_jpeg(imagenet_images):
     augment = config_lib.base_config().augment
     encoded = tf.io.read_file(imagenet_images[0])
     full = tf.io.decode_jpeg(encoded, channels=3)
-    outs = [data.train_preprocess(encoded, 96, augment).numpy() for _ in range(4)]
+    outs = [data.train_preprocess(encoded, 96, augment, [7, i]).numpy() for i in range(4)]
     for out in outs:
         assert out.shape == (96, 96, 3) and out.dtype == np.float32
         assert 0 <= out.min() and out.max() <= 255 and out.std() > 1
-    assert not np.allclose(outs[0], outs[1])  # random crops differ
-    # Decoded (uint8) input gives the same kind of output as encoded bytes.
-    assert data.train_preprocess(full, 96, augment).shape == (96, 96, 3)
+    assert not np.allclose(outs[0], outs[1])  # crops of different seeds differ
+    # The seed fixes the crop and the flip.
+    np.testing.assert_array_equal(data.train_preprocess(encoded, 96, augment, [7, 0]), outs[0])
+    # Decoded (uint8) input gives the same crop as encoded bytes (decoded in the window).
+    np.testing.assert_allclose(data.train_preprocess(full, 96, augment, [7, 0]), outs[0],
+                               atol=1e-3)
 
 
 def test_eval_preprocess_is_resize_then_centre_crop(imagenet_images):
@@ -43,15 +46,16 @@ def test_grayscale_jpeg_becomes_three_channels():
     assert gray, "the sample set has grayscale JPEGs"
     encoded = tf.io.read_file(gray[0])
     assert data.eval_preprocess(encoded, 64).shape == (64, 64, 3)
-    assert data.train_preprocess(encoded, 64, config_lib.base_config().augment).shape == (
-        64, 64, 3)
+    assert data.train_preprocess(encoded, 64, config_lib.base_config().augment,
+                                 [0, 0]).shape == (64, 64, 3)
 
 
 def test_mixup_and_cutmix_mix_images_and_labels_consistently():
     rng = np.random.default_rng(0)
     images = tf.constant(rng.uniform(0, 255, (6, 16, 16, 3)).astype(np.float32))
     labels = tf.constant([0, 1, 2, 3, 4, 5])
-    mixed, soft = data.mix_batch(images, labels, 10, mixup_alpha=0.2, cutmix_lambda=0.0)
+    mixed, soft = data.mix_batch(images, labels, 10, mixup_alpha=0.2, cutmix_lambda=0.0,
+                                 seed=[0, 1])
     soft = soft.numpy()
     np.testing.assert_allclose(soft.sum(-1), 1.0, rtol=1e-6)
     m = soft[0, 0]
@@ -59,7 +63,7 @@ def test_mixup_and_cutmix_mix_images_and_labels_consistently():
     np.testing.assert_allclose(mixed.numpy()[0], m * images.numpy()[0] + (1 - m) *
                                images.numpy()[5], rtol=1e-4, atol=1e-3)
     cut, soft = data.mix_batch(images, labels, 10, mixup_alpha=0.0, cutmix_lambda=0.75,
-                               cutmix_sampling="fixed")
+                               cutmix_sampling="fixed", seed=[0, 2])
     pasted = np.mean(np.any(cut.numpy()[0] != images.numpy()[0], axis=-1))
     assert pasted == pytest.approx(0.25, abs=0.01)           # (1 - lambda) of the area
     assert soft.numpy()[0, 4] == pytest.approx(pasted, abs=1e-6)  # batch rolled by 2
@@ -68,7 +72,8 @@ def test_mixup_and_cutmix_mix_images_and_labels_consistently():
 def test_digits_source_is_real_and_split():
     source = data.open_source(_dataset("digits"))
     assert (source.num_train, source.num_eval, source.num_classes) == (1437, 360, 10)
-    images, labels = next(iter(source.train().batch(1437)))
+    images, labels, keys = next(iter(source.train().batch(1437)))
+    assert len(set(keys.numpy())) == 1437  # each example named for warnings
     assert images.shape == (1437, 8, 8, 3) and images.dtype == tf.uint8
     assert set(np.unique(labels.numpy())) == set(range(10))
 

@@ -141,8 +141,8 @@ def test_finetune_data_is_the_evaluation_preprocessing(tmp_path):
     images, labels = next(iter(data.finetune_dataset(source, config, 48, 0, 1)))
     assert images.shape == (2, 8, 48, 48, 3) and labels.shape == (2, 8, 10)
     raw = list(source.train().take(16))
-    expected = np.stack([data.eval_preprocess(image, 48).numpy() for image, _ in raw])
-    expected_labels = [int(label) for _, label in raw]
+    expected = np.stack([data.eval_preprocess(image, 48).numpy() for image, _, _ in raw])
+    expected_labels = [int(label) for _, label, _ in raw]
     seen = set()
     for image, label in zip(np.reshape(images, (16, 48, 48, 3)), np.reshape(labels, (16, 10))):
         distance = np.abs(expected - image).reshape(16, -1).max(axis=1)

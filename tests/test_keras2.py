@@ -17,8 +17,12 @@ def test_layer_and_model_tests_pass_under_keras2():
     out = subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider",
          "tests/test_layers.py", "tests/test_models.py", "tests/test_optimizers.py",
-         "-k", "not b7",
-         "-W", "ignore::UserWarning"],
+         "-k", "not b7 and not table2",   # the largest size, and counting (Keras-neutral)
+         "-W", "ignore::UserWarning"] + [
+             # Training under Keras 2 for the paper's two norms; the other six are the same
+             # code paths.
+             "--deselect=tests/test_models.py::test_every_norm_trains_b0_at_64px[%s]" % norm
+             for norm in ("gn", "gn_pn", "in", "in_pn", "ln", "bn_pn")],
         capture_output=True, text=True, timeout=1800, env=env, cwd=REPO)
     assert out.returncode == 0, out.stdout[-5000:] + out.stderr[-3000:]
     assert " passed" in out.stdout.splitlines()[-1], out.stdout[-2000:]

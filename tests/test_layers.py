@@ -245,6 +245,32 @@ def test_drop_path_keeps_or_zeroes_whole_examples_with_one_pass_each_way():
     assert full == ["Mul"]
 
 
+
+def test_random_layers_draw_from_the_step_seed_and_the_layer_name():
+    x = tf.ones([64, 2, 2, 4])
+    dropout = L.Dropout(0.5, name="top_dropout")
+
+    @tf.function
+    def draws(seed):
+        with L.seeding.step_seed(seed):
+            return (L.drop_path(x, 0.5, True, "block2a"), L.drop_path(x, 0.5, True, "block2b"),
+                    dropout(x, training=True))
+    first, again, other = draws(tf.constant([5, 7])), draws(tf.constant([5, 7])), \
+        draws(tf.constant([5, 8]))
+    for a, b, c in zip(first, again, other):
+        np.testing.assert_array_equal(a, b)                # the seed fixes every draw
+        assert not np.array_equal(a, c)                    # another step, other draws
+    assert not np.array_equal(first[0], first[1])         # each layer its own draws
+    kept = first[2].numpy()
+    assert set(np.unique(kept)) == {0.0, 2.0}              # kept elements x / (1 - rate)
+    assert 0.4 < (kept == 0).mean() < 0.6
+    assert dropout(x, training=False) is x
+    # Outside step_seed (the user's own loop): stateful draws, different at each call.
+    assert not np.array_equal(dropout(x, training=True), dropout(x, training=True))
+    with pytest.raises(ValueError, match="Dropout rate must be in"):
+        L.Dropout(1.0)
+
+
 ONEDNN_OFF_SCRIPT = r"""
 import os, sys
 os.environ["TF_ENABLE_ONEDNN_OPTS"] = "0"

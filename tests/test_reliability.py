@@ -1,5 +1,7 @@
 """Faults injected into real training: a diverging run (non-finite loss), a poisoned batch
-with train.nonfinite="skip", and two jobs on one workdir (the lock)."""
+with train.nonfinite="skip", undecodable images (skipped, or stopped at with
+dataset.strict), bad files and empty requests at serving, two jobs on one workdir (the
+lock), and random configs."""
 import json
 import os
 import signal
@@ -12,7 +14,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from conftest import REPO
+from conftest import REPO, shared_path
 from efficientnet_ipu import config as config_lib
 from efficientnet_ipu import data, models, train, workdir as workdir_lib
 
@@ -84,6 +86,101 @@ def test_skip_mode_leaves_weights_and_optimizer_unchanged_on_a_poisoned_batch(tm
     loss, _, applied = trainer._train_step(images, labels)
     assert np.isfinite(float(loss)) and float(applied) == 1.0
     assert any(not np.array_equal(v.numpy(), b) for v, b in zip(trainer.model.weights, before))
+
+
+BAD_IMAGES = ("truncated.jpg", "tiny.jpg", "empty.jpg", "text.jpg")
+
+
+def image_folder_with_bad_images(root, cifar):
+    """<root>/{train,val}/<class>/ from real CIFAR-10 JPEGs (16 + 4 per class, 3 classes),
+    with the four kinds of undecodable file in train/cat and a truncated JPEG in val/dog.
+    Returns {name: path} of the bad files."""
+    import shutil
+    for cls in ("airplane", "cat", "dog"):
+        names = sorted(os.listdir(os.path.join(cifar, "test", cls)))[:20]
+        for split, chosen in (("train", names[:16]), ("val", names[16:])):
+            os.makedirs(os.path.join(root, split, cls), exist_ok=True)
+            for name in chosen:
+                shutil.copy(os.path.join(cifar, "test", cls, name),
+                            os.path.join(root, split, cls, name))
+    jpeg = open(os.path.join(cifar, "test", "cat", sorted(os.listdir(
+        os.path.join(cifar, "test", "cat")))[0]), "rb").read()
+    contents = {"truncated.jpg": jpeg[:len(jpeg) // 2], "tiny.jpg": jpeg[:200],
+                "empty.jpg": b"", "text.jpg": b"this is not an image\n"}
+    bad = {}
+    for name, content in contents.items():
+        bad[name] = os.path.join(root, "train", "cat", name)
+        open(bad[name], "wb").write(content)
+    bad["val_truncated.jpg"] = os.path.join(root, "val", "dog", "val_truncated.jpg")
+    open(bad["val_truncated.jpg"], "wb").write(jpeg[:len(jpeg) // 3])
+    return bad
+
+
+def test_undecodable_images_are_skipped_named_and_counted_and_strict_stops(tmp_path):
+    cifar = shared_path("cifar10_jpg")
+    folder = str(tmp_path / "images")
+    bad = image_folder_with_bad_images(folder, cifar)
+    common = ["--config=" + DEMO, "--config.dataset.name=image_folder:" + folder,
+              "--config.dataset.train_split=train", "--config.dataset.eval_split=val",
+              "--config.train.micro_batch_size=8", "--config.train.epochs=2",
+              "--config.train.log_every_steps=1"]
+    workdir = str(tmp_path / "run")
+    run = subprocess.run([sys.executable, "-m", "efficientnet_ipu.main",
+                          "--workdir=" + workdir] + common,
+                         capture_output=True, text=True, timeout=600, env=ENV, cwd=REPO)
+    assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-3000:]
+    for name, path in bad.items():   # each file named in a warning
+        assert "skipped undecodable image %s" % path in run.stderr, (name, run.stderr[-3000:])
+    summary = json.load(open(os.path.join(workdir, "run_summary.json")))
+    assert summary["status"] == "finished"
+    assert (summary["step"], summary["epochs"], summary["steps_per_epoch"]) == (12, 2, 6)
+    # 4 train files met in each of the 2 epochs and the fine eval pass of each epoch, plus
+    # the averaged weights' evaluation: 4 x 2 + 1 x 3.
+    assert summary["bad_images"]["skipped"] == 11
+    assert set(summary["bad_images"]["files"]) == (
+        {"train: " + bad[n] for n in BAD_IMAGES} | {"val: " + bad["val_truncated.jpg"]})
+    assert summary["bad_images"]["files"]["train: " + bad["empty.jpg"]] == "Input is empty."
+    assert summary["nonfinite_steps"] == 0
+    assert summary["checkpoints"] and summary["checkpoints"][-1].endswith("ckpt-12")
+    assert summary["export"].endswith(os.path.join("export", "12"))
+    assert summary["metrics"]["averaged"]["top1"] >= 0
+    results = json.load(open(os.path.join(workdir, "eval_results.json")))
+    assert results["examples"] == 12          # 13 val files, one undecodable
+
+    # Serving: 0 images give 0 rows; predict names each unreadable file on one line.
+    serve = tf.saved_model.load(summary["export"]).signatures["serving_default"]
+    empty = serve(images=tf.zeros([0, 32, 32, 3], tf.uint8))
+    assert empty["probabilities"].shape == (0, 3) and empty["classes"].shape == (0,)
+    good = os.path.join(folder, "val", "cat", sorted(os.listdir(
+        os.path.join(folder, "val", "cat")))[0])
+    missing = str(tmp_path / "missing.jpg")
+    predict = subprocess.run(
+        [sys.executable, "-m", "efficientnet_ipu.predict", "--model=" + summary["export"],
+         missing, folder, bad["text.jpg"], bad["truncated.jpg"], good],
+        capture_output=True, text=True, timeout=300, env=ENV, cwd=REPO)
+    assert predict.returncode == 1
+    errors = [l for l in predict.stderr.splitlines() if l.startswith("error:")]
+    assert errors == ["error: %s: no such file" % missing,
+                      "error: %s: is a folder, not an image file" % folder,
+                      "error: %s: not a readable image (Unknown image file format. One of "
+                      "JPEG, JPEG XL, PNG, GIF, BMP, WebP required.)" % bad["text.jpg"],
+                      "error: %s: not a readable image (jpeg::Uncompress failed. Invalid "
+                      "JPEG data or crop window.)" % bad["truncated.jpg"],
+                      "error: 4 of 5 files could not be read"], predict.stderr[-2000:]
+    assert predict.stdout.splitlines()[0] == good   # the readable one is still classified
+
+    strict_dir = str(tmp_path / "strict")
+    strict = subprocess.run([sys.executable, "-m", "efficientnet_ipu.main",
+                             "--workdir=" + strict_dir] + common + ["--config.dataset.strict=True"],
+                            capture_output=True, text=True, timeout=600, env=ENV, cwd=REPO)
+    assert strict.returncode == 1
+    error = [l for l in strict.stderr.splitlines() if l.startswith("error:")]
+    assert len(error) == 1 and "config.dataset.strict=True" in error[0], strict.stderr[-2000:]
+    assert any("undecodable image %s in the train split" % bad[n] in error[0]
+               for n in BAD_IMAGES), error[0]
+    failed = json.load(open(os.path.join(strict_dir, "run_summary.json")))
+    assert failed["status"] == "failed" and "BadImageError" in failed["error"]
+    assert failed["step"] < 6 and not failed["export"]
 
 
 def test_second_job_on_a_workdir_fails_and_a_dead_jobs_lock_is_taken_over(tmp_path):
@@ -185,6 +282,9 @@ def test_random_configs_validate_or_name_a_field(values):
     ("model.activation", "mish", "config.model.activation must be one of"),
     ("model.dropout_rate", 1.5, "config.model.dropout_rate must be"),
     ("model.expansion_ratio", 3000, "config.model.expansion_ratio must be an integer in"),
+    ("image_size.train", 0, "config.image_size.train must be a positive integer"),
+    ("train.micro_batches_in_flight", 0,
+     "config.train.micro_batches_in_flight must be a positive integer"),
 ])
 def test_bad_fields_fail_before_the_workdir_is_written(tmp_path, field, value, message):
     c = config_lib.base_config()

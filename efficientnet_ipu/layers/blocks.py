@@ -9,7 +9,7 @@ from tensorflow import keras
 import tensorflow as tf
 
 from efficientnet_ipu import kernels as kernels_lib  # ``kernels`` is also an argument
-from efficientnet_ipu.layers import proxy_norm_folded
+from efficientnet_ipu.layers import proxy_norm_folded, seeding
 from efficientnet_ipu.layers.conv import GroupConv2D, PointwiseConv2D
 from efficientnet_ipu.layers.norm import (INSTANCE, BatchNormalization, GroupNormalization,
                                           scale_shift_activation)
@@ -273,18 +273,19 @@ class SqueezeExcite(keras.layers.Layer):
         return config
 
 
-def drop_path(x, rate, training):
+def drop_path(x, rate, training, name="drop_path"):
     """Stochastic depth (Huang et al., 2016; paper 001 sec. 3.4): zero whole examples of
     the residual branch ``x`` ([N, H, W, C]) with probability ``rate`` during training,
     scaling the kept ones by 1 / (1 - rate), so that the expectation is ``x``; ``x`` itself
-    when not training or ``rate`` <= 0.
+    when not training or ``rate`` <= 0. The draws are seeded by ``name`` within
+    ``seeding.step_seed`` (the training loops), else stateful.
 
     The [N, 1, 1, 1] factor mask / (1 - rate) is formed first, so that the forward and the
     backward pass each make one pass over ``x`` (``x / keep * mask`` made two of each)."""
     if not training or rate <= 0:
         return x
     keep = 1.0 - rate
-    mask = tf.floor(keep + tf.random.uniform([tf.shape(x)[0], 1, 1, 1], dtype=x.dtype))
+    mask = tf.floor(keep + seeding.uniform([tf.shape(x)[0], 1, 1, 1], name, x.dtype))
     return x * (mask / keep)
 
 
@@ -416,7 +417,7 @@ class MBConvBlock(keras.layers.Layer):
             x = self.se(x, scale=scale)
             x = self.project_norm(self.project_conv(x), training=training)
         if self.residual:
-            x = drop_path(x, self.drop_rate, training) + inputs
+            x = drop_path(x, self.drop_rate, training, self.name) + inputs
         return x
 
     def get_config(self):
@@ -447,4 +448,32 @@ class Standardize(keras.layers.Layer):
     def get_config(self):
         config = super().get_config()
         config.update(dict(mean=self.mean, std=self.std))
+        return config
+
+
+class Dropout(keras.layers.Layer):
+    """Dropout (Srivastava et al., 2014) before the classifier (keras.applications'
+    ``top_dropout``): during training each element is zeroed with probability ``rate`` and
+    the kept ones scaled by 1 / (1 - rate); the input itself otherwise. Any shape and
+    float dtype. The draws are seeded by the layer's name within ``seeding.step_seed`` (the
+    training loops), else stateful, as Keras' Dropout.
+
+    Raises: ValueError if ``rate`` is outside [0, 1)."""
+
+    def __init__(self, rate, **kwargs):
+        super().__init__(**kwargs)
+        if not 0.0 <= float(rate) < 1.0:
+            raise ValueError("Dropout rate must be in [0, 1), got %r" % (rate,))
+        self.rate = float(rate)
+
+    def call(self, inputs, training=None):
+        if not training or self.rate <= 0:
+            return inputs
+        keep = tf.cast(seeding.uniform(tf.shape(inputs), self.name, inputs.dtype)
+                       >= self.rate, inputs.dtype)
+        return inputs * keep / (1.0 - self.rate)
+
+    def get_config(self):
+        config = super().get_config()
+        config["rate"] = self.rate
         return config
