@@ -68,8 +68,8 @@ class BadImageLog:
         self._lock = threading.Lock()
 
     def report(self, split, key, encoded):
-        key = key.numpy().decode("utf-8", "replace")
-        reason = decode_error(encoded.numpy())
+        key = (key.numpy() if hasattr(key, "numpy") else key).decode("utf-8", "replace")
+        reason = decode_error(encoded.numpy() if hasattr(encoded, "numpy") else encoded)
         with self._lock:
             self.skipped += 1
             if len(self.files) < self.MAX_NAMED:
@@ -351,39 +351,67 @@ def stream_seed(seed, stream, epoch):
         tf.constant([seed, stream], tf.int64), tf.constant(epoch, tf.int64))
 
 
+CHUNK = 32  # images per ``map_images`` chunk (at most 63: a bit mask of an int64)
+
+
 def map_images(ds, preprocess, size, log, split):
     """Apply ``preprocess(image, *args)`` -> float32 [size, size, 3] to a dataset of
     (image, label, key, *args), giving (image, label) in the same order.
 
     Encoded images (tf.string) that fail to decode or preprocess are dropped and reported
-    to ``log`` (``BadImageLog``) with their key; tf.data cannot catch an op's error inside
-    a map, so each image runs in a one-element dataset with ``ignore_errors``, followed by
-    a marker that stands in for it when it failed. Decoded images (uint8) are mapped
+    to ``log`` (``BadImageLog``) with their key. tf.data cannot catch an op's error inside
+    a map, so the images go in chunks of ``CHUNK``: each chunk is mapped as a dataset with
+    ``ignore_errors``, each image carrying its index in the chunk, and followed by a marker
+    that holds the chunk's keys and bytes; a scan collects the indices that came through,
+    and at the marker the missing ones are reported. Decoded images (uint8) are mapped
     directly."""
     if ds.element_spec[0].dtype != tf.string:
         return ds.map(lambda image, label, key, *args: (preprocess(image, *args), label),
                       num_parallel_calls=AUTOTUNE)
+    none = tf.constant([], tf.string)
 
-    def one(image, label, key, *args):
-        done = tf.data.Dataset.from_tensors((image,) + tuple(args)).map(
-            lambda image, *args: (preprocess(image, *args), tf.constant(True)))
-        failed = tf.data.Dataset.from_tensors((tf.zeros([size, size, 3]), tf.constant(False)))
-        return done.ignore_errors().concatenate(failed).take(1).map(
-            lambda x, ok: (x, label, ok, key, image))
+    def chunk(images, labels, keys, *args):
+        index = tf.range(tf.shape(images, out_type=tf.int64)[0])
+        mapped = tf.data.Dataset.from_tensor_slices((images, labels, index) + tuple(args)).map(
+            lambda image, label, i, *args: (preprocess(image, *args), label, i, none, none),
+            num_parallel_calls=AUTOTUNE).ignore_errors()
+        marker = tf.data.Dataset.from_tensors(
+            (tf.zeros([size, size, 3]), tf.zeros([], labels.dtype),
+             tf.constant(-1, tf.int64), keys, images))
+        return mapped.concatenate(marker)
 
-    def reported(key, image):
-        keep = tf.reshape(tf.py_function(lambda k, e: log.report(split, k, e), [key, image],
-                                         tf.bool), [])
+    def collect(seen, element):
+        x, label, i, keys, images = element
+        is_marker = i < 0
+        bit = tf.bitwise.left_shift(tf.constant(1, tf.int64), tf.maximum(i, 0))
+        every = tf.bitwise.left_shift(tf.constant(1, tf.int64), tf.size(keys, tf.int64)) - 1
+        missing = tf.where(is_marker, tf.bitwise.bitwise_and(every, tf.bitwise.invert(seen)),
+                           tf.constant(0, tf.int64))
+        seen = tf.where(is_marker, tf.constant(0, tf.int64), tf.bitwise.bitwise_or(seen, bit))
+        return seen, (x, label, is_marker, missing, keys, images)
+
+    def report(keys, images, missing):
+        for i in range(len(keys)):
+            if int(missing) >> i & 1:
+                log.report(split, keys[i], images[i])
+        return False
+
+    def reported(keys, images, missing):
+        done = tf.reshape(tf.py_function(report, [keys, images, missing], tf.bool), [])
         if not log.strict:
-            return keep
-        stop = tf.debugging.Assert(False, ["config.dataset.strict: undecodable image", key])
+            return done
+        stop = tf.debugging.Assert(False, ["config.dataset.strict: undecodable image"])
         with tf.control_dependencies([stop]):
-            return tf.identity(keep)
+            return tf.identity(done)
 
-    def keep(x, label, ok, key, image):
-        return tf.cond(ok, lambda: tf.constant(True), lambda: reported(key, image))
-    ds = ds.interleave(one, num_parallel_calls=AUTOTUNE, deterministic=True)
-    return ds.filter(keep).map(lambda x, label, ok, key, image: (x, label))
+    def keep(x, label, is_marker, missing, keys, images):
+        return tf.cond(missing != 0, lambda: reported(keys, images, missing),
+                       lambda: tf.logical_not(is_marker))
+    ds = ds.batch(CHUNK).interleave(chunk, cycle_length=2, block_length=CHUNK + 1,
+                                    num_parallel_calls=AUTOTUNE, deterministic=True)
+    ds = ds.scan(tf.constant(0, tf.int64), collect) if hasattr(ds, "scan") else \
+        ds.apply(tf.data.experimental.scan(tf.constant(0, tf.int64), collect))
+    return ds.filter(keep).map(lambda x, label, is_marker, missing, keys, images: (x, label))
 
 
 def train_dataset(source, config, epoch, skip_steps=0):

@@ -104,3 +104,40 @@ def test_image_folder_on_real_cifar10_jpegs():
     assert source.num_classes == 10 and source.class_names[0] == "airplane"
     with pytest.raises(ValueError, match="not a split"):
         data.open_source(_dataset("image_folder:" + root, train_split="train"))
+
+
+def test_undecodable_images_are_dropped_in_order_and_named(tmp_path):
+    """Real CIFAR-10 JPEGs with bad files among them, over two chunks of ``map_images``:
+    exactly the good images come out, in the source's order, and each bad one is named."""
+    cifar = os.path.join(shared_path("cifar10_jpg"), "test", "ship")
+    folder = tmp_path / "val" / "ship"
+    folder.mkdir(parents=True)
+    names = sorted(os.listdir(cifar))[:40]
+    for name in names:
+        (folder / name).write_bytes(open(os.path.join(cifar, name), "rb").read())
+    jpeg = open(os.path.join(cifar, names[0]), "rb").read()
+    bad = {"a_truncated.jpg": jpeg[:len(jpeg) // 2], "b_tiny.jpg": jpeg[:200],
+           "c_empty.jpg": b"", "d_text.jpg": b"not an image", "e_cut.jpg": jpeg[:300]}
+    for name, content in bad.items():
+        (folder / name).write_bytes(content)
+    dataset = _dataset("image_folder:" + str(tmp_path), train_split="val", eval_split="val")
+    config = config_lib.base_config()
+    config.dataset = dataset
+    config.image_size.eval = 24
+    source = data.open_source(dataset)
+    order = [key.decode() for _, _, key in source.eval().as_numpy_iterator()]
+    good = [key for key in order if os.path.basename(key) in names]
+    images = np.concatenate([x for x, _ in data.eval_dataset(source, config, 16)])
+    expected = np.stack([data.eval_preprocess(tf.io.read_file(k), 24) for k in good])
+    np.testing.assert_array_equal(images, expected)
+    log = source.bad_images.summary()
+    assert log["skipped"] == 5
+    assert set(log["files"]) == {"val: %s" % (folder / name) for name in bad}
+    assert log["files"]["val: %s" % (folder / "c_empty.jpg")] == "Input is empty."
+    strict = data.open_source(_dataset("image_folder:" + str(tmp_path), train_split="val",
+                                       eval_split="val", strict=True))
+    with pytest.raises(data.BadImageError, match=r"undecodable image .*/[a-e]_[a-z]+\.jpg "
+                       r"in the val split .*config\.dataset\.strict=True"):
+        with data.bad_image_errors(strict):
+            for _ in data.eval_dataset(strict, config, 16):
+                pass
