@@ -377,7 +377,9 @@ def map_images(ds, preprocess, size, log, split):
         index = tf.range(tf.shape(images, out_type=tf.int64)[0])
         mapped = tf.data.Dataset.from_tensor_slices((images, labels, index) + tuple(args)).map(
             lambda image, label, i, *args: (preprocess(image, *args), label, i, none, none),
-            num_parallel_calls=CHUNK_THREADS).ignore_errors()
+            num_parallel_calls=CHUNK_THREADS)
+        mapped = mapped.ignore_errors() if hasattr(mapped, "ignore_errors") else \
+            mapped.apply(tf.data.experimental.ignore_errors())  # TensorFlow < 2.11
         marker = tf.data.Dataset.from_tensors(
             (tf.zeros([size, size, 3]), tf.zeros([], labels.dtype),
              tf.constant(-1, tf.int64), keys, images))
@@ -413,7 +415,7 @@ def map_images(ds, preprocess, size, log, split):
     ds = ds.batch(CHUNK).interleave(chunk, cycle_length=2, block_length=CHUNK + 1,
                                     num_parallel_calls=AUTOTUNE, deterministic=True)
     ds = ds.scan(tf.constant(0, tf.int64), collect) if hasattr(ds, "scan") else \
-        ds.apply(tf.data.experimental.scan(tf.constant(0, tf.int64), collect))
+        ds.apply(tf.data.experimental.scan(tf.constant(0, tf.int64), collect))  # TF < 2.6
     return ds.filter(keep).map(lambda x, label, is_marker, missing, keys, images: (x, label))
 
 
