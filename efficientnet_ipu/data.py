@@ -45,7 +45,8 @@ IMAGE_STREAM, BATCH_STREAM = 2, 3
 
 
 class BadImageError(ValueError):
-    """An undecodable image met with ``config.dataset.strict=True``."""
+    """An undecodable image met with ``config.dataset.strict=True``, or so many of them
+    that an epoch falls short of its steps (``train.Trainer``)."""
 
 
 class BadImageLog:

@@ -419,7 +419,7 @@ class Trainer:
                 if t.checkpoint_every_steps and step % t.checkpoint_every_steps == 0:
                     self.save_checkpoint()
             if int(self.step) != (epoch + 1) * self.steps_per_epoch:
-                raise ValueError(
+                raise data.BadImageError(
                     "config.dataset %r gave %d of the %d steps of epoch %d: %d images were "
                     "undecodable (see the warnings naming them)" % (
                         self.config.dataset.name, int(self.step) - epoch * self.steps_per_epoch,
