@@ -104,7 +104,9 @@ def base_config():
     # "all" (last, averaged and every fine-tune) or a list such as "averaged,finetuned".
     c.sweep = dict(image_sizes="", weights="all")
     c.strategy = dict(name="auto", tpu="", ipus_per_replica=1, replicas=1)
-    c.export = dict(enabled=True)
+    # portable=True: TensorFlow's ops only (TensorFlow Serving, anywhere); False: this
+    # project's CPU ops, faster on CPU, loaded by efficientnet_ipu.export.load_saved_model
+    c.export = dict(enabled=True, portable=True)
     c.lock()
     return c
 

@@ -2,15 +2,17 @@
 
 Signature ``serving_default``: input ``images`` uint8 [N, H, W, 3] (any H and W; the
 images of one request share a size), outputs ``probabilities`` float32 [N, classes] and
-``classes`` int64 [N] (N = 0 gives empty outputs). Resizing (short side to size x 256 / 224, centre crop, as in
-evaluation) and normalization happen inside. Class names are written to
+``classes`` int64 [N] (N = 0 gives empty outputs). Resizing (short side to size x 256 /
+224, centre crop, as in evaluation) and normalization happen inside. Class names are written to
 ``assets/labels.txt`` (one per line, in class-index order). Written with Keras'
 ``ExportArchive`` (Keras 3 and tf-keras >= 2.13), whose SavedModels also load in TF1-style
 sessions (``saved_model_cli run``, TensorFlow Serving). The graph holds only TensorFlow's own
 ops: it is traced under ``kernels.tensorflow_only()``, so layers that run on this project's
 CPU kernels trace with TensorFlow ops instead: GroupConv2D as ``tf.nn.conv2d`` on the same
-kernel, ProxyNormActivation's statistics as their TensorFlow composition.
+kernel. The proxy-norm statistics, which depend only on the weights, are traced as
+constants (``layers.proxy_norm.constant_statistics``).
 """
+import contextlib
 import inspect
 import os
 
@@ -19,6 +21,7 @@ import tensorflow as tf
 
 from efficientnet_ipu import data
 from efficientnet_ipu import kernels
+from efficientnet_ipu.layers import proxy_norm
 
 
 def serving_fn(model, image_size):
@@ -44,13 +47,21 @@ def serving_fn(model, image_size):
     return serve
 
 
-def export_saved_model(model, root, version, image_size, class_names):
+CPU_OPS_FILE = "efficientnet_ipu_cpu_ops.txt"  # in assets/ of an export with portable=False
+
+
+def export_saved_model(model, root, version, image_size, class_names, portable=True):
     """Write ``root/<version>/`` with Keras' ExportArchive and return its path.
 
     Args:
       model: keras.Model [N, S, S, 3] float pixels in [0, 255] -> [N, K].
       root: export folder; version: int >= 0 (the training step); image_size: S;
       class_names: K strings (or an empty list: the indices are used).
+      portable: True (default): TensorFlow's own ops only, loadable anywhere (TensorFlow
+        Serving, ``saved_model_cli``). False: the layers trace with this project's CPU
+        ops where they apply (``efficientnet_ipu.kernels``), for Python serving on CPU
+        (``load_saved_model``); TensorFlow Serving cannot load it, and
+        ``assets/efficientnet_ipu_cpu_ops.txt`` says so.
 
     Raises: ValueError if ``version`` is negative or ``class_names`` has the wrong length.
     """
@@ -61,7 +72,8 @@ def export_saved_model(model, root, version, image_size, class_names):
     if len(names) != num_classes:
         raise ValueError("class_names has %d names for %d classes" % (len(names), num_classes))
     path = os.path.join(root, str(int(version)))
-    with kernels.tensorflow_only():
+    ops = kernels.tensorflow_only() if portable else contextlib.nullcontext()
+    with ops, proxy_norm.constant_statistics():
         archive = keras.export.ExportArchive()
         archive.track(model)
         archive.add_endpoint(
@@ -76,4 +88,21 @@ def export_saved_model(model, root, version, image_size, class_names):
     os.makedirs(os.path.join(path, "assets"), exist_ok=True)
     with open(os.path.join(path, "assets", "labels.txt"), "w") as f:
         f.write("\n".join(names) + "\n")
+    if not portable:
+        with open(os.path.join(path, "assets", CPU_OPS_FILE), "w") as f:
+            f.write("This SavedModel runs efficientnet_ipu's CPU ops. Load it with "
+                    "efficientnet_ipu.export.load_saved_model (Python, with the package "
+                    "installed); TensorFlow Serving cannot load it.\n")
     return path
+
+
+def load_saved_model(path):
+    """``tf.saved_model.load(path)``, after loading this project's CPU op library where the
+    export needs it (``export_saved_model(..., portable=False)``).
+
+    Raises: what ``tf.saved_model.load`` raises; ``kernels.library``'s error where the
+    export needs the CPU ops and they cannot load on this machine."""
+    if os.path.exists(os.path.join(path, "assets", CPU_OPS_FILE)):
+        kernels.library.load("a SavedModel exported with portable=False (%s)" % path,
+                             "an export with portable=True")
+    return tf.saved_model.load(path)

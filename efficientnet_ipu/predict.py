@@ -37,8 +37,9 @@ def resolve_version(path):
 
 def load(path):
     """(serving function, class names) of the SavedModel at ``path``."""
+    from efficientnet_ipu import export
     path = resolve_version(path)
-    loaded = tf.saved_model.load(path)
+    loaded = export.load_saved_model(path)
     labels_file = os.path.join(path, "assets", "labels.txt")
     names = []
     if os.path.exists(labels_file):

@@ -58,7 +58,8 @@ def export_stage(config, workdir, class_names):
     train.set_precision(config.train.precision)
     model = workdir_lib.read_weights(workdir_lib.build_model(workdir), weights)
     path = export.export_saved_model(model, os.path.join(workdir, "export"), version,
-                                     weights.image_size, class_names)
+                                     weights.image_size, class_names,
+                                     portable=config.export.portable)
     print("Exported SavedModel (%s weights, %d px) to %s" % (weights.label, weights.image_size,
                                                              path), flush=True)
     return path

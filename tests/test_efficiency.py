@@ -358,3 +358,23 @@ def test_kernel_variants_are_timed_beside_auto_and_need_layers(capsys):
     with pytest.raises(SystemExit):
         benchmark.main(["--conv", "--kernel-variants"])
     assert "--kernel-variants goes with --layers" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_serving_benchmark_times_every_export_and_the_conv_forms(capsys):
+    """``--serving``: each model exported (portable and, where the CPU ops load, with them)
+    and keras.applications' B0, loaded and timed; then the G16 convolutions' forms."""
+    from efficientnet_ipu import kernels
+    assert benchmark.main(["--serving", "--sizes=b0", "--group-sizes=16", "--norms=ln_pn",
+                           "--resolutions=32", "--batch=2", "--steps=2", "--warmup=1"]) == 0
+    out = capsys.readouterr().out
+    rows = [line.split() for line in out.splitlines() if line.startswith("  G16-ln_pn")
+            or line.startswith("  keras.applications")]
+    labels = [row[0] for row in rows]
+    assert labels == (["G16-ln_pn", "G16-ln_pn+ops"] if kernels.available()
+                      else ["G16-ln_pn"]) + ["keras.applications"]
+    for row in rows:
+        assert float(row[3]) > 0 and float(row[4]) > 0     # latency ms, images/s
+    assert rows[-1][5] == "1.000x"                            # keras against itself
+    forms = [line for line in out.splitlines() if line.startswith("  summed over")]
+    assert len(forms) == 4   # batch 1 and 2, grouped and split

@@ -182,3 +182,38 @@ def test_model_same_function_export_portable(tmp_path):
     expected = tf.nn.softmax(fused(export.data.resize_and_center_crop(images, 48),
                                    training=False))
     np.testing.assert_allclose(served["probabilities"].numpy(), expected.numpy(), atol=1e-5)
+    # The export for Python serving on CPU (portable=False) runs the project's ops and
+    # serves the same probabilities; load_saved_model loads the op library it needs.
+    fast = export.export_saved_model(fused, str(tmp_path / "ops"), 1, 48, [], portable=False)
+    assert os.path.exists(os.path.join(fast, "assets", export.CPU_OPS_FILE))
+    if CPU_ONLY and kernels.available():
+        with open(os.path.join(fast, "saved_model.pb"), "rb") as f:
+            assert b"EfficientnetIpu" in f.read()
+    served_fast = export.load_saved_model(fast).signatures["serving_default"](images=images)
+    np.testing.assert_allclose(served_fast["probabilities"].numpy(), expected.numpy(),
+                               atol=1e-5)
+
+
+def test_constant_statistics_trace_the_proxy_moments_as_constants():
+    """Within ``constant_statistics`` (the export) the traced layer holds its proxy mean and
+    scale as constants of the weights at trace time: no [n, C] quantile pass in the graph,
+    the same output, and later weight changes do not reach the traced function."""
+    layer = L.ProxyNormActivation(kernels="tensorflow")
+    x = tf.constant(np.random.default_rng(3).normal(size=(2, 4, 4, 8)), tf.float32)
+    layer(x)
+    layer.proxy_gamma.assign(np.linspace(-0.2, 0.2, 8))
+    layer.beta.assign(np.linspace(-1.0, 1.0, 8))
+    expected = layer(x).numpy()
+
+    def quantile_ops(graph):
+        return [op for op in graph.get_operations() if op.outputs and
+                op.outputs[0].shape.rank == 2 and op.outputs[0].shape[0] == 200]
+    live = tf.function(lambda t: layer(t)).get_concrete_function(x)
+    assert quantile_ops(live.graph)
+    with proxy_norm.constant_statistics():
+        frozen = tf.function(lambda t: layer(t)).get_concrete_function(x)
+    assert not quantile_ops(frozen.graph)
+    np.testing.assert_allclose(frozen(x).numpy(), expected, rtol=1e-6, atol=1e-6)
+    layer.proxy_beta.assign(np.full(8, 0.3))
+    np.testing.assert_allclose(frozen(x).numpy(), expected, rtol=1e-6, atol=1e-6)
+    assert not np.allclose(live(x).numpy(), expected, atol=1e-3)

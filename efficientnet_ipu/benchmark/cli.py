@@ -101,6 +101,11 @@ def main(argv=None):
                         help="dataset whose training input pipeline to time, e.g. "
                              "image_folder:../shared/data/imagenette2_224")
     parser.add_argument("--pipeline-split", default="train")
+    parser.add_argument("--serving", action="store_true",
+                        help="only the exported SavedModels' serving signature: batch-1 "
+                             "latency and --batch images/s of each --group-sizes x --norms "
+                             "model against keras.applications', --steps rounds, then each "
+                             "group convolution's TensorFlow-ops forms (benchmark.serving)")
     parser.add_argument("--csv", default="benchmark.csv")
     parser.add_argument("--pool-rounds", default="",
                         help="only the model speed targets of earlier runs' "
@@ -196,6 +201,18 @@ def main(argv=None):
             print(line)
         print("  summed over the layers, net of the overhead: " + ", ".join(
             "%s %.1f ms" % item for item in totals.items()))
+        return 0
+    if args.serving:
+        from efficientnet_ipu.benchmark import serving
+        specs = [(g, norm) for g in group_sizes for norm in norms]
+        for size in sizes:
+            for resolution in resolve_resolutions(size, parse_list(args.resolutions)):
+                serving.print_serving_rows(serving.serving_rows(
+                    specs, size, int(resolution), args.batch, args.steps, args.warmup))
+                for g in group_sizes:
+                    if g > 1:
+                        serving.print_conv_form_rows(serving.conv_form_rows(
+                            size, g, int(resolution), args.batch, args.steps, args.warmup))
         return 0
     if args.pipeline:
         rate = pipeline_images_per_second(args.pipeline, args.pipeline_split,

@@ -18,13 +18,33 @@ beta = beta~ = gamma~ = 0); over gamma in [0.5, 1.5], beta in [-1, 1] and proxy
 parameters in [-0.2, 0.2] the worst errors are 1.3e-3 (mean) and 3.5e-3 (variance) with
 200 quantiles, and 3e-4 / 7e-4 with 1000 (``num_proxy_samples``).
 """
+import contextlib
 from statistics import NormalDist
+import threading
 
 from tensorflow import keras
 import numpy as np
 import tensorflow as tf
 
 from efficientnet_ipu import kernels as kernels_lib  # ``kernels`` is also an argument
+
+
+_constants = threading.local()
+
+
+@contextlib.contextmanager
+def constant_statistics():
+    """Within the block (this thread), ProxyNormActivation layers traced into a graph
+    compute their proxy mean and scale once, from the weights' values at that moment, and
+    embed them as constants. The statistics depend only on the weights (eq. 7), so an
+    inference graph of final weights (the export) computes the same function without the
+    quantile pass (about 35 small ops per layer) at every call. Nestable."""
+    previous = getattr(_constants, "on", False)
+    _constants.on = True
+    try:
+        yield
+    finally:
+        _constants.on = previous
 
 
 @tf.custom_gradient
@@ -191,7 +211,15 @@ class ProxyNormActivation(keras.layers.Layer):
 
     def proxy_mean_scale(self):
         """Proxy mean and rsqrt(proxy variance + eps~), float32 [C] each, from
-        ``proxy_moments`` (through ``kernels.proxy_mean_scale``)."""
+        ``proxy_moments`` (through ``kernels.proxy_mean_scale``); constants of the current
+        weights within ``constant_statistics``."""
+        if getattr(_constants, "on", False):
+            with tf.init_scope():  # eager, outside the graph being traced
+                mean, scale = self._proxy_mean_scale()
+            return tf.constant(mean.numpy()), tf.constant(scale.numpy())
+        return self._proxy_mean_scale()
+
+    def _proxy_mean_scale(self):
         def reference():
             mean, variance = self.proxy_moments()
             return mean, tf.math.rsqrt(variance + self.proxy_epsilon)
