@@ -3,14 +3,17 @@
 Signature ``serving_default``: input ``images`` uint8 [N, H, W, 3] (any H and W; the
 images of one request share a size), outputs ``probabilities`` float32 [N, classes] and
 ``classes`` int64 [N] (N = 0 gives empty outputs). Resizing (short side to size x 256 /
-224, centre crop, as in evaluation) and normalization happen inside. Class names are written to
-``assets/labels.txt`` (one per line, in class-index order). Written with Keras'
+224, centre crop, as in evaluation) and normalization happen inside. Class names are
+written to ``assets/labels.txt`` (one per line, in class-index order). Written with Keras'
 ``ExportArchive`` (Keras 3 and tf-keras >= 2.13), whose SavedModels also load in TF1-style
-sessions (``saved_model_cli run``, TensorFlow Serving). The graph holds only TensorFlow's own
-ops: it is traced under ``kernels.tensorflow_only()``, so layers that run on this project's
-CPU kernels trace with TensorFlow ops instead: GroupConv2D as ``tf.nn.conv2d`` on the same
-kernel. The proxy-norm statistics, which depend only on the weights, are traced as
-constants (``layers.proxy_norm.constant_statistics``).
+sessions (``saved_model_cli run``, TensorFlow Serving).
+
+The default (portable) graph holds only TensorFlow's own ops: it is traced under
+``kernels.tensorflow_only()``, so layers that run on this project's CPU kernels trace with
+TensorFlow ops instead (GroupConv2D as ``tf.nn.conv2d`` on the same kernel). The
+proxy-norm statistics, which depend only on the weights, are traced as constants
+(``layers.proxy_norm.constant_statistics``). ``portable=False`` traces with this project's
+CPU ops instead, for Python serving on CPU (``load_saved_model``).
 """
 import contextlib
 import inspect
