@@ -17,7 +17,8 @@ def test_layer_and_model_tests_pass_under_keras2():
     out = subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider",
          "tests/test_layers.py", "tests/test_models.py", "tests/test_optimizers.py",
-         "-k", "not b7 and not table2",   # the largest size, and counting (Keras-neutral)
+         # the largest size, counting and a numerical property (Keras-neutral)
+         "-k", "not b7 and not table2 and not channel_normalized_with_depth",
          "-W", "ignore::UserWarning"] + [
              # Training under Keras 2 for the paper's two norms; the other six are the same
              # code paths.

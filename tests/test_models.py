@@ -150,7 +150,8 @@ def test_every_norm_and_size_trains_at_64px(size, norm):
     keras.backend.clear_session()
 
 
-@pytest.mark.parametrize("size", ["b1", "b7"])
+# B7 (600 px, 66 M parameters) takes 12 s of the default run: it runs with -m slow.
+@pytest.mark.parametrize("size", ["b1", pytest.param("b7", marks=pytest.mark.slow)])
 def test_sizes_build_and_run(size):
     model = models.EfficientNet(size, group_size=16, norm="ln_pn", num_classes=10)
     assert np.all(np.isfinite(train_steps(model, steps=1, batch=2)))
