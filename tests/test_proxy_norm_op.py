@@ -217,3 +217,31 @@ def test_constant_statistics_trace_the_proxy_moments_as_constants():
     layer.proxy_beta.assign(np.full(8, 0.3))
     np.testing.assert_allclose(frozen(x).numpy(), expected, rtol=1e-6, atol=1e-6)
     assert not np.allclose(live(x).numpy(), expected, atol=1e-3)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("group_size", [1, 16])
+@pytest.mark.parametrize("norm", ["bn", "gn", "ln_pn", "gn_pn"])
+def test_export_serves_the_keras_models_probabilities_on_real_jpegs(tmp_path, imagenet_images,
+                                                                     norm, group_size):
+    """The portable export (TensorFlow's ops, proxy-norm statistics as constants) computes
+    the Keras model's function, for each norm family and for G1 and G16, on real JPEGs at
+    the export's size (trained-like weights: every norm and proxy parameter moved off its
+    initial value)."""
+    model = models.EfficientNet("b0", group_size=group_size, norm=norm, num_classes=10)
+    rng = np.random.default_rng(group_size)
+    for weight in model.weights:
+        name = weight.name.split("/")[-1]
+        if name.startswith(("gamma", "beta", "proxy_", "moving_")):
+            value = weight.numpy()
+            shift = rng.uniform(-0.3, 0.3, value.shape).astype(value.dtype)
+            weight.assign(np.abs(value + shift) + 0.5 if name == "moving_variance"
+                          else value + shift)
+    path = export.export_saved_model(model, str(tmp_path), 1, 96, [])
+    serve = export.load_saved_model(path).signatures["serving_default"]
+    for jpeg in imagenet_images[:3]:
+        image = tf.io.decode_jpeg(tf.io.read_file(jpeg), channels=3)
+        served = serve(images=image[None])["probabilities"].numpy()
+        expected = tf.nn.softmax(model(export.data.resize_and_center_crop(image[None], 96),
+                                       training=False)).numpy()
+        np.testing.assert_allclose(served, expected, atol=2e-5, err_msg=jpeg)
