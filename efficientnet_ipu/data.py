@@ -69,8 +69,8 @@ class BadImageLog:
         self._lock = threading.Lock()
 
     def report(self, split, key, encoded):
-        key = (key.numpy() if hasattr(key, "numpy") else key).decode("utf-8", "replace")
-        reason = decode_error(encoded.numpy() if hasattr(encoded, "numpy") else encoded)
+        key = key.numpy().decode("utf-8", "replace")
+        reason = decode_error(encoded.numpy())
         with self._lock:
             self.skipped += 1
             if len(self.files) < self.MAX_NAMED:
@@ -437,10 +437,11 @@ def train_dataset(source, config, epoch, skip_steps=0):
     ds = ds.shuffle(min(num_train_examples(source, config), 20000),
                     seed=config.seed * 100003 + epoch, reshuffle_each_iteration=False)
     image_seed = stream_seed(config.seed, IMAGE_STREAM, epoch)
-    ds = ds.enumerate().map(lambda i, example: example + (
-        tf.random.experimental.stateless_fold_in(image_seed, i),))
-    ds = map_images(ds, lambda image, seed: train_preprocess(image, size, a, seed), size,
-                    source.bad_images, config.dataset.train_split)
+    ds = ds.enumerate().map(lambda i, example: example + (i,))
+    # Each image's seed is folded from its position inside the parallel preprocessing.
+    ds = map_images(ds, lambda image, i: train_preprocess(
+        image, size, a, tf.random.experimental.stateless_fold_in(image_seed, i)), size,
+        source.bad_images, config.dataset.train_split)
     ds = ds.batch(t.micro_batch_size, drop_remainder=True)
     batch_seed = stream_seed(config.seed, BATCH_STREAM, epoch)
     ds = ds.enumerate().map(

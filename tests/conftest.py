@@ -69,3 +69,10 @@ def imagenet_images():
     """64 real ImageNet JPEG paths from ../shared/data/imagenet_samples (sorted)."""
     folder = shared_path("imagenet_samples")
     return sorted(glob.glob(os.path.join(folder, "*.JPEG")))[:64]
+
+
+def undecodable_files(jpeg):
+    """The kinds of undecodable image file, from the bytes of a real JPEG: {name: bytes}
+    for a JPEG cut in half, one cut to 200 bytes, an empty file and a text file."""
+    return {"truncated.jpg": jpeg[:len(jpeg) // 2], "tiny.jpg": jpeg[:200],
+            "empty.jpg": b"", "text.jpg": b"this is not an image\n"}

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from conftest import shared_path
+from conftest import shared_path, undecodable_files
 from efficientnet_ipu import config as config_lib
 from efficientnet_ipu import data
 
@@ -116,8 +116,9 @@ def test_undecodable_images_are_dropped_in_order_and_named(tmp_path):
     for name in names:
         (folder / name).write_bytes(open(os.path.join(cifar, name), "rb").read())
     jpeg = open(os.path.join(cifar, names[0]), "rb").read()
-    bad = {"a_truncated.jpg": jpeg[:len(jpeg) // 2], "b_tiny.jpg": jpeg[:200],
-           "c_empty.jpg": b"", "d_text.jpg": b"not an image", "e_cut.jpg": jpeg[:300]}
+    bad = {"%s_%s" % (prefix, name): content for prefix, (name, content)
+           in zip("abcd", undecodable_files(jpeg).items())}
+    bad["e_cut.jpg"] = jpeg[:300]
     for name, content in bad.items():
         (folder / name).write_bytes(content)
     dataset = _dataset("image_folder:" + str(tmp_path), train_split="val", eval_split="val")

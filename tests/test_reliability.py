@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from conftest import REPO, shared_path
+from conftest import REPO, shared_path, undecodable_files
 from efficientnet_ipu import config as config_lib
 from efficientnet_ipu import data, export, models, train, workdir as workdir_lib
 
@@ -105,10 +105,8 @@ def image_folder_with_bad_images(root, cifar):
                             os.path.join(root, split, cls, name))
     jpeg = open(os.path.join(cifar, "test", "cat", sorted(os.listdir(
         os.path.join(cifar, "test", "cat")))[0]), "rb").read()
-    contents = {"truncated.jpg": jpeg[:len(jpeg) // 2], "tiny.jpg": jpeg[:200],
-                "empty.jpg": b"", "text.jpg": b"this is not an image\n"}
     bad = {}
-    for name, content in contents.items():
+    for name, content in undecodable_files(jpeg).items():
         bad[name] = os.path.join(root, "train", "cat", name)
         open(bad[name], "wb").write(content)
     bad["val_truncated.jpg"] = os.path.join(root, "val", "dog", "val_truncated.jpg")
