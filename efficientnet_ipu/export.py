@@ -10,10 +10,11 @@ sessions (``saved_model_cli run``, TensorFlow Serving).
 
 The default (portable) graph holds only TensorFlow's own ops: it is traced under
 ``kernels.tensorflow_only()``, so layers that run on this project's CPU kernels trace with
-TensorFlow ops instead (GroupConv2D as ``tf.nn.conv2d`` on the same kernel). The
-proxy-norm statistics, which depend only on the weights, are traced as constants
-(``layers.proxy_norm.constant_statistics``). ``portable=False`` traces with this project's
-CPU ops instead, for Python serving on CPU (``load_saved_model``).
+TensorFlow ops instead (GroupConv2D as ``tf.nn.conv2d`` on the same kernel). It is the
+folded inference graph (``layers.inference.folded``): the proxy-norm statistics, which
+depend only on the weights, are constants, and the per-channel affines of proxy norm and
+batch norm are folded into the MBConv convolutions. ``portable=False`` traces with this
+project's CPU ops instead, for Python serving on CPU (``load_saved_model``).
 """
 import contextlib
 import inspect
@@ -24,7 +25,7 @@ import tensorflow as tf
 
 from efficientnet_ipu import data
 from efficientnet_ipu import kernels
-from efficientnet_ipu.layers import proxy_norm
+from efficientnet_ipu.layers import inference
 
 
 def serving_fn(model, image_size):
@@ -76,7 +77,7 @@ def export_saved_model(model, root, version, image_size, class_names, portable=T
         raise ValueError("class_names has %d names for %d classes" % (len(names), num_classes))
     path = os.path.join(root, str(int(version)))
     ops = kernels.tensorflow_only() if portable else contextlib.nullcontext()
-    with ops, proxy_norm.constant_statistics():
+    with ops, inference.folded():
         archive = keras.export.ExportArchive()
         archive.track(model)
         archive.add_endpoint(

@@ -7,8 +7,8 @@ from efficientnet_ipu.layers.conv import (GROUP_RULES, GroupConv2D, PointwiseCon
 from efficientnet_ipu.layers.norm import (GroupNormalization, InstanceNormalization,
                                           LayerNormalization)
 from efficientnet_ipu.layers.proxy_norm import ProxyNormActivation, proxy_quantiles
-from efficientnet_ipu.layers import (blocks, conv, norm, proxy_norm,  # noqa: F401
-                                     proxy_norm_folded, seeding)
+from efficientnet_ipu.layers import (blocks, conv, inference, norm,  # noqa: F401
+                                     proxy_norm, proxy_norm_folded, seeding)
 
 __all__ = [
     "NORMS", "Dropout", "MBConvBlock", "NormActivation", "SqueezeExcite", "Standardize",

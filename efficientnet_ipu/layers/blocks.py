@@ -9,7 +9,7 @@ from tensorflow import keras
 import tensorflow as tf
 
 from efficientnet_ipu import kernels as kernels_lib  # ``kernels`` is also an argument
-from efficientnet_ipu.layers import proxy_norm_folded, seeding
+from efficientnet_ipu.layers import inference, proxy_norm_folded, seeding
 from efficientnet_ipu.layers.conv import GroupConv2D, PointwiseConv2D
 from efficientnet_ipu.layers.norm import (INSTANCE, BatchNormalization, GroupNormalization,
                                           scale_shift_activation)
@@ -144,6 +144,20 @@ class NormActivation(keras.layers.Layer):
                                            mode=self.kernels)
         return activated, mean, proxy_scale
 
+    def call_folded(self, conv, inputs):
+        """This layer's output on ``conv(inputs)`` at inference, with the batch norm
+        folded into the convolution (``fold_batch_norm``; ``layers.inference``).
+        ``conv``: the GroupConv2D or PointwiseConv2D before this layer; ``inputs``: its
+        input. Output as ``call``'s.
+
+        Raises: ValueError if the norm is not a batch norm (bn or bn_pn)."""
+        if not isinstance(self.norm_layer, BatchNormalization):
+            raise ValueError("call_folded needs norm in bn/bn_pn, got %r" % (self.norm,))
+        x = self.act_layer(fold_batch_norm(conv, self.norm_layer, inputs))
+        if self.mode == "split" and not self.use_pn:
+            return x, None
+        return x
+
     def call(self, inputs, training=None):
         if self.proxy_after_group_norm:
             # PN's mean and scale in the same op as the norm and the activation.
@@ -174,6 +188,18 @@ class NormActivation(keras.layers.Layer):
                            bn_name=self.bn_name, kernels=self.kernels,
                            proxy_kernels=self.proxy_kernels, norm_grouping=self.norm_grouping))
         return config
+
+
+def fold_batch_norm(conv, batch_norm, inputs):
+    """``batch_norm(conv(inputs))`` at inference as one convolution: ``conv``'s kernel and
+    bias with the norm's ``inference_scale_shift`` folded in (``conv.folded_weights``),
+    constants of the weights within ``inference.folded()``. ``conv``: GroupConv2D or
+    PointwiseConv2D; ``batch_norm``: the ``BatchNormalization`` after it; ``inputs``
+    [N, H, W, C_in]. Returns [N, OH, OW, C_out] in the inputs' dtype."""
+    def weights():
+        return conv.folded_weights(*batch_norm.inference_scale_shift(conv.filters))
+    kernel, bias = inference.constant(weights) if inference.is_folded() else weights()
+    return conv.call_folded(inputs, kernel, bias)
 
 
 def channel_gate(x, gate, mode="auto"):
@@ -406,9 +432,22 @@ class MBConvBlock(keras.layers.Layer):
         return kernels_lib.folds_proxy_norm(self.group_conv.current_variant(),
                                             self.group_conv.depthwise)
 
+    def folds_batch_norm(self, training):
+        """True if this block runs its convolutions with the batch norms folded in when
+        traced now (BN or BN + PN, inference, within ``inference.folded()``)."""
+        return (isinstance(self.project_norm, BatchNormalization)
+                and inference.folds_batch_norm(training))
+
     def call(self, inputs, training=None):
         if self.folds_proxy_norm():
             x = proxy_norm_folded.mbconv_branch(self, inputs)
+        elif self.folds_batch_norm(training):
+            x = inputs
+            if self.expand_conv is not None:
+                x = self.expand_norm_act.call_folded(self.expand_conv, x)
+            x, scale = self.norm_act.call_folded(self.group_conv, x)
+            x = self.se(x, scale=scale)
+            x = fold_batch_norm(self.project_conv, self.project_norm, x)
         else:
             x = inputs
             if self.expand_conv is not None:

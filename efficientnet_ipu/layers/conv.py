@@ -10,6 +10,7 @@ from tensorflow import keras
 import tensorflow as tf
 
 from efficientnet_ipu import kernels as kernels_lib  # ``kernels`` is also an argument
+from efficientnet_ipu.layers import inference
 
 def group_conv2d(inputs, kernel, strides, padding, input_offset=None, input_scale=None):
     """conv((inputs + input_offset) * input_scale, kernel), grouped (paper 001 sec. 3.1).
@@ -32,19 +33,27 @@ def group_conv2d(inputs, kernel, strides, padding, input_offset=None, input_scal
     """
     k, group_size, filters = kernel.shape[0], kernel.shape[2], kernel.shape[3]
     channels = inputs.shape[-1]
-    groups = channels // group_size
     if input_offset is not None:
         inputs = inputs + input_offset
     if input_scale is not None:
-        # The kernel viewed as [k, k, G, groups, filters / groups] times the scale viewed
-        # as [G, groups, 1]: a broadcast, with a dense gradient.
-        scale = tf.transpose(tf.reshape(input_scale, [groups, group_size]))[:, :, None]
-        kernel = tf.reshape(tf.reshape(kernel, [k, k, group_size, groups, filters // groups])
-                            * scale, [k, k, group_size, filters])
+        kernel = scale_kernel_inputs(kernel, input_scale)
     if group_size == 1 and filters == channels:
         return tf.nn.depthwise_conv2d(inputs, tf.reshape(kernel, [k, k, filters, 1]),
                                       [1, strides, strides, 1], padding)
     return tf.nn.conv2d(inputs, kernel, [1, strides, strides, 1], padding)
+
+
+def scale_kernel_inputs(kernel, input_scale):
+    """A grouped kernel [k, k, C_in / groups, filters] whose input channel c is multiplied
+    by ``input_scale[c]`` ([C_in], the kernel's dtype): convolving with it equals scaling
+    the inputs first (``group_conv2d``'s layout)."""
+    k, group_size, filters = kernel.shape[0], kernel.shape[2], kernel.shape[3]
+    groups = input_scale.shape[0] // group_size
+    # The kernel viewed as [k, k, G, groups, filters / groups] times the scale viewed as
+    # [G, groups, 1]: a broadcast, with a dense gradient.
+    scale = tf.transpose(tf.reshape(input_scale, [groups, group_size]))[:, :, None]
+    return tf.reshape(tf.reshape(kernel, [k, k, group_size, groups, filters // groups])
+                      * scale, [k, k, group_size, filters])
 
 
 GROUP_RULES = ("graphcore", "nearest_divisor")
@@ -264,13 +273,49 @@ class GroupConv2D(keras.layers.Layer):
         cast = (lambda v: None if v is None else tf.cast(v, dtype))
         if self.group_kernels is not None:
             return self._call_unequal_groups(inputs, cast(input_scale), cast(input_offset))
+        kernel = tf.cast(self.kernel, dtype)
+        scale_value = None if input_scale is None else tf.get_static_value(input_scale)
+        if inference.is_folded() and scale_value is not None:
+            # A constant scale (the export's proxy norm): the scaled kernel is a constant
+            # too, not recomputed from the variable at every call.
+            kernel = inference.constant(lambda: scale_kernel_inputs(
+                tf.cast(self.kernel, dtype), tf.constant(scale_value, dtype)))
+            input_scale = None
         outputs = kernels_lib.group_conv2d(
-            inputs, tf.cast(self.kernel, dtype), self.strides, self.padding,
+            inputs, kernel, self.strides, self.padding,
             cast(input_offset), cast(input_scale), mode=self.kernels, variant=self.variant,
             reference=group_conv2d)
         if self.bias is not None:
             outputs = tf.nn.bias_add(outputs, tf.cast(self.bias, outputs.dtype))
         return outputs
+
+    def folded_weights(self, scale, shift):
+        """The kernel and bias of ``call(x) * scale + shift`` (per output channel) as one
+        convolution: the kernel's output channels times ``scale``; ``shift`` plus the
+        layer's bias times ``scale`` as the bias. The fold of an inference-mode batch norm
+        (``layers.inference``). ``scale``, ``shift``: float32 [filters]. Returns float32
+        (kernel [k, k, C_in / groups, filters], or the list of group kernels where the
+        groups are unequal; bias [filters]), for ``call_folded``."""
+        bias = shift if self.bias is None else shift + scale * tf.cast(self.bias, tf.float32)
+        if self.group_kernels is not None:
+            return [tf.cast(kernel, tf.float32) * s for kernel, s in
+                    zip(self.group_kernels, tf.split(scale, self.filter_sizes))], bias
+        return tf.cast(self.kernel, tf.float32) * scale, bias
+
+    def call_folded(self, inputs, kernel, bias):
+        """The convolution of ``inputs`` [N, H, W, C_in] with ``folded_weights``' kernel and
+        bias instead of the layer's own; [N, OH, OW, filters] in the inputs' dtype."""
+        dtype = inputs.dtype
+        if self.group_kernels is not None:
+            outputs = tf.concat([
+                group_conv2d(x, tf.cast(k, dtype), self.strides, self.padding)
+                for x, k in zip(tf.split(inputs, self.group_sizes, axis=-1), kernel)],
+                axis=-1)
+        else:
+            outputs = kernels_lib.group_conv2d(
+                inputs, tf.cast(kernel, dtype), self.strides, self.padding, None, None,
+                mode=self.kernels, variant=self.variant, reference=group_conv2d)
+        return tf.nn.bias_add(outputs, tf.cast(bias, outputs.dtype))
 
     def _call_unequal_groups(self, inputs, input_scale, input_offset):
         """Unequal groups: one ``group_conv2d`` (a dense conv) per group, concatenated."""
@@ -352,20 +397,50 @@ class PointwiseConv2D(keras.layers.Conv2D):
         self.matmul_max_pixels = matmul_max_pixels
 
     def call(self, inputs):
-        height, width = inputs.shape[1], inputs.shape[2]
-        limit = self.matmul_max_pixels
-        limit = kernels_lib.matmul_max_pixels() if limit == "auto" else limit
-        if height is None or width is None or height * width > limit:
+        if not self._as_matmul(inputs):
             return super().call(inputs)
-        kernel = self.kernel_matrix(inputs.dtype)
-        outputs = tf.matmul(tf.reshape(inputs, [-1, kernel.shape[0]]), kernel)
-        batch = -1 if inputs.shape[0] is None else inputs.shape[0]
-        outputs = tf.reshape(outputs, [batch, height, width, self.filters])
+        outputs = self._matmul(inputs, self.kernel_matrix(inputs.dtype))
         if self.use_bias:
             outputs = tf.nn.bias_add(outputs, tf.cast(self.bias, outputs.dtype))
         if self.activation is not None:
             outputs = self.activation(outputs)
         return outputs
+
+    def folded_weights(self, scale, shift):
+        """The kernel and bias of ``call(x) * scale + shift`` (per output channel, before
+        the layer's activation) as one convolution: the kernel's output channels times
+        ``scale``; ``shift`` plus the bias times ``scale`` as the bias. The fold of an
+        inference-mode batch norm (``layers.inference``). ``scale``, ``shift``: float32
+        [C_out]. Returns float32 (kernel [C_in, C_out], bias [C_out]) for ``call_folded``.
+
+        Raises: ValueError if the layer has an activation."""
+        if self.activation not in (None, keras.activations.linear):
+            raise ValueError("folded_weights needs a PointwiseConv2D without activation")
+        bias = shift if not self.use_bias else shift + scale * tf.cast(self.bias, tf.float32)
+        return self.kernel_matrix(tf.float32) * scale, bias
+
+    def call_folded(self, inputs, kernel, bias):
+        """The 1x1 convolution of ``inputs`` [N, H, W, C_in] with ``folded_weights``'
+        kernel [C_in, C_out] and bias instead of the layer's own; [N, H, W, C_out] in the
+        inputs' dtype."""
+        kernel = tf.cast(kernel, inputs.dtype)
+        if self._as_matmul(inputs):
+            outputs = self._matmul(inputs, kernel)
+        else:
+            outputs = tf.nn.conv2d(inputs, kernel[None, None], 1, "SAME")
+        return tf.nn.bias_add(outputs, tf.cast(bias, outputs.dtype))
+
+    def _as_matmul(self, inputs):
+        height, width = inputs.shape[1], inputs.shape[2]
+        limit = self.matmul_max_pixels
+        limit = kernels_lib.matmul_max_pixels() if limit == "auto" else limit
+        return height is not None and width is not None and height * width <= limit
+
+    def _matmul(self, inputs, matrix):
+        """[N, H, W, C_in] x [C_in, C_out] -> [N, H, W, C_out] as one matrix product."""
+        outputs = tf.matmul(tf.reshape(inputs, [-1, matrix.shape[0]]), matrix)
+        batch = -1 if inputs.shape[0] is None else inputs.shape[0]
+        return tf.reshape(outputs, [batch, inputs.shape[1], inputs.shape[2], matrix.shape[1]])
 
     def kernel_matrix(self, dtype):
         """The kernel [1, 1, C_in, C_out] as a [C_in, C_out] matrix in ``dtype``.

@@ -393,6 +393,16 @@ class BatchNormalization(keras.layers.BatchNormalization):
         scale = gamma * tf.math.rsqrt(variance + self.epsilon)
         return scale, beta - mean * scale, x_through
 
+    def inference_scale_shift(self, channels):
+        """Float32 (scale, shift), [C] each: the inference-mode batch norm of x is
+        x * scale + shift, scale = gamma * rsqrt(moving_variance + epsilon), shift =
+        beta - moving_mean * scale (gamma, beta: 1, 0 where the layer has none). Keras 2
+        and 3 alike; ``channels``: C."""
+        gamma, beta = gamma_beta(self, channels)
+        scale = gamma * tf.math.rsqrt(tf.cast(self.moving_variance, tf.float32)
+                                      + self.epsilon)
+        return scale, beta - tf.cast(self.moving_mean, tf.float32) * scale
+
     def _update_moving_averages(self, mean, variance):
         """Moving averages with this batch's float32 mean and biased variance, [C]."""
         self.moving_mean.assign(moving_average(tf.cast(self.moving_mean, tf.float32), mean,
