@@ -5,6 +5,9 @@ changes of paper 001 sec. 3.1-3.2: the depthwise convolution becomes a group con
 of group size G, and the normalization may be batch-independent (GN, LN, IN) with or
 without proxy-normalized activations (paper 002 sec. 5 and Appendix A.1).
 """
+import contextlib
+import threading
+
 from tensorflow import keras
 import tensorflow as tf
 
@@ -52,6 +55,23 @@ def make_norm(norm, name, norm_groups=4, center=True, scale=True, kernels="auto"
     groups = {"gn": norm_groups, "ln": 1, "in": INSTANCE}[base]
     return GroupNormalization(groups=groups, epsilon=EPSILON, center=center, scale=scale,
                               grouping=norm_grouping, name=name, kernels=kernels)
+
+
+_observers = threading.local()
+
+
+@contextlib.contextmanager
+def observe_norm_inputs(fn):
+    """Within the block (this thread), every ``NormActivation`` call first calls
+    ``fn(layer, inputs)`` with its input [N, H, W, C] (the pre-normalization activations),
+    for analysis (``efficientnet_ipu.analysis.power``). Run the model eagerly to see
+    values. Nestable."""
+    previous = getattr(_observers, "fns", ())
+    _observers.fns = previous + (fn,)
+    try:
+        yield
+    finally:
+        _observers.fns = previous
 
 
 class NormActivation(keras.layers.Layer):
@@ -159,6 +179,8 @@ class NormActivation(keras.layers.Layer):
         return x
 
     def call(self, inputs, training=None):
+        for observe in getattr(_observers, "fns", ()):
+            observe(self, inputs)
         if self.proxy_after_group_norm:
             # PN's mean and scale in the same op as the norm and the activation.
             x, _, scale = self.proxy_parts(inputs, post=True)

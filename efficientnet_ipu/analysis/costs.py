@@ -5,9 +5,8 @@ TensorFlow profiler counts grouped convolutions as 0 FLOPs, so ``count_macs`` co
 layer from the kernel shapes and the output sizes of a real forward pass.
 
 Command: ``python -m efficientnet_ipu.analysis --table2`` prints paper 001's Table 2
-beside our counts.
+beside our counts (``print_table2``).
 """
-import argparse
 import sys
 
 from tensorflow import keras
@@ -147,31 +146,14 @@ def table2_rows(sizes=None, group_rule="graphcore"):
         keras.backend.clear_session()
 
 
-def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--table2", action="store_true",
-                        help="print paper 001 Table 2 beside our parameter and MAC counts")
-    parser.add_argument("--sizes", default="", help="comma-separated subset, e.g. b0,b2")
-    parser.add_argument("--group_rule", default="graphcore", choices=L.GROUP_RULES,
-                        help="groups where G does not divide the channels")
-    args = parser.parse_args(argv)
-    if not args.table2:
-        parser.print_help()
-        return 0
-    sizes = [s for s in args.sizes.split(",") if s]
-    for size in sizes:
-        models.check_size(size)
+def print_table2(sizes=(), group_rule="graphcore"):
+    """Print paper 001 Table 2 beside our parameter and MAC counts (``table2_rows``)."""
     print("%-4s %3s %2s | %8s %8s %7s | %8s %8s %7s" % (
         "size", "G", "E", "P paper", "P ours", "diff M", "F paper", "F ours", "diff %"))
-    for row in table2_rows(sizes, args.group_rule):
+    for row in table2_rows(list(sizes), group_rule):
         print("%-4s %3d %2d | %8.1f %8.3f %+7.3f | %8.1f %8.3f %+6.1f%%" % (
             row["size"], row["G"], row["E"], row["paper_params_m"], row["ours_params_m"],
             row["ours_params_m"] - row["paper_params_m"], row["paper_flops_b"],
             row["ours_macs_b"],
             100.0 * (row["ours_macs_b"] / row["paper_flops_b"] - 1.0)))
         sys.stdout.flush()
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
