@@ -10,12 +10,13 @@ import numbers
 
 import ml_collections
 
-from efficientnet_ipu import models
+from efficientnet_ipu import models, pipeline
 from efficientnet_ipu.kernels.settings import MODES as KERNEL_MODES
 from efficientnet_ipu.layers import GROUP_RULES, NORMS
 from efficientnet_ipu.layers.proxy_norm import ACTIVATIONS
 
 STRATEGIES = ("auto", "default", "mirrored", "multi_worker", "tpu", "ipu")
+PIPELINE_COSTS = pipeline.COSTS
 CUTMIX_SAMPLING = ("graphcore_v1", "fixed")
 LR_DECAY_FROM = ("step0", "warmup_end")              # train.WarmupStaircaseDecay
 WEIGHT_DECAY_FILTERS = ("graphcore", "paper_text")   # train.decayed_variables
@@ -103,7 +104,13 @@ def base_config():
     # Figure 3): image_sizes "" (off), "128,160,192" or "low:high:step" (pixels); weights
     # "all" (last, averaged and every fine-tune) or a list such as "averaged,finetuned".
     c.sweep = dict(image_sizes="", weights="all")
-    c.strategy = dict(name="auto", tpu="", ipus_per_replica=1, replicas=1)
+    # IPUs (efficientnet_ipu.ipu; paper 001 sec. 3.4): ipus_per_replica pipeline stages,
+    # cut at pipeline_splits ("" = the paper's splits where Graphcore published them, else
+    # balanced by pipeline_cost; or block names such as "block3b"); the IPUConfig options.
+    c.strategy = dict(name="auto", tpu="", ipus_per_replica=1, replicas=1, pipeline_splits="",
+                      pipeline_cost="macs", available_memory_proportion=0.6,
+                      half_partials=True, stochastic_rounding=True, recomputation=True,
+                      fp_exceptions=False)
     # portable=True: TensorFlow's ops only (TensorFlow Serving, anywhere); False: this
     # project's CPU ops, faster on CPU, loaded by efficientnet_ipu.export.load_saved_model
     c.export = dict(enabled=True, portable=True)
@@ -211,6 +218,20 @@ def _validate_ranges(config, fail):
     check("strategy.replicas", config.strategy.replicas, _positive_int, "a positive integer")
     check("strategy.ipus_per_replica", config.strategy.ipus_per_replica, _positive_int,
           "a positive integer")
+    st = config.strategy
+    if st.pipeline_cost not in PIPELINE_COSTS:
+        fail("strategy.pipeline_cost", "one of %s" % list(PIPELINE_COSTS), st.pipeline_cost)
+    if not isinstance(st.pipeline_splits, str):
+        fail("strategy.pipeline_splits", "a comma-separated list of block names or ''",
+             st.pipeline_splits)
+    splits = [b for b in st.pipeline_splits.split(",") if b]
+    if splits and len(splits) != st.ipus_per_replica - 1:
+        fail("strategy.pipeline_splits", "ipus_per_replica - 1 = %d block names"
+             % (st.ipus_per_replica - 1), st.pipeline_splits)
+    check("strategy.available_memory_proportion", st.available_memory_proportion,
+          lambda v: _number(v) and 0 < v <= 1, "in (0, 1]")
+    for field in ("half_partials", "stochastic_rounding", "recomputation", "fp_exceptions"):
+        check("strategy." + field, st[field], lambda v: isinstance(v, bool), "True or False")
 
 
 def check_dataset_fits(config, num_train_examples):

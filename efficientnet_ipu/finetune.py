@@ -137,7 +137,7 @@ class FineTuner:
             out.write(config.finetune.to_json_best_effort(indent=2, sort_keys=True))
         train.set_seed(config.seed)
         train.set_precision(config.train.precision)
-        self.strategy = strategy_lib.make_strategy(config.strategy)
+        self.strategy = strategy_lib.make_strategy(config.strategy, config.train.precision)
         self.replicas = self.strategy.num_replicas_in_sync
         self.global_batch = f.micro_batch_size * f.gradient_accumulation * self.replicas
         self.steps_per_epoch = finetune_steps_per_epoch(self.source, config)

@@ -8,8 +8,9 @@ MultiWorkerMirroredStrategy (the cluster comes from TF_CONFIG); "tpu" is TPUStra
 import tensorflow as tf
 
 
-def make_strategy(strategy_config):
-    """Return a ``tf.distribute.Strategy``.
+def make_strategy(strategy_config, precision="fp32"):
+    """Return a ``tf.distribute.Strategy``. ``precision`` (``config.train.precision``)
+    sets the IPUs' partials type.
 
     Raises:
       ValueError: unknown ``config.strategy.name``.
@@ -35,7 +36,7 @@ def make_strategy(strategy_config):
         return tf.distribute.TPUStrategy(resolver)
     if name == "ipu":
         from efficientnet_ipu import ipu
-        return ipu.make_ipu_strategy(strategy_config)
+        return ipu.make_ipu_strategy(strategy_config, precision)
     raise ValueError("config.strategy.name must be one of auto, default, mirrored, "
                      "multi_worker, tpu, ipu; got %r" % (name,))
 

@@ -239,7 +239,7 @@ class Trainer:
         config_lib.check_dataset_fits(config, data.num_train_examples(self.source, config))
         set_seed(config.seed)
         set_precision(config.train.precision)
-        self.strategy = strategy_lib.make_strategy(config.strategy)
+        self.strategy = strategy_lib.make_strategy(config.strategy, config.train.precision)
         t = config.train
         self.replicas = self.strategy.num_replicas_in_sync
         self.global_batch = t.micro_batch_size * t.gradient_accumulation * self.replicas

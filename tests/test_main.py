@@ -165,7 +165,7 @@ def test_every_experiment_config_loads_and_validates():
     import importlib.util
     folder = os.path.join(REPO, "experiments")
     files = sorted(f for f in os.listdir(folder) if f.endswith(".py"))
-    assert files == ["b2_g16.py", "demo.py", "imagenette.py", "paper.py"]
+    assert files == ["b2_g16.py", "demo.py", "imagenette.py", "paper.py", "paper_ipu.py"]
     for name in files:
         spec = importlib.util.spec_from_file_location(name[:-3], os.path.join(folder, name))
         module = importlib.util.module_from_spec(spec)
@@ -181,6 +181,15 @@ def test_every_experiment_config_loads_and_validates():
                                ("g16,gn,big", "train_size"), ("g16", "gG,norm,train_size")):
                 with pytest.raises(ValueError, match=field):
                     module.get_config(bad)
+        if name == "paper_ipu.py":
+            paper_args = args   # the runs paper.py lists, checked below first
+            for arg in paper_args:
+                config = module.get_config(arg)
+                config_lib.validate(config)
+                s, t = config.strategy, config.train
+                assert s.name == "ipu" and s.replicas * s.ipus_per_replica == 16, arg
+                assert t.micro_batch_size * t.gradient_accumulation * s.replicas == 768
+            continue
         if name != "paper.py":
             config_lib.validate(module.get_config())
             continue

@@ -60,31 +60,30 @@ def count_macs(model, image_size):
 
     Raises: ValueError if ``image_size`` is not a positive integer.
     """
+    return sum(layer_macs(model, image_size).values())
+
+
+def layer_macs(model, image_size):
+    """Multiply-adds per image of each top-level layer of ``model`` at ``image_size``
+    (``count_macs``' counting; an MBConv block's include its squeeze-excite): dict
+    {layer name: int}, in layer order, 0 for layers without a kernel.
+
+    Raises: ValueError if ``image_size`` is not a positive integer."""
     if not isinstance(image_size, (int, np.integer)) or image_size < 1:
         raise ValueError("image_size must be a positive integer, got %r" % (image_size,))
-    probes = []
-    for layer in model.layers:
-        if isinstance(layer, _MAC_LAYERS):
-            probes.append((layer, layer.output))
-    se_blocks = []
-    for layer in models.iter_layers(model):
-        if isinstance(layer, L.SqueezeExcite):
-            se_blocks.append(layer)
+    probes = [layer for layer in model.layers if isinstance(layer, _MAC_LAYERS)]
     blocks = [layer for layer in model.layers if isinstance(layer, L.MBConvBlock)]
-    probe_model = keras.Model(model.inputs, [out for _, out in probes] +
-                              [block.input for block in blocks] +
-                              [block.output for block in blocks])
+    probe_model = keras.Model(model.inputs, [layer.output for layer in probes] +
+                              [block.input for block in blocks])
     outputs = probe_model(tf.zeros([1, image_size, image_size, 3]), training=False)
     outputs = outputs if isinstance(outputs, (list, tuple)) else [outputs]
-    macs = 0
-    for (layer, _), out in zip(probes, outputs):
+    macs = {layer.name: 0 for layer in model.layers}
+    for layer, out in zip(probes, outputs):
         spatial = int(np.prod(out.shape[1:-1])) if len(out.shape) == 4 else 1
-        macs += spatial * int(np.prod(_kernel(layer).shape))
-    block_inputs = outputs[len(probes):len(probes) + len(blocks)]
-    for block, block_in in zip(blocks, block_inputs):
-        macs += _block_macs(block, block_in.shape)
-    macs += sum(int(np.prod(se.reduce_kernel.shape)) + int(np.prod(se.expand_kernel.shape))
-                for se in se_blocks)
+        macs[layer.name] = spatial * int(np.prod(_kernel(layer).shape))
+    for block, block_in in zip(blocks, outputs[len(probes):]):
+        macs[block.name] = _block_macs(block, block_in.shape) + int(
+            np.prod(block.se.reduce_kernel.shape)) + int(np.prod(block.se.expand_kernel.shape))
     return macs
 
 
