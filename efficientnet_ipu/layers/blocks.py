@@ -354,7 +354,9 @@ class MBConvBlock(keras.layers.Layer):
     (Graphcore's EfficientNet). With GN/LN/IN + PN the remaining proxy means and scales
     may be folded into the neighbouring linear layers (``proxy_norm_folded``): the same
     function, fewer passes over the activations, where the group conv runs on this
-    project's G16 ops (``kernels.folds_proxy_norm``).
+    project's G16 ops (``kernels.folds_proxy_norm``), and always in the export's inference
+    graph (``layers.inference.folded``), where under BN each convolution and the batch norm
+    after it also run as one convolution (``fold_batch_norm``).
 
     ``kernels``: "auto" or "tensorflow" (``efficientnet_ipu.kernels``; same function).
     ``fold_proxy_norm`` ("auto", True, False), ``conv_implementation`` and
