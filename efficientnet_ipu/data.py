@@ -420,9 +420,12 @@ def map_images(ds, preprocess, size, log, split):
     return ds.filter(keep).map(lambda x, label, is_marker, missing, keys, images: (x, label))
 
 
-def train_dataset(source, config, epoch, skip_steps=0):
-    """Training batches for ``epoch``: (images float32 [A, M, S, S, 3], soft labels
-    [A, M, K]) with A = gradient accumulation, M = micro-batch, S = train size.
+def train_dataset(source, config, epoch, skip_steps=0, replicas=1):
+    """Training batches for ``epoch``: (images float32 [R, A, M, S, S, 3], soft labels
+    [R, A, M, K]) with R = ``replicas``, A = gradient accumulation, M = micro-batch (per
+    replica), S = train size. A distribution strategy splits the first axis, so replica r
+    gets the r-th micro-batch of each of the A global micro-batches (R x M images): with
+    the same global micro-batch, R replicas see the images one device would.
 
     The order and every random draw depend only on (seed, epoch, position) (see the module
     docstring), so a resumed run that skips the ``skip_steps`` already done sees the rest
@@ -450,11 +453,20 @@ def train_dataset(source, config, epoch, skip_steps=0):
                                    seed=tf.random.experimental.stateless_fold_in(
                                        batch_seed, i)),
         num_parallel_calls=AUTOTUNE)
-    ds = ds.batch(t.gradient_accumulation, drop_remainder=True)
+    ds = ds.batch(t.gradient_accumulation * replicas, drop_remainder=True)
+
+    def per_replica(x):  # [A R, M, ...] -> [R, A, M, ...]
+        if replicas == 1:
+            return x[None]
+        x = tf.reshape(x, tf.concat([[t.gradient_accumulation, replicas], tf.shape(x)[1:]],
+                                    0))
+        return tf.transpose(x, [1, 0] + list(range(2, len(x.shape))))
+    ds = ds.map(lambda images, labels: (per_replica(images), per_replica(labels)))
     # Exactly steps_per_epoch batches: a set number repeats the pass; one pass short of
     # whole batches because of dropped images is topped up from a second pass.
     ds = ds.repeat() if t.steps_per_epoch else ds.repeat(2)
-    return ds.take(steps_per_epoch(source, config)).skip(skip_steps).prefetch(AUTOTUNE)
+    return ds.take(steps_per_epoch(source, config, replicas)).skip(skip_steps).prefetch(
+        AUTOTUNE)
 
 
 def finetune_dataset(source, config, image_size, epoch, steps, skip_steps=0):
@@ -485,13 +497,14 @@ def num_train_examples(source, config):
     return min(source.num_train, limit) if limit else source.num_train
 
 
-def steps_per_epoch(source, config):
-    """Optimizer steps in one epoch (``config.train.steps_per_epoch`` or one pass)."""
+def steps_per_epoch(source, config, replicas=1):
+    """Optimizer steps in one epoch (``config.train.steps_per_epoch``, or one pass at the
+    global batch: micro-batch x accumulation x ``replicas``)."""
     t = config.train
     if t.steps_per_epoch:
         return t.steps_per_epoch
-    return max(num_train_examples(source, config) // (t.micro_batch_size *
-                                                       t.gradient_accumulation), 1)
+    return max(num_train_examples(source, config) // (
+        t.micro_batch_size * t.gradient_accumulation * replicas), 1)
 
 
 def eval_dataset(source, config, batch_size):

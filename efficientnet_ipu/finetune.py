@@ -221,9 +221,9 @@ class FineTuner:
         latest = self.manager.latest_checkpoint
         if latest:
             self.checkpoint.restore(latest).assert_existing_objects_matched()
-            print("Resumed fine-tuning from %s at step %d" % (latest, int(self.step)),
+            print("Resumed fine-tuning from %s at step %d" % (latest, int(self.step.numpy())),
                   flush=True)
-        if int(self.step) >= self.total_steps and os.path.exists(results_path):
+        if int(self.step.numpy()) >= self.total_steps and os.path.exists(results_path):
             with open(results_path) as out:
                 return json.load(out)
         print("Fine-tuning %s at %d px, last %d block(s) (%d variables), from the %s weights: "
@@ -231,8 +231,8 @@ class FineTuner:
                   self.model.name, self.image_size, self.blocks, len(self.variables),
                   self.start.label, f.epochs, self.steps_per_epoch, self.global_batch,
                   float(self.schedule(0))), flush=True)
-        for epoch in range(int(self.step) // self.steps_per_epoch, f.epochs):
-            done = int(self.step) - epoch * self.steps_per_epoch
+        for epoch in range(int(self.step.numpy()) // self.steps_per_epoch, f.epochs):
+            done = int(self.step.numpy()) - epoch * self.steps_per_epoch
             ds = data.finetune_dataset(self.source, self.config, self.image_size, epoch,
                                        self.steps_per_epoch, skip_steps=done)
             tic, seen = time.time(), 0
@@ -241,22 +241,22 @@ class FineTuner:
                 if not math.isfinite(loss):
                     raise train.NonFiniteError(
                         "fine-tuning loss is %r at step %d: stopped; the checkpoints in %s "
-                        "hold the weights before it" % (loss, int(self.step),
+                        "hold the weights before it" % (loss, int(self.step.numpy()),
                                                         self.manager.directory))
-                self.history.append((int(self.step), loss))
+                self.history.append((int(self.step.numpy()), loss))
                 seen += self.global_batch
             if not train.all_finite(self.variables):
                 raise train.NonFiniteError("a fine-tuned weight is not finite at step %d: "
                                            "stopped without writing a checkpoint"
-                                           % int(self.step))
-            self.manager.save(checkpoint_number=int(self.step))
+                                           % int(self.step.numpy()))
+            self.manager.save(checkpoint_number=int(self.step.numpy()))
             print("fine-tune epoch %d/%d  step %d  loss %.4f  %.1f img/s" % (
-                epoch + 1, f.epochs, int(self.step), self.history[-1][1] if self.history
+                epoch + 1, f.epochs, int(self.step.numpy()), self.history[-1][1] if self.history
                 else float("nan"), seen / max(time.time() - tic, 1e-9)), flush=True)
         average_lib.save_weights(self.model, os.path.join(self.dir, "weights"))
         metrics = self.evaluate()
         results = dict(metrics, image_size=self.image_size, blocks=self.blocks,
-                       start=self.start.label, steps=int(self.step),
+                       start=self.start.label, steps=int(self.step.numpy()),
                        train_size=self.config.image_size.train)
         with open(results_path, "w") as out:
             json.dump(results, out, indent=2)

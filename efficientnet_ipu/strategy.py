@@ -1,7 +1,8 @@
 """Distribution strategy from ``config.strategy`` (the one place that chooses it).
 
 "auto": MirroredStrategy with two or more GPUs, else the default strategy (one device:
-CPU or a single GPU). "mirrored" and "multi_worker" are TensorFlow's MirroredStrategy and
+CPU or a single GPU). "mirrored" is TensorFlow's MirroredStrategy over every local GPU, or,
+without a GPU, over every logical CPU device; "multi_worker" is
 MultiWorkerMirroredStrategy (the cluster comes from TF_CONFIG); "tpu" is TPUStrategy on
 ``config.strategy.tpu``; "ipu" imports ``efficientnet_ipu.ipu`` (Graphcore's SDK) only then.
 """
@@ -23,7 +24,12 @@ def make_strategy(strategy_config, precision="fp32"):
     if name == "default":
         return tf.distribute.get_strategy()
     if name == "mirrored":
-        return tf.distribute.MirroredStrategy()
+        if tf.config.list_logical_devices("GPU"):
+            return tf.distribute.MirroredStrategy()
+        # No GPU: every logical CPU device (one unless the process split the CPU with
+        # tf.config.set_logical_device_configuration, as the tests do).
+        return tf.distribute.MirroredStrategy(
+            [d.name for d in tf.config.list_logical_devices("CPU")])
     if name == "multi_worker":
         return tf.distribute.MultiWorkerMirroredStrategy()
     if name == "tpu":

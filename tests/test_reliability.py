@@ -76,7 +76,7 @@ def test_skip_mode_leaves_weights_and_optimizer_unchanged_on_a_poisoned_batch(tm
                         nonfinite="skip"))
     trainer = train.Trainer(c, str(tmp_path))
     images, labels = next(iter(data.train_dataset(trainer.source, c, 0)))
-    poisoned = tf.tensor_scatter_nd_update(images, [[1, 3, 0, 0, 0]], [float("nan")])
+    poisoned = tf.tensor_scatter_nd_update(images, [[0, 1, 3, 0, 0, 0]], [float("nan")])
     state = trainer.model.weights + trainer.optimizer.variables
     before = [v.numpy() for v in state]
     loss, _, applied = trainer._train_step(poisoned, labels)

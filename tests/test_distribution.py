@@ -1,0 +1,72 @@
+"""Data-parallel training on TensorFlow's engine: MirroredStrategy over two logical CPU
+devices gives the weights of one device on the same global batches (real processes,
+because logical devices are fixed when TensorFlow starts)."""
+import os
+import subprocess
+import sys
+
+import numpy as np
+
+from conftest import REPO
+
+ENV = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", PYTHONPATH=REPO)
+
+SCRIPT = r"""
+import sys
+import numpy as np
+import tensorflow as tf
+devices = int(sys.argv[1])
+cpu = tf.config.list_physical_devices("CPU")[0]
+tf.config.set_logical_device_configuration(
+    cpu, [tf.config.LogicalDeviceConfiguration()] * devices)
+from efficientnet_ipu import config as config_lib, train
+c = config_lib.base_config()
+c.model.size, c.model.group_size, c.model.norm = "b0", 16, "ln_pn"
+c.model.drop_connect_rate = 0.0    # no per-replica random draws: the runs must agree
+c.model.dropout_rate = 0.0
+c.dataset.name = "digits"
+c.image_size.train = c.image_size.eval = 32
+c.augment.flip = False
+c.augment.mixup_alpha = 0.0
+c.strategy.name = "mirrored" if devices > 1 else "default"
+c.train.update(dict(epochs=1, micro_batch_size=16 // devices, gradient_accumulation=1,
+                    steps_per_epoch=3, eval_steps=1, warmup_epochs=0.5,
+                    base_learning_rate=2.0 ** -12, log_every_steps=100))
+c.average.enabled = False
+c.export.enabled = False
+trainer = train.Trainer(c, sys.argv[2])
+assert trainer.replicas == devices, trainer.replicas
+initial = [w.numpy() for w in trainer.model.weights]
+trainer.train()
+np.savez(sys.argv[3], *[w.numpy() for w in trainer.model.weights])
+np.savez(sys.argv[3] + ".initial.npz", *initial)
+"""
+
+
+def load(path):
+    data = np.load(path)
+    return [data["arr_%d" % i] for i in range(len(data.files))]
+
+
+def run(devices, tmp_path):
+    """(initial weights, weights after 3 steps) of a run on ``devices`` CPU devices."""
+    out = str(tmp_path / ("weights_%d.npz" % devices))
+    result = subprocess.run([sys.executable, "-c", SCRIPT, str(devices),
+                             str(tmp_path / ("work_%d" % devices)), out],
+                            env=ENV, timeout=600, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return load(out + ".initial.npz"), load(out)
+
+
+def test_two_mirrored_cpu_devices_match_one_device_after_3_steps(tmp_path):
+    (init_one, one), (init_two, two) = run(1, tmp_path), run(2, tmp_path)
+    assert len(one) == len(two) == len(init_one)
+    for a, b in zip(init_one, init_two):          # the same seed, the same start
+        np.testing.assert_array_equal(a, b)
+    moved = sum(not np.allclose(a, b, atol=1e-6) for a, b in zip(init_one, one))
+    assert moved > len(one) // 2                  # the 3 steps changed most weights
+    # Float32 round-off of the summed gradients, through RMSProp's normalization: every
+    # difference is under 0.1 % of the largest change the 3 steps made.
+    update = max(float(np.max(np.abs(a - b))) for a, b in zip(one, init_one))
+    difference = max(float(np.max(np.abs(a - b))) for a, b in zip(one, two))
+    assert difference <= 1e-3 * update, (difference, update)
