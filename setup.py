@@ -14,5 +14,5 @@ setup(
         "tensorflow>=2.16,<3", "tensorboard", "tensorflow-datasets>=4.9", "importlib_resources",
         "ml-collections>=0.1.1", "absl-py", "numpy", "scikit-learn", "matplotlib",
     ],
-    extras_require={"test": ["pytest", "tf-keras", "hypothesis"]},
+    extras_require={"test": ["pytest", "tf-keras", "hypothesis", "vermin"]},
 )
