@@ -148,8 +148,9 @@ def test_accumulation_loop_runs_the_configured_micro_batches_in_flight(tmp_path,
     config.train.gradient_accumulation = 4
     config.train.micro_batches_in_flight = in_flight
     trainer = train.Trainer(config, str(tmp_path))
-    loops = while_loops(trainer._train_step, tf.TensorSpec([4, 16, 32, 32, 3]),
-                         tf.TensorSpec([4, 16, 10]))
+    # One replica's batch: [replicas, accumulation, micro-batch, ...] (data.train_dataset).
+    loops = while_loops(trainer._train_step, tf.TensorSpec([1, 4, 16, 32, 32, 3]),
+                         tf.TensorSpec([1, 4, 16, 10]))
     assert len(loops) == 1
     assert loops[0].get_attr("parallel_iterations") == in_flight
 
