@@ -453,15 +453,7 @@ def train_dataset(source, config, epoch, skip_steps=0, replicas=1):
                                    seed=tf.random.experimental.stateless_fold_in(
                                        batch_seed, i)),
         num_parallel_calls=AUTOTUNE)
-    ds = ds.batch(t.gradient_accumulation * replicas, drop_remainder=True)
-
-    def per_replica(x):  # [A R, M, ...] -> [R, A, M, ...]
-        if replicas == 1:
-            return x[None]
-        x = tf.reshape(x, tf.concat([[t.gradient_accumulation, replicas], tf.shape(x)[1:]],
-                                    0))
-        return tf.transpose(x, [1, 0] + list(range(2, len(x.shape))))
-    ds = ds.map(lambda images, labels: (per_replica(images), per_replica(labels)))
+    ds = per_replica_batches(ds, t.gradient_accumulation, replicas)
     # Exactly steps_per_epoch batches: a set number repeats the pass; one pass short of
     # whole batches because of dropped images is topped up from a second pass.
     ds = ds.repeat() if t.steps_per_epoch else ds.repeat(2)
@@ -469,13 +461,28 @@ def train_dataset(source, config, epoch, skip_steps=0, replicas=1):
         AUTOTUNE)
 
 
-def finetune_dataset(source, config, image_size, epoch, steps, skip_steps=0):
+def per_replica_batches(micro_batches, accumulation, replicas):
+    """Micro-batches (images [M, ...], labels [M, ...]) grouped into optimizer steps of
+    shape [R, A, M, ...]: R = ``replicas`` consecutive micro-batches form a global
+    micro-batch, A = ``accumulation`` of those a step. A distribution strategy splits the
+    first axis, so replica r gets the r-th micro-batch of each global micro-batch."""
+    ds = micro_batches.batch(accumulation * replicas, drop_remainder=True)
+
+    def arrange(x):  # [A R, M, ...] -> [R, A, M, ...]
+        if replicas == 1:
+            return x[None]
+        x = tf.reshape(x, tf.concat([[accumulation, replicas], tf.shape(x)[1:]], 0))
+        return tf.transpose(x, [1, 0] + list(range(2, len(x.shape))))
+    return ds.map(lambda images, labels: (arrange(images), arrange(labels)))
+
+
+def finetune_dataset(source, config, image_size, epoch, steps, skip_steps=0, replicas=1):
     """Fine-tuning batches for ``epoch`` (paper 001 sec. 3.4, ``efficientnet_ipu.finetune``):
     the training split with the evaluation preprocessing at ``image_size`` (short side to
     size x 256 / 224, centre crop; no random crop, flip, Mixup or CutMix), as (images
-    float32 [A, M, S, S, 3], one-hot labels float32 [A, M, K]) with A =
-    ``finetune.gradient_accumulation``, M = ``finetune.micro_batch_size``; ``steps``
-    batches. The order depends only on (seed, epoch), so a resumed fine-tune that skips the
+    float32 [R, A, M, S, S, 3], one-hot labels float32 [R, A, M, K]) with R = ``replicas``
+    (``per_replica_batches``), A = ``finetune.gradient_accumulation``, M =
+    ``finetune.micro_batch_size``; ``steps`` batches. The order depends only on (seed, epoch), so a resumed fine-tune that skips the
     ``skip_steps`` done sees the rest of the same epoch. Undecodable images are dropped."""
     f = config.finetune
     ds = source.train(shuffle_files=False)
@@ -487,7 +494,7 @@ def finetune_dataset(source, config, image_size, epoch, steps, skip_steps=0):
                     source.bad_images, config.dataset.train_split)
     ds = ds.map(lambda image, label: (image, tf.one_hot(label, source.num_classes)))
     ds = ds.batch(f.micro_batch_size, drop_remainder=True)
-    ds = ds.batch(f.gradient_accumulation, drop_remainder=True)
+    ds = per_replica_batches(ds, f.gradient_accumulation, replicas)
     return ds.repeat().take(steps).skip(skip_steps).prefetch(AUTOTUNE)
 
 

@@ -89,14 +89,15 @@ def run_chain(layers, x, training):
     return x
 
 
-def finetune_steps_per_epoch(source, config):
+def finetune_steps_per_epoch(source, config, replicas=1):
     """Optimizer steps in one fine-tune epoch: ``finetune.steps_per_epoch``, or one pass
-    over the training examples at micro-batch x accumulation."""
+    over the training examples at the global batch (micro-batch x accumulation x
+    ``replicas``)."""
     f = config.finetune
     if f.steps_per_epoch:
         return f.steps_per_epoch
     return max(data.num_train_examples(source, config)
-               // (f.micro_batch_size * f.gradient_accumulation), 1)
+               // (f.micro_batch_size * f.gradient_accumulation * replicas), 1)
 
 
 class FineTuner:
@@ -140,7 +141,8 @@ class FineTuner:
         self.strategy = strategy_lib.make_strategy(config.strategy, config.train.precision)
         self.replicas = self.strategy.num_replicas_in_sync
         self.global_batch = f.micro_batch_size * f.gradient_accumulation * self.replicas
-        self.steps_per_epoch = finetune_steps_per_epoch(self.source, config)
+        self.steps_per_epoch = finetune_steps_per_epoch(self.source, config,
+                                                        self.replicas)
         self.total_steps = f.epochs * self.steps_per_epoch
         with self.strategy.scope():
             self.model = workdir_lib.build_model(workdir)
@@ -174,6 +176,8 @@ class FineTuner:
             return workdir_lib.find_weights(self.workdir, "last")
 
     def _replica_train_step(self, images, labels):
+        # This replica's [1, A, M, ...] of the [R, A, M, ...] batch (data.finetune_dataset).
+        images, labels = images[0], labels[0]
         f = self.config.finetune
 
         def micro_batch(i):
@@ -234,7 +238,8 @@ class FineTuner:
         for epoch in range(int(self.step.numpy()) // self.steps_per_epoch, f.epochs):
             done = int(self.step.numpy()) - epoch * self.steps_per_epoch
             ds = data.finetune_dataset(self.source, self.config, self.image_size, epoch,
-                                       self.steps_per_epoch, skip_steps=done)
+                                       self.steps_per_epoch, skip_steps=done,
+                                       replicas=self.replicas)
             tic, seen = time.time(), 0
             for images, labels in self.strategy.experimental_distribute_dataset(ds):
                 loss = float(self._train_step(images, labels))

@@ -1,6 +1,7 @@
 """Signal propagation plots (analysis/signal.py, paper 003) and the analysis commands over
 a training workdir (power plots and signal propagation plots of every saved epoch)."""
 import csv
+import json
 import os
 
 import numpy as np
@@ -9,7 +10,7 @@ import tensorflow as tf
 from tensorflow import keras
 
 from efficientnet_ipu import config as config_lib
-from efficientnet_ipu import data, models, train
+from efficientnet_ipu import average, data, models
 from efficientnet_ipu.analysis import __main__ as cli
 from efficientnet_ipu.analysis import power, signal
 
@@ -80,19 +81,24 @@ def test_callback_records_every_epoch_to_csv_and_tensorboard(tmp_path):
 
 
 def test_power_and_signal_commands_over_a_workdir(tmp_path, capsys):
-    """A 1-epoch run with per-epoch weights: both commands cover initialization and the
-    epoch, write their CSV and PNG, and the power terms are fractions summing to 1."""
+    """A workdir as a run leaves it (config.json, model.json, the weights of epoch 1 in
+    epochs/): both commands cover initialization and the epoch, write their CSV and PNG,
+    and the power terms are fractions summing to 1."""
     workdir = str(tmp_path)
     c = config_lib.base_config()
     c.model.size, c.model.group_size, c.model.norm = "b0", 16, "ln_pn"
     c.dataset.name = "digits"
+    c.dataset.train_split, c.dataset.eval_split = "train", "validation"
     c.image_size.train = c.image_size.eval = 32
-    c.augment.flip = False
-    c.train.update(dict(epochs=1, micro_batch_size=8, steps_per_epoch=3, eval_steps=2,
-                        warmup_epochs=0.5, log_every_steps=100))
-    c.average.keep_epoch_weights = True
-    c.export.enabled = False
-    train.Trainer(c, workdir).train()
+    kwargs = config_lib.model_kwargs(c, 10)
+    with open(os.path.join(workdir, "config.json"), "w") as f:
+        f.write(c.to_json_best_effort())
+    with open(os.path.join(workdir, "model.json"), "w") as f:
+        json.dump(kwargs, f)
+    model = models.EfficientNet(**kwargs)
+    for w in model.trainable_weights:       # "trained": moved off the initialization
+        w.assign(w * 1.1 + 0.01)
+    average.save_epoch_weights(model, workdir, 1)
     assert cli.main(["--power", "--workdir", workdir, "--count", "8"]) == 0
     assert cli.main(["--signal", "--workdir", workdir, "--count", "8"]) == 0
     out = os.path.join(workdir, "analysis")
@@ -104,6 +110,8 @@ def test_power_and_signal_commands_over_a_workdir(tmp_path, capsys):
     assert sorted({int(r["label"]) for r in rows}) == [0, 1]
     for r in rows:
         assert sum(float(r[t]) for t in power.TERMS) == pytest.approx(1.0, abs=1e-5)
+    first = [r["channel_mean_sq"] for r in rows if r["label"] == "0"]
+    assert first != [r["channel_mean_sq"] for r in rows if r["label"] == "1"]
     spp = signal.read_csv(os.path.join(out, "signal_propagation.csv"))
     assert sorted({r["epoch"] for r in spp}) == [0, 1]
     assert os.listdir(os.path.join(workdir, "tensorboard", "signal"))

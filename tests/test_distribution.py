@@ -1,6 +1,6 @@
 """Data-parallel training on TensorFlow's engine: MirroredStrategy over two logical CPU
-devices gives the weights of one device on the same global batches (real processes,
-because logical devices are fixed when TensorFlow starts)."""
+devices gives the weights of one device on the same global batches (in a fresh process:
+logical devices are fixed when TensorFlow starts)."""
 import os
 import subprocess
 import sys
@@ -15,31 +15,37 @@ SCRIPT = r"""
 import sys
 import numpy as np
 import tensorflow as tf
-devices = int(sys.argv[1])
 cpu = tf.config.list_physical_devices("CPU")[0]
 tf.config.set_logical_device_configuration(
-    cpu, [tf.config.LogicalDeviceConfiguration()] * devices)
+    cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
 from efficientnet_ipu import config as config_lib, train
-c = config_lib.base_config()
-c.model.size, c.model.group_size, c.model.norm = "b0", 16, "ln_pn"
-c.model.drop_connect_rate = 0.0    # no per-replica random draws: the runs must agree
-c.model.dropout_rate = 0.0
-c.dataset.name = "digits"
-c.image_size.train = c.image_size.eval = 32
-c.augment.flip = False
-c.augment.mixup_alpha = 0.0
-c.strategy.name = "mirrored" if devices > 1 else "default"
-c.train.update(dict(epochs=1, micro_batch_size=16 // devices, gradient_accumulation=1,
-                    steps_per_epoch=3, eval_steps=1, warmup_epochs=0.5,
-                    base_learning_rate=2.0 ** -12, log_every_steps=100))
-c.average.enabled = False
-c.export.enabled = False
-trainer = train.Trainer(c, sys.argv[2])
-assert trainer.replicas == devices, trainer.replicas
-initial = [w.numpy() for w in trainer.model.weights]
-trainer.train()
-np.savez(sys.argv[3], *[w.numpy() for w in trainer.model.weights])
-np.savez(sys.argv[3] + ".initial.npz", *initial)
+
+
+def run(devices, workdir, out):
+    c = config_lib.base_config()
+    c.model.size, c.model.group_size, c.model.norm = "b0", 16, "ln_pn"
+    c.model.drop_connect_rate = 0.0    # no per-replica random draws: the runs must agree
+    c.model.dropout_rate = 0.0
+    c.dataset.name = "digits"
+    c.image_size.train = c.image_size.eval = 32
+    c.augment.flip = False
+    c.augment.mixup_alpha = 0.0
+    c.strategy.name = "mirrored" if devices > 1 else "default"
+    c.train.update(dict(epochs=1, micro_batch_size=16 // devices, gradient_accumulation=1,
+                        steps_per_epoch=3, eval_steps=1, warmup_epochs=0.5,
+                        base_learning_rate=2.0 ** -12, log_every_steps=100))
+    c.average.enabled = False
+    c.export.enabled = False
+    trainer = train.Trainer(c, workdir)
+    assert trainer.replicas == devices, trainer.replicas
+    initial = [w.numpy() for w in trainer.model.weights]
+    trainer.train()
+    np.savez(out, *[w.numpy() for w in trainer.model.weights])
+    np.savez(out + ".initial.npz", *initial)
+
+
+run(1, sys.argv[1] + "/work_1", sys.argv[1] + "/weights_1.npz")
+run(2, sys.argv[1] + "/work_2", sys.argv[1] + "/weights_2.npz")
 """
 
 
@@ -48,18 +54,17 @@ def load(path):
     return [data["arr_%d" % i] for i in range(len(data.files))]
 
 
-def run(devices, tmp_path):
-    """(initial weights, weights after 3 steps) of a run on ``devices`` CPU devices."""
-    out = str(tmp_path / ("weights_%d.npz" % devices))
-    result = subprocess.run([sys.executable, "-c", SCRIPT, str(devices),
-                             str(tmp_path / ("work_%d" % devices)), out],
-                            env=ENV, timeout=600, capture_output=True, text=True)
-    assert result.returncode == 0, result.stderr[-3000:]
-    return load(out + ".initial.npz"), load(out)
-
-
 def test_two_mirrored_cpu_devices_match_one_device_after_3_steps(tmp_path):
-    (init_one, one), (init_two, two) = run(1, tmp_path), run(2, tmp_path)
+    """One process with two logical CPU devices: the default strategy on one of them
+    (micro-batch 16), then MirroredStrategy on both (micro-batch 8 each, the same global
+    batches)."""
+    result = subprocess.run([sys.executable, "-c", SCRIPT, str(tmp_path)], env=ENV,
+                            timeout=600, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-3000:]
+    init_one, one = (load(str(tmp_path / "weights_1.npz.initial.npz")),
+                     load(str(tmp_path / "weights_1.npz")))
+    init_two, two = (load(str(tmp_path / "weights_2.npz.initial.npz")),
+                     load(str(tmp_path / "weights_2.npz")))
     assert len(one) == len(two) == len(init_one)
     for a, b in zip(init_one, init_two):          # the same seed, the same start
         np.testing.assert_array_equal(a, b)

@@ -116,7 +116,7 @@ def test_finetune_is_vanilla_sgd_with_a_cosine_schedule(tmp_path):
     images, labels = next(iter(data.finetune_dataset(tuner.source, tuner.config, 64, 0, 1)))
     model = tuner.model
     frozen = keras.Model(model.inputs, model.get_layer("block7a").output)
-    features = frozen(images[0], training=False)
+    features = frozen(images[0, 0], training=False)   # replica 0, micro-batch 0
     head = [model.get_layer(n) for n in ("top_conv", "top_norm_act", "avg_pool",
                                          "predictions")]
     variables = [w for layer in head for w in layer.trainable_weights]
@@ -125,7 +125,7 @@ def test_finetune_is_vanilla_sgd_with_a_cosine_schedule(tmp_path):
         for layer in head:
             x = layer(x, training=True)
         loss = tf.reduce_mean(keras.losses.categorical_crossentropy(
-            labels[0], x, from_logits=True, label_smoothing=0.1))
+            labels[0, 0], x, from_logits=True, label_smoothing=0.1))
     grads = tape.gradient(loss, variables)
     expected = [v.numpy() - peak * g.numpy() for v, g in zip(variables, grads)]
     tuner._train_step(images, labels)
@@ -139,7 +139,7 @@ def test_finetune_data_is_the_evaluation_preprocessing(tmp_path):
     config.dataset.train_examples = 16
     source = data.open_source(config.dataset)
     images, labels = next(iter(data.finetune_dataset(source, config, 48, 0, 1)))
-    assert images.shape == (2, 8, 48, 48, 3) and labels.shape == (2, 8, 10)
+    assert images.shape == (1, 2, 8, 48, 48, 3) and labels.shape == (1, 2, 8, 10)
     raw = list(source.train().take(16))
     expected = np.stack([data.eval_preprocess(image, 48).numpy() for image, _, _ in raw])
     expected_labels = [int(label) for _, label, _ in raw]
