@@ -71,9 +71,9 @@ def test_callback_records_every_epoch_to_csv_and_tensorboard(tmp_path):
                   keras.losses.SparseCategoricalCrossentropy(from_logits=True))
     images, labels = digits(16)
     callback = signal.SignalPropagationCallback(images[:8], labels[:8], str(tmp_path))
-    model.fit(images, labels, batch_size=8, epochs=2, verbose=0, callbacks=[callback])
+    model.fit(images, labels, batch_size=8, epochs=1, verbose=0, callbacks=[callback])
     rows = signal.read_csv(os.path.join(str(tmp_path), "signal_propagation.csv"))
-    assert sorted({r["epoch"] for r in rows}) == [0, 1, 2]
+    assert sorted({r["epoch"] for r in rows}) == [0, 1]
     assert {r["kind"] for r in rows} == set(signal.KINDS)
     assert any(f.startswith("events.out.tfevents") for f in os.listdir(str(tmp_path)))
     with pytest.raises(ValueError, match="every"):

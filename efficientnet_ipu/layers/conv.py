@@ -274,8 +274,9 @@ class GroupConv2D(keras.layers.Layer):
         if self.group_kernels is not None:
             return self._call_unequal_groups(inputs, cast(input_scale), cast(input_offset))
         kernel = tf.cast(self.kernel, dtype)
-        scale_value = None if input_scale is None else tf.get_static_value(input_scale)
-        if inference.is_folded() and scale_value is not None:
+        scale_value = (tf.get_static_value(input_scale)
+                       if input_scale is not None and inference.is_folded() else None)
+        if scale_value is not None:
             # A constant scale (the export's proxy norm): the scaled kernel is a constant
             # too, not recomputed from the variable at every call.
             kernel = inference.constant(lambda: scale_kernel_inputs(
