@@ -6,8 +6,11 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
+import tensorflow as tf
 
 from conftest import REPO
+from efficientnet_ipu import data
 
 ENV = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", PYTHONPATH=REPO)
 
@@ -54,6 +57,21 @@ def load(path):
     return [data["arr_%d" % i] for i in range(len(data.files))]
 
 
+def test_per_replica_batches_give_replica_r_the_rth_micro_batch_of_each_global_one():
+    """[R, A, M] steps from numbered micro-batches: replica r, accumulation step a holds
+    micro-batch a R + r; with R = 1 the layout is [1, A, M]."""
+    micro = tf.data.Dataset.range(12).map(lambda i: (tf.fill([3, 2], i), tf.fill([3], i)))
+    images, labels = next(iter(data.per_replica_batches(micro, accumulation=3, replicas=2)))
+    assert images.shape == (2, 3, 3, 2) and labels.shape == (2, 3, 3)
+    for r in range(2):
+        for a in range(3):
+            assert np.all(images[r, a].numpy() == a * 2 + r)
+            assert np.all(labels[r, a].numpy() == a * 2 + r)
+    images, _ = next(iter(data.per_replica_batches(micro, accumulation=4, replicas=1)))
+    assert images.shape == (1, 4, 3, 2) and np.all(images[0, 3].numpy() == 3)
+
+
+@pytest.mark.slow
 def test_two_mirrored_cpu_devices_match_one_device_after_3_steps(tmp_path):
     """One process with two logical CPU devices: the default strategy on one of them
     (micro-batch 16), then MirroredStrategy on both (micro-batch 8 each, the same global
