@@ -16,7 +16,6 @@ from efficientnet_ipu.layers import GROUP_RULES, NORMS
 from efficientnet_ipu.layers.proxy_norm import ACTIVATIONS
 
 STRATEGIES = ("auto", "default", "mirrored", "multi_worker", "tpu", "ipu")
-PIPELINE_COSTS = pipeline.COSTS
 CUTMIX_SAMPLING = ("graphcore_v1", "fixed")
 LR_DECAY_FROM = ("step0", "warmup_end")              # train.WarmupStaircaseDecay
 WEIGHT_DECAY_FILTERS = ("graphcore", "paper_text")   # train.decayed_variables
@@ -219,8 +218,8 @@ def _validate_ranges(config, fail):
     check("strategy.ipus_per_replica", config.strategy.ipus_per_replica, _positive_int,
           "a positive integer")
     st = config.strategy
-    if st.pipeline_cost not in PIPELINE_COSTS:
-        fail("strategy.pipeline_cost", "one of %s" % list(PIPELINE_COSTS), st.pipeline_cost)
+    if st.pipeline_cost not in pipeline.COSTS:
+        fail("strategy.pipeline_cost", "one of %s" % list(pipeline.COSTS), st.pipeline_cost)
     if not isinstance(st.pipeline_splits, str):
         fail("strategy.pipeline_splits", "a comma-separated list of block names or ''",
              st.pipeline_splits)

@@ -482,8 +482,9 @@ def finetune_dataset(source, config, image_size, epoch, steps, skip_steps=0, rep
     size x 256 / 224, centre crop; no random crop, flip, Mixup or CutMix), as (images
     float32 [R, A, M, S, S, 3], one-hot labels float32 [R, A, M, K]) with R = ``replicas``
     (``per_replica_batches``), A = ``finetune.gradient_accumulation``, M =
-    ``finetune.micro_batch_size``; ``steps`` batches. The order depends only on (seed, epoch), so a resumed fine-tune that skips the
-    ``skip_steps`` done sees the rest of the same epoch. Undecodable images are dropped."""
+    ``finetune.micro_batch_size``; ``steps`` batches. The order depends only on (seed,
+    epoch), so a resumed fine-tune that skips the ``skip_steps`` done sees the rest of the
+    same epoch. Undecodable images are dropped."""
     f = config.finetune
     ds = source.train(shuffle_files=False)
     if config.dataset.train_examples:

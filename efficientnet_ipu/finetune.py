@@ -175,6 +175,11 @@ class FineTuner:
         except FileNotFoundError:
             return workdir_lib.find_weights(self.workdir, "last")
 
+    @property
+    def current_step(self):
+        """The optimizer steps taken, as an int (``int()`` of a MirroredVariable fails)."""
+        return int(self.step.numpy())
+
     def _replica_train_step(self, images, labels):
         # This replica's [1, A, M, ...] of the [R, A, M, ...] batch (data.finetune_dataset).
         images, labels = images[0], labels[0]
@@ -225,9 +230,9 @@ class FineTuner:
         latest = self.manager.latest_checkpoint
         if latest:
             self.checkpoint.restore(latest).assert_existing_objects_matched()
-            print("Resumed fine-tuning from %s at step %d" % (latest, int(self.step.numpy())),
+            print("Resumed fine-tuning from %s at step %d" % (latest, self.current_step),
                   flush=True)
-        if int(self.step.numpy()) >= self.total_steps and os.path.exists(results_path):
+        if self.current_step >= self.total_steps and os.path.exists(results_path):
             with open(results_path) as out:
                 return json.load(out)
         print("Fine-tuning %s at %d px, last %d block(s) (%d variables), from the %s weights: "
@@ -235,8 +240,8 @@ class FineTuner:
                   self.model.name, self.image_size, self.blocks, len(self.variables),
                   self.start.label, f.epochs, self.steps_per_epoch, self.global_batch,
                   float(self.schedule(0))), flush=True)
-        for epoch in range(int(self.step.numpy()) // self.steps_per_epoch, f.epochs):
-            done = int(self.step.numpy()) - epoch * self.steps_per_epoch
+        for epoch in range(self.current_step // self.steps_per_epoch, f.epochs):
+            done = self.current_step - epoch * self.steps_per_epoch
             ds = data.finetune_dataset(self.source, self.config, self.image_size, epoch,
                                        self.steps_per_epoch, skip_steps=done,
                                        replicas=self.replicas)
@@ -246,22 +251,22 @@ class FineTuner:
                 if not math.isfinite(loss):
                     raise train.NonFiniteError(
                         "fine-tuning loss is %r at step %d: stopped; the checkpoints in %s "
-                        "hold the weights before it" % (loss, int(self.step.numpy()),
+                        "hold the weights before it" % (loss, self.current_step,
                                                         self.manager.directory))
-                self.history.append((int(self.step.numpy()), loss))
+                self.history.append((self.current_step, loss))
                 seen += self.global_batch
             if not train.all_finite(self.variables):
                 raise train.NonFiniteError("a fine-tuned weight is not finite at step %d: "
                                            "stopped without writing a checkpoint"
-                                           % int(self.step.numpy()))
-            self.manager.save(checkpoint_number=int(self.step.numpy()))
+                                           % self.current_step)
+            self.manager.save(checkpoint_number=self.current_step)
             print("fine-tune epoch %d/%d  step %d  loss %.4f  %.1f img/s" % (
-                epoch + 1, f.epochs, int(self.step.numpy()), self.history[-1][1] if self.history
+                epoch + 1, f.epochs, self.current_step, self.history[-1][1] if self.history
                 else float("nan"), seen / max(time.time() - tic, 1e-9)), flush=True)
         average_lib.save_weights(self.model, os.path.join(self.dir, "weights"))
         metrics = self.evaluate()
         results = dict(metrics, image_size=self.image_size, blocks=self.blocks,
-                       start=self.start.label, steps=int(self.step.numpy()),
+                       start=self.start.label, steps=self.current_step,
                        train_size=self.config.image_size.train)
         with open(results_path, "w") as out:
             json.dump(results, out, indent=2)

@@ -47,11 +47,9 @@ def pipeline_splits(config, model):
     if given:
         pipeline.check_splits(model, given)
         return given
-    paper = pipeline.PAPER_SPLITS.get((config.model.size, config.model.group_size))
-    if paper is not None and len(paper) + 1 == s.ipus_per_replica:
-        return paper
-    costs = pipeline.layer_costs(model, config.image_size.train, s.pipeline_cost)
-    return pipeline.balanced_splits(model, s.ipus_per_replica, costs)
+    return pipeline.splits_for(
+        config.model.size, config.model.group_size, model, s.ipus_per_replica,
+        lambda: pipeline.layer_costs(model, config.image_size.train, s.pipeline_cost))
 
 
 def accumulation_options(config):

@@ -154,9 +154,10 @@ def balanced_splits(model, stages, costs):
 
 def splits_for(size, group_size, model, stages=None, costs=None):
     """The split points of a run: ``PAPER_SPLITS`` for the paper's configurations (when
-    ``stages`` is None or matches), else ``balanced_splits`` over ``costs`` for
-    ``stages`` stages. Raises ValueError if neither applies (no paper splits and no
-    ``stages`` or ``costs``)."""
+    ``stages`` is None or matches), else ``balanced_splits`` for ``stages`` stages over
+    ``costs`` (``layer_costs``' dict, or a function returning it, called only then).
+    Raises ValueError if neither applies (no paper splits and no ``stages`` or
+    ``costs``)."""
     paper = PAPER_SPLITS.get((size, group_size))
     if paper is not None and stages in (None, len(paper) + 1):
         return paper
@@ -164,7 +165,7 @@ def splits_for(size, group_size, model, stages=None, costs=None):
         raise ValueError("no paper pipeline splits for %s-G%d: give the number of stages "
                          "(and a cost) to balance them; paper configurations: %s"
                          % (size, group_size, sorted(PAPER_SPLITS)))
-    return balanced_splits(model, stages, costs)
+    return balanced_splits(model, stages, costs() if callable(costs) else costs)
 
 
 def report(assignment, costs, cost_name):

@@ -128,8 +128,8 @@ def summary(trainer, source, results, seconds, error=None):
     tuned = results.get("finetune")
     out = {
         "status": "failed" if error is not None else "finished",
-        "step": int(trainer.step.numpy()),
-        "epochs": int(trainer.step.numpy()) // trainer.steps_per_epoch,
+        "step": trainer.current_step,
+        "epochs": trainer.current_step // trainer.steps_per_epoch,
         "steps_per_epoch": trainer.steps_per_epoch,
         "resumed_from_step": trainer.start_step,
         "wall_seconds": round(seconds, 1),

@@ -302,6 +302,11 @@ class Trainer:
     def _unscale_gradients(self, grads):
         return unscale_gradients(self.optimizer, grads, self.loss_scale)
 
+    @property
+    def current_step(self):
+        """The optimizer steps taken, as an int (``int()`` of a MirroredVariable fails)."""
+        return int(self.step.numpy())
+
     def _replica_train_step(self, images, labels):
         # This replica's [1, A, M, ...] of the [R, A, M, ...] batch (data.train_dataset).
         images, labels = images[0], labels[0]
@@ -359,8 +364,8 @@ class Trainer:
         latest = self.manager.latest_checkpoint
         if latest:
             self.checkpoint.restore(latest).assert_existing_objects_matched()
-            print("Resumed from %s at step %d" % (latest, int(self.step.numpy())), flush=True)
-        self.start_step = int(self.step.numpy())
+            print("Resumed from %s at step %d" % (latest, self.current_step), flush=True)
+        self.start_step = self.current_step
         return self.start_step
 
     def train(self):
@@ -382,7 +387,7 @@ class Trainer:
                                     t.micro_batch_size, t.gradient_accumulation, self.replicas,
                                     self.config.image_size.train), flush=True)
         for epoch in range(start // self.steps_per_epoch, t.epochs):
-            done = int(self.step.numpy()) - epoch * self.steps_per_epoch
+            done = self.current_step - epoch * self.steps_per_epoch
             ds = data.train_dataset(self.source, self.config, epoch, skip_steps=done,
                                     replicas=self.replicas)
             progress = keras.utils.Progbar(self.steps_per_epoch,
@@ -391,7 +396,7 @@ class Trainer:
             tic, images_seen = time.time(), 0
             for images, labels in self.strategy.experimental_distribute_dataset(ds):
                 loss, correct, applied = self._train_step(images, labels)
-                step = int(self.step.numpy())
+                step = self.current_step
                 loss = float(loss)
                 if not math.isfinite(loss):
                     self.nonfinite_steps += 1
@@ -421,28 +426,28 @@ class Trainer:
                         tf.summary.scalar("images_per_second", rate)
                 if t.checkpoint_every_steps and step % t.checkpoint_every_steps == 0:
                     self.save_checkpoint()
-            if int(self.step.numpy()) != (epoch + 1) * self.steps_per_epoch:
+            if self.current_step != (epoch + 1) * self.steps_per_epoch:
                 raise data.BadImageError(
                     "config.dataset %r gave %d of the %d steps of epoch %d: %d images were "
                     "undecodable (see the warnings naming them)" % (
-                        self.config.dataset.name, int(self.step.numpy()) - epoch * self.steps_per_epoch,
+                        self.config.dataset.name, self.current_step - epoch * self.steps_per_epoch,
                         self.steps_per_epoch, epoch + 1, self.source.bad_images.skipped))
             self.end_of_epoch(epoch + 1)
             metrics = self.evaluate()
             print("epoch %d/%d  step %d  eval top-1 %.4f  top-5 %.4f  (%d images)" % (
-                epoch + 1, t.epochs, int(self.step.numpy()), metrics["top1"], metrics["top5"],
+                epoch + 1, t.epochs, self.current_step, metrics["top1"], metrics["top5"],
                 metrics["examples"]), flush=True)
-            with self.writers["eval"].as_default(step=int(self.step.numpy())):
+            with self.writers["eval"].as_default(step=self.current_step):
                 tf.summary.scalar("top1", metrics["top1"])
                 tf.summary.scalar("top5", metrics["top5"])
         if not metrics:
             metrics = self.evaluate()
-        results = dict(metrics, step=int(self.step.numpy()), weights="live",
+        results = dict(metrics, step=self.current_step, weights="live",
                        nonfinite_steps=self.nonfinite_steps)
         with self.final_weights():
             if self.average is not None and int(self.average.count.numpy()):
                 live = metrics
-                results = dict(self.evaluate(), step=int(self.step.numpy()), weights="averaged",
+                results = dict(self.evaluate(), step=self.current_step, weights="averaged",
                                nonfinite_steps=self.nonfinite_steps,
                                epochs_averaged=int(self.average.count.numpy()),
                                decay=self.average.decay,
@@ -460,11 +465,11 @@ class Trainer:
     def finished_results(self, total_steps):
         """The results of a run that reached ``total_steps`` and wrote them, else None."""
         path = os.path.join(self.workdir, "eval_results.json")
-        if int(self.step.numpy()) < total_steps or not os.path.exists(path):
+        if self.current_step < total_steps or not os.path.exists(path):
             return None
         with open(path) as f:
             results = json.load(f)
-        return results if results.get("step") == int(self.step.numpy()) else None
+        return results if results.get("step") == self.current_step else None
 
     def end_of_epoch(self, epoch):
         """After epoch ``epoch`` (1-based): update the weight average, write the epoch's
@@ -475,7 +480,7 @@ class Trainer:
             self.average.update(average_lib.averaged_weights(self.model))
         if self.config.average.keep_epoch_weights:
             average_lib.save_epoch_weights(self.model, self.workdir, epoch)
-        self.manager.save(checkpoint_number=int(self.step.numpy()))  # weights checked above
+        self.manager.save(checkpoint_number=self.current_step)  # weights checked above
 
     def check_weights(self):
         """Raise ``NonFiniteError`` if a weight is not finite: nothing is written from
@@ -484,12 +489,12 @@ class Trainer:
             raise NonFiniteError(
                 "a weight is not finite at step %d: stopped without writing a checkpoint; "
                 "the checkpoints in %s hold the weights before it"
-                % (int(self.step.numpy()), self.manager.directory))
+                % (self.current_step, self.manager.directory))
 
     def save_checkpoint(self):
         """Write a checkpoint of finite weights (``check_weights``) at the current step."""
         self.check_weights()
-        return self.manager.save(checkpoint_number=int(self.step.numpy()))
+        return self.manager.save(checkpoint_number=self.current_step)
 
     def final_weights(self):
         """A context within which the model holds the weights the run reports and exports:

@@ -52,8 +52,8 @@ def test_folded_block_computes_the_blocks_inference_function(norm, group_size, c
     """An MBConv block (expand, group conv, squeeze-excite, projection, residual) traced in
     ``inference.folded()`` gives the Keras block's inference output. What depends only on
     the weights is read once, when traced: no Rsqrt of moving variances, no proxy quantile
-    pass, and under BN a later change of the norms' weights does not reach it. C = 24 at G16 makes unequal
-    groups (``group_rule`` "graphcore")."""
+    pass, and under BN a later change of the norms' weights does not reach it. C = 24 at
+    G16 makes unequal groups (``group_rule`` "graphcore")."""
     block = L.MBConvBlock(channels, channels, kernel_size=3, expand_ratio=4,
                           group_size=group_size, norm=norm, name="block2b")
     x = tf.constant(np.random.default_rng(0).normal(size=(2, 8, 8, channels)), tf.float32)

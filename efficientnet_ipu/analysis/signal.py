@@ -74,7 +74,8 @@ def signal_propagation(model, images, labels, epoch=0, batch_size=32):
       gradients).
     """
     points = signal_points(model)
-    probe = keras.Model(model.inputs, [p.output for p in points])
+    # One forward pass gives the measured activations and the logits of the loss.
+    probe = keras.Model(model.inputs, [p.output for p in points] + list(model.outputs))
     kernels = _kernels(model)
     images = tf.convert_to_tensor(images, tf.float32)
     labels = tf.convert_to_tensor(labels, tf.int64)
@@ -83,14 +84,15 @@ def signal_propagation(model, images, labels, epoch=0, batch_size=32):
     grads = [tf.zeros_like(w, tf.float64) for _, w in kernels]
     for start in range(0, n, batch_size):
         x, y = images[start:start + batch_size], labels[start:start + batch_size]
-        for i, out in enumerate(probe(x, training=False)):
+        with tf.GradientTape() as tape:
+            outputs = probe(x, training=False)
+            logits = tf.cast(outputs[-1], tf.float32)
+            loss = tf.reduce_sum(tf.nn.sparse_softmax_cross_entropy_with_logits(y, logits)) / n
+        for i, out in enumerate(outputs[:-1]):
             flat = tf.cast(tf.reshape(out, [-1, out.shape[-1]]), tf.float64)
             part = (tf.reduce_sum(flat, 0), tf.reduce_sum(tf.square(flat), 0),
                     float(flat.shape[0]))
             sums[i] = part if sums[i] is None else tuple(a + b for a, b in zip(sums[i], part))
-        with tf.GradientTape() as tape:
-            logits = tf.cast(model(x, training=False), tf.float32)
-            loss = tf.reduce_sum(tf.nn.sparse_softmax_cross_entropy_with_logits(y, logits)) / n
         for j, g in enumerate(tape.gradient(loss, [w for _, w in kernels])):
             if g is not None:
                 grads[j] += tf.cast(tf.convert_to_tensor(g), tf.float64)

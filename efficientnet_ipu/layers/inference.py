@@ -33,7 +33,6 @@ import threading
 import tensorflow as tf
 
 from efficientnet_ipu import kernels as kernels_lib
-from efficientnet_ipu.layers import proxy_norm
 
 _state = threading.local()
 
@@ -43,6 +42,7 @@ def folded():
     """Within the block (this thread), layers traced into a graph use the folded inference
     form above. For inference with final weights only: the constants are the weights'
     values when traced, and training-mode calls are not folded. Nestable."""
+    from efficientnet_ipu.layers import proxy_norm  # it uses ``constant`` from here
     previous = getattr(_state, "on", False)
     _state.on = True
     try:

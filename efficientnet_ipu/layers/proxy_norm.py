@@ -27,6 +27,7 @@ import numpy as np
 import tensorflow as tf
 
 from efficientnet_ipu import kernels as kernels_lib  # ``kernels`` is also an argument
+from efficientnet_ipu.layers import inference
 
 
 _constants = threading.local()
@@ -214,9 +215,7 @@ class ProxyNormActivation(keras.layers.Layer):
         ``proxy_moments`` (through ``kernels.proxy_mean_scale``); constants of the current
         weights within ``constant_statistics``."""
         if getattr(_constants, "on", False):
-            with tf.init_scope():  # eager, outside the graph being traced
-                mean, scale = self._proxy_mean_scale()
-            return tf.constant(mean.numpy()), tf.constant(scale.numpy())
+            return inference.constant(self._proxy_mean_scale)
         return self._proxy_mean_scale()
 
     def _proxy_mean_scale(self):
